@@ -1,0 +1,36 @@
+# Set-up is part of every target: a fresh machine needs only `make demo` or `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-slow lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# Without a GPU, take the CPU build of torch first so the dependency resolver does not
+	# pull the multi-GB CUDA wheels.
+	if ! command -v nvidia-smi >/dev/null 2>&1; then \
+	  $(BIN)/python -m pip install -q "torch==2.13.0" || \
+	  $(BIN)/python -m pip install -q "torch>=2.3" --index-url https://download.pytorch.org/whl/cpu; \
+	fi
+	$(BIN)/python -m pip install -q -e ".[dev,ray,highway,video]"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/metarl train
+
+test: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+lint: setup
+	$(BIN)/ruff check metarl envs tests scripts
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

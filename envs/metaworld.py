@@ -1,0 +1,157 @@
+"""Meta-World v3 meta-learning benchmarks: ML1 (each of the 50 envs), ML10, ML25, ML45.
+
+The splits are the benchmark's own: ``metaworld.ML1/ML10/ML25/ML45(seed=...)`` decides
+the train and test classes and draws each class's 50 goal vectors. metarl keeps only
+plain data per task (the class name and its ``rand_vec``) and rebuilds Meta-World's
+``Task`` in memory when an env is set to it. Goals are hidden (``partially_observable``),
+as the ML benchmarks define; ``info["success"]`` is passed through unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import pickle
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from .core import Task, TaskDistribution, as_float_list, check_split, find_wrapper
+
+log = logging.getLogger(__name__)
+
+BENCHMARKS = ("ml1", "ml10", "ml25", "ml45")
+GOALS_PER_CLASS = 50  # metaworld._N_GOALS
+HORIZON = 500  # SawyerXYZEnv.max_path_length
+
+
+def ml1_env_names() -> list[str]:
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+    return list(ALL_V3_ENVIRONMENTS)
+
+
+def split_classes(benchmark: str, env_name: str | None = None) -> dict[str, list[str]]:
+    """The benchmark's train and test class names, read from metaworld's own tables."""
+    from metaworld import env_dict
+
+    if benchmark == "ml1":
+        return {"train": [env_name], "test": [env_name]}
+    table = {"ml10": env_dict.ML10_V3, "ml25": env_dict.ML25_V3, "ml45": env_dict.ML45_V3}[benchmark]
+    return {"train": list(table["train"]), "test": list(table["test"])}
+
+
+@dataclass(frozen=True)
+class MetaWorld(TaskDistribution):
+    """A Meta-World ML benchmark.
+
+    Args:
+        benchmark: ``ml1``, ``ml10``, ``ml25`` or ``ml45``.
+        env_name: For ML1, the v3 environment (``pick-place-v3``, ...).
+        seed: Seed passed to the benchmark constructor (it draws the goal vectors).
+        fast: Use metarl's faster step path where one exists for the installed metaworld
+            (bit-identical results); ``False`` uses the stock classes.
+        reward_function_version: Meta-World's ``v2`` (default, the v3 envs' reward) or ``v1``.
+    """
+
+    benchmark: str = "ml1"
+    env_name: str | None = "pick-place-v3"
+    seed: int = 0
+    fast: bool = True
+    reward_function_version: str = "v2"
+    horizon: int = HORIZON
+
+    def __post_init__(self) -> None:
+        if self.benchmark not in BENCHMARKS:
+            raise ValueError(f"unknown Meta-World benchmark {self.benchmark!r}; valid: {', '.join(BENCHMARKS)}")
+        if self.benchmark == "ml1" and self.env_name not in ml1_env_names():
+            raise ValueError(f"unknown Meta-World environment {self.env_name!r}; valid: "
+                             f"{', '.join(ml1_env_names())}")
+        if self.reward_function_version not in ("v1", "v2"):
+            raise ValueError(f"reward_function_version must be 'v1' or 'v2', got {self.reward_function_version!r}")
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return f"ml1/{self.env_name}" if self.benchmark == "ml1" else self.benchmark
+
+    def classes(self, split: str) -> list[str]:
+        """Env class names of ``split``, exactly the benchmark's."""
+        check_split(split)
+        return split_classes(self.benchmark, self.env_name)[split]
+
+    def split_size(self, split: str) -> int:
+        return len(self.classes(split)) * GOALS_PER_CLASS
+
+    def _make_pools(self) -> dict[str, list[Task]]:
+        import metaworld
+
+        if self.benchmark == "ml1":
+            bench = metaworld.ML1(self.env_name, seed=self.seed)
+        else:
+            bench = getattr(metaworld, self.benchmark.upper())(seed=self.seed)
+        pools = {}
+        for split, mw_tasks in (("train", bench.train_tasks), ("test", bench.test_tasks)):
+            pools[split] = [Task(self.name, _plain_params(t), split, i) for i, t in enumerate(mw_tasks)]
+        return pools
+
+    @property
+    def spaces(self) -> tuple[gym.spaces.Box, gym.spaces.Box]:  # type: ignore[override]
+        """Every Sawyer env shares one (goal-hidden) observation and action space, so this
+        needs no task pool (building ML45's takes tens of seconds)."""
+        return _sawyer_spaces()
+
+    def env_key(self, task: Task) -> str:
+        return task.params["env_name"]
+
+    def make_env(self, task: Task) -> gym.Env:
+        from .metaworld_fast import env_class
+
+        cls = env_class(task.params["env_name"], fast=self.fast)
+        env = cls(reward_function_version=self.reward_function_version)
+        env = gym.wrappers.TimeLimit(SeedOnReset(env), max_episode_steps=self.horizon)
+        self.set_task(env, task)
+        return env
+
+    def set_task(self, env: gym.Env, task: Task) -> None:
+        from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+        from metaworld.types import Task as MWTask
+
+        base = find_wrapper(env, ALL_V3_ENVIRONMENTS[task.params["env_name"]])
+        data = {"rand_vec": np.asarray(task.params["rand_vec"], dtype=np.float64),
+                "env_cls": ALL_V3_ENVIRONMENTS[task.params["env_name"]],
+                "partially_observable": True, **task.params.get("kwargs", {})}
+        # In-memory only: Meta-World's set_task takes its kwargs pickled.
+        base.set_task(MWTask(env_name=task.params["env_name"], data=pickle.dumps(data)))
+
+
+@functools.cache
+def _sawyer_spaces() -> tuple[gym.spaces.Box, gym.spaces.Box]:
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+    env = ALL_V3_ENVIRONMENTS["reach-v3"]()
+    try:
+        return env.observation_space, env.action_space
+    finally:
+        env.close()
+
+
+class SeedOnReset(gym.Wrapper):
+    """Passes ``reset(seed=...)`` to Meta-World's ``seed()`` (its ``reset`` ignores the seed),
+    so seeded resets follow gymnasium's contract."""
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        if seed is not None:
+            self.env.unwrapped.seed(seed)
+        return self.env.reset(options=options)
+
+
+def _plain_params(mw_task: Any) -> dict[str, Any]:
+    """Meta-World's pickled task kwargs -> JSON-able params (class name, goal vector)."""
+    data = pickle.loads(mw_task.data)  # produced in this process by metaworld itself
+    extra = {k: v for k, v in data.items() if k not in ("rand_vec", "env_cls", "partially_observable")}
+    params: dict[str, Any] = {"env_name": mw_task.env_name, "rand_vec": as_float_list(data["rand_vec"])}
+    if extra:
+        params["kwargs"] = extra
+    return params

@@ -1,0 +1,88 @@
+"""2D point navigation: the MAML paper's task (Finn et al., 2017, Sec. 5.2).
+
+The agent starts at the origin and must reach a goal it does not observe. Settings follow
+the paper and its reference code (cbfinn/maml_rl, ``point_env_rand_goal.py``): goal
+uniform in [-0.5, 0.5]^2, actions clipped to +-0.1, reward minus the Euclidean distance to
+the goal after the step, episode ends (terminated) within 0.01 of the goal in both
+coordinates, horizon 100.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from .core import Task, TaskDistribution, check_pool_sizes, draw_pools, find_wrapper
+
+
+class PointNavigationEnv(gym.Env):
+    """A point mass on the plane; observation is its position, action a displacement."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, goal: tuple[float, float] = (0.0, 0.0), max_step: float = 0.1) -> None:
+        self.max_step = max_step
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
+        self.action_space = gym.spaces.Box(-max_step, max_step, shape=(2,), dtype=np.float32)
+        self.goal = np.asarray(goal, dtype=np.float64)
+        self._pos = np.zeros(2)
+
+    def set_goal(self, goal: tuple[float, float]) -> None:
+        self.goal = np.asarray(goal, dtype=np.float64)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self._pos = np.zeros(2)
+        return self._pos.astype(np.float32), {}
+
+    def step(self, action):
+        action = np.clip(np.asarray(action, dtype=np.float64), -self.max_step, self.max_step)
+        self._pos = self._pos + action
+        dx, dy = self._pos - self.goal
+        reward = -float(np.sqrt(dx * dx + dy * dy))
+        terminated = bool(abs(dx) < 0.01 and abs(dy) < 0.01)
+        return self._pos.astype(np.float32), reward, terminated, False, {}
+
+
+@dataclass(frozen=True)
+class Navigation2D(TaskDistribution):
+    """``nav2d``: goals uniform in ``[low, high]^2``, fixed pools per split.
+
+    Args:
+        low, high: Goal range (paper: -0.5, 0.5).
+        horizon: Episode length (paper: 100).
+        num_train_tasks, num_test_tasks: Sizes of the fixed, disjoint split pools.
+        seed: Seed of the pools (not of training).
+    """
+
+    low: float = -0.5
+    high: float = 0.5
+    horizon: int = 100
+    num_train_tasks: int = 1000
+    num_test_tasks: int = 100
+    seed: int = 0
+    name: str = "nav2d"
+
+    def __post_init__(self) -> None:
+        check_pool_sizes(self.num_train_tasks, self.num_test_tasks)
+        if not self.low < self.high:
+            raise ValueError(f"nav2d needs low < high, got low={self.low}, high={self.high}")
+
+    def _make_pools(self) -> dict[str, list[Task]]:
+        def draw(rng: np.random.Generator, n: int) -> list[dict[str, Any]]:
+            goals = rng.uniform(self.low, self.high, size=(n, 2))
+            return [{"goal": [float(g[0]), float(g[1])]} for g in goals]
+
+        return draw_pools(draw, self.name, {"train": self.num_train_tasks,
+                                            "test": self.num_test_tasks}, self.seed)
+
+    def make_env(self, task: Task) -> gym.Env:
+        env = gym.wrappers.TimeLimit(PointNavigationEnv(), max_episode_steps=self.horizon)
+        self.set_task(env, task)
+        return env
+
+    def set_task(self, env: gym.Env, task: Task) -> None:
+        find_wrapper(env, PointNavigationEnv).set_goal(tuple(task.params["goal"]))

@@ -1,0 +1,311 @@
+"""Typed run configuration: frozen dataclasses are the schema.
+
+``configs/*.yaml`` are plain data loaded strictly onto the schema (an unknown key fails
+and lists the valid ones), then dotted ``key=value`` overrides from the command line.
+OmegaConf checks and converts types; ``__post_init__`` checks ranges. No interpolation,
+no ``_target_``, no code in strings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_CONFIG = "default"
+
+
+class ConfigError(ValueError):
+    """A user error in a config file or override; the message is one line."""
+
+
+def _positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{name} must be > 0, got {value}")
+
+
+@dataclass(frozen=True)
+class AlgoConfig:
+    """Base of every algorithm's hyper-parameters; ``name`` selects the algorithm."""
+
+    name: str = "maml_trpo"
+
+
+@dataclass(frozen=True)
+class MamlConfig(AlgoConfig):
+    """MAML-RL (Finn et al., 2017) and its first-order relatives.
+
+    ``name``: ``maml_trpo`` (TRPO outer step), ``maml_ppo`` (clipped outer objective),
+    ``maml_vpg`` (plain outer gradient with Adam), ``fomaml`` (first-order MAML, Adam outer
+    step) or ``reptile`` (Reptile with policy-gradient inner steps).
+    """
+
+    name: str = "maml_trpo"
+    inner_lr: float = 0.1
+    """Step size of each per-task adaptation step."""
+    num_inner_steps: int = 1
+    """Policy-gradient steps taken on each task before the outer update."""
+    learn_inner_lr: bool = False
+    """Meta-SGD: learn one inner step size per parameter entry (initialised to inner_lr)."""
+    gamma: float = 0.99
+    gae_lambda: float = 1.0
+    """GAE lambda; 1.0 gives Monte-Carlo returns minus the baseline."""
+    normalize_advantages: bool = True
+    """Centre and scale advantages per task (MAML's reference code does)."""
+    max_kl: float = 0.01
+    """TRPO trust region: mean KL between the old and new adapted policies."""
+    cg_iters: int = 10
+    cg_damping: float = 1e-5
+    ls_max_steps: int = 15
+    ls_backtrack_ratio: float = 0.8
+    outer_lr: float = 1e-3
+    """Adam step size of maml_ppo, maml_vpg and fomaml; Reptile's interpolation rate."""
+    ppo_clip: float = 0.2
+    ppo_epochs: int = 5
+
+    def __post_init__(self) -> None:
+        if self.num_inner_steps < 1:
+            raise ConfigError(f"algo.num_inner_steps must be >= 1, got {self.num_inner_steps}")
+        for key in ("inner_lr", "max_kl", "outer_lr", "ppo_clip", "gamma"):
+            _positive(f"algo.{key}", getattr(self, key))
+        if not 0 <= self.gae_lambda <= 1:
+            raise ConfigError(f"algo.gae_lambda must be in [0, 1], got {self.gae_lambda}")
+        if self.cg_iters < 1 or self.ls_max_steps < 1 or self.ppo_epochs < 1:
+            raise ConfigError("algo.cg_iters, algo.ls_max_steps and algo.ppo_epochs must be >= 1")
+
+
+ALGOS: dict[str, type[AlgoConfig]] = {
+    "maml_trpo": MamlConfig,
+    "maml_ppo": MamlConfig,
+    "maml_vpg": MamlConfig,
+    "fomaml": MamlConfig,
+    "reptile": MamlConfig,
+}
+
+
+@dataclass(frozen=True)
+class TasksConfig:
+    name: str = "nav2d"
+    """A task distribution name (``metarl tasks`` lists them)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Keyword options of the distribution (pool sizes, benchmark seed, ``fast``, ...)."""
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
+    activation: str = "tanh"
+    """``tanh`` or ``relu``."""
+    init_std: float = 1.0
+    std_type: str = "param"
+    """``param``: state-independent log-std; ``head``: state-dependent (an output head)."""
+    min_std: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.activation not in ("tanh", "relu"):
+            raise ConfigError(f"policy.activation must be 'tanh' or 'relu', got {self.activation!r}")
+        if self.std_type not in ("param", "head"):
+            raise ConfigError(f"policy.std_type must be 'param' or 'head', got {self.std_type!r}")
+        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
+            raise ConfigError(f"policy.hidden_sizes must be positive sizes, got {self.hidden_sizes}")
+        _positive("policy.init_std", self.init_std)
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    backend: str = "process"
+    """``local`` (in process), ``process`` (worker processes) or ``ray``."""
+    num_workers: int = 0
+    """Worker processes or Ray actors; 0 means one per CPU core."""
+    ray_address: str | None = None
+    """``ray.init(address=...)``; None starts a local Ray instance."""
+    max_retries: int = 3
+    """Restarts of a dead worker within one collection before giving up."""
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("local", "process", "ray"):
+            raise ConfigError(f"sampler.backend must be one of local, process, ray; got {self.backend!r}")
+        if self.num_workers < 0:
+            raise ConfigError(f"sampler.num_workers must be >= 0, got {self.num_workers}")
+
+
+@dataclass(frozen=True)
+class LoggerConfig:
+    wandb: bool = False
+    """Log to Weights & Biases (online when logged in, offline otherwise)."""
+    project: str = "metarl"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    every: int = 0
+    """Evaluate on the test split every N iterations (0: only at the end)."""
+    num_tasks: int = 10
+    adapt_steps: int = 1
+    """Adaptation steps K for the final evaluation (returns after k = 0..K)."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run. Every key can be overridden as ``key=value`` on the command line."""
+
+    algo: AlgoConfig = field(default_factory=MamlConfig)
+    tasks: TasksConfig = field(default_factory=TasksConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    iterations: int = 100
+    """Meta-iterations (outer updates)."""
+    meta_batch_size: int = 20
+    """Tasks per meta-iteration."""
+    episodes_per_task: int = 20
+    """Episodes collected per task before and after each adaptation step."""
+    max_episode_steps: int | None = None
+    """Episode length; None uses the task distribution's horizon."""
+    seed: int = 0
+    device: str = "cpu"
+    """Where the learner runs: ``cpu`` or ``cuda`` (rollouts always run on CPU)."""
+    run_dir: str | None = None
+    """Where the run's files go; None means ``runs/<algo>-<tasks>-<seed>-<time>``."""
+    resume: bool = False
+    """Continue the run in ``run_dir`` from its latest checkpoint."""
+    checkpoint_every: int = 10
+
+    def __post_init__(self) -> None:
+        for key in ("iterations", "meta_batch_size", "episodes_per_task", "checkpoint_every"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.max_episode_steps is not None and self.max_episode_steps < 1:
+            raise ConfigError(f"max_episode_steps must be >= 1 or null, got {self.max_episode_steps}")
+        if self.device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", self.device):
+            raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def resolve_config_path(name_or_path: str | None) -> Path:
+    """A config name under configs/ (``maml_trpo/nav2d``) or a path to a YAML file."""
+    name = name_or_path or DEFAULT_CONFIG
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    candidate = CONFIG_DIR / f"{name}.yaml"
+    if candidate.is_file():
+        return candidate
+    valid = ", ".join(available_configs())
+    raise ConfigError(f"unknown config {name!r}: neither a YAML file nor a name under "
+                      f"{CONFIG_DIR}; valid names: {valid}")
+
+
+def available_configs() -> list[str]:
+    return sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.rglob("*.yaml"))
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """``["algo.inner_lr=0.05", "seed=3"]`` -> nested dict with YAML-typed values."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", key):
+            raise ConfigError(f"invalid override {item!r}: expected dotted key=value, "
+                              "e.g. algo.inner_lr=0.05 or seed=3")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"invalid override {item!r}: {part!r} is not a section")
+        node[last] = value
+    return nested
+
+
+def load_config(name_or_path: str | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Load a YAML config, apply overrides, validate; raise ConfigError with one clear line."""
+    path = resolve_config_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
+    return build_config(deep_merge(data, parse_overrides(overrides)))
+
+
+def build_config(data: Mapping[str, Any]) -> RunConfig:
+    """Nested plain data -> validated RunConfig."""
+    algo_name = (data.get("algo") or {}).get("name", AlgoConfig.name)
+    if algo_name not in ALGOS:
+        raise ConfigError(f"unknown algo.name {algo_name!r}; valid: {', '.join(ALGOS)}")
+    algo_cls = ALGOS[algo_name]
+    _check_keys(data, RunConfig, "", {"algo": algo_cls})
+    schema = OmegaConf.structured(RunConfig(algo=algo_cls(name=algo_name)))
+    OmegaConf.set_readonly(schema, False)
+    try:
+        merged = OmegaConf.merge(schema, data)
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        msg = str(err).splitlines()[0]
+        key = getattr(err, "full_key", None)
+        raise ConfigError(f"invalid value for {key}: {msg}" if key else msg) from None
+
+
+def _check_keys(data: Mapping[str, Any], cls: type, prefix: str,
+                substitutes: Mapping[str, type]) -> None:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in data.items():
+        if key not in fields:
+            where = f"under '{prefix.rstrip('.')}'" if prefix else "at the top level"
+            raise ConfigError(f"unknown config key '{prefix}{key}'; valid keys {where}: "
+                              f"{', '.join(fields)}")
+        sub = substitutes.get(key) or _dataclass_type(fields[key])
+        if sub is not None:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"config key '{prefix}{key}' is a section; give it a mapping, "
+                                  f"not {value!r}")
+            _check_keys(value, sub, f"{prefix}{key}.", {})
+
+
+def _dataclass_type(f: dataclasses.Field) -> type | None:
+    factory = f.default_factory
+    if factory is not dataclasses.MISSING:
+        made = factory()
+        if dataclasses.is_dataclass(made):
+            return type(made)
+    return None
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The resolved config as plain data (what ``config.yaml`` holds)."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

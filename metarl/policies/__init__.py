@@ -1,0 +1,101 @@
+"""Policies whose parameters travel as a dict of tensors.
+
+Meta-learners adapt parameters, not modules: every policy here is evaluated with
+``torch.func.functional_call(policy, params, ...)``, so the sampler can roll out per-task
+adapted parameters and MAML can differentiate through the adaptation without cloning.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+Params = dict[str, Tensor]
+
+_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """Everything needed to rebuild a policy in a worker process (plain data)."""
+
+    kind: str
+    obs_dim: int
+    act_dim: int
+    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
+    activation: str = "tanh"
+    init_std: float = 1.0
+    std_type: str = "param"
+    min_std: float = 1e-6
+
+    def build(self) -> nn.Module:
+        if self.kind == "gaussian_mlp":
+            return GaussianMLPPolicy(**{k: v for k, v in asdict(self).items() if k != "kind"})
+        raise ValueError(f"unknown policy kind {self.kind!r}; valid: gaussian_mlp")
+
+
+class GaussianMLPPolicy(nn.Module):
+    """Diagonal Gaussian policy on an MLP.
+
+    ``std_type="param"``: a learned, state-independent log-std vector (MAML, garage);
+    ``"head"``: a second output head gives a state-dependent log-std.
+
+    Shapes: ``obs`` (..., O) -> mean and std (..., A).
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: list[int] | tuple[int, ...] = (64, 64),
+                 activation: str = "tanh", init_std: float = 1.0, std_type: str = "param",
+                 min_std: float = 1e-6) -> None:
+        super().__init__()
+        self.spec = PolicySpec("gaussian_mlp", obs_dim, act_dim, list(hidden_sizes), activation,
+                               init_std, std_type, min_std)
+        layers: list[nn.Module] = []
+        size = obs_dim
+        for h in hidden_sizes:
+            layers += [nn.Linear(size, h), _ACTIVATIONS[activation]()]
+            size = h
+        self.trunk = nn.Sequential(*layers)
+        self.mean = nn.Linear(size, act_dim)
+        if std_type == "param":
+            self.log_std = nn.Parameter(torch.full((act_dim,), math.log(init_std)))
+        else:
+            self.log_std_head = nn.Linear(size, act_dim)
+            nn.init.zeros_(self.log_std_head.weight)
+            nn.init.constant_(self.log_std_head.bias, math.log(init_std))
+        self._log_min_std = math.log(min_std)
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.trunk(obs)
+        mean = self.mean(h)
+        log_std = self.log_std.expand_as(mean) if self.spec.std_type == "param" else self.log_std_head(h)
+        return mean, log_std.clamp_min(self._log_min_std).exp()
+
+    def params(self) -> Params:
+        """The parameters as a dict of tensors (detached copies)."""
+        return {k: v.detach().clone() for k, v in self.named_parameters()}
+
+
+def distribution(policy: nn.Module, params: Params, obs: Tensor) -> torch.distributions.Normal:
+    """The action distribution of ``policy`` under ``params`` (independent per action dim)."""
+    mean, std = functional_call(policy, params, (obs,))
+    return torch.distributions.Normal(mean, std)
+
+
+def log_prob(policy: nn.Module, params: Params, obs: Tensor, actions: Tensor) -> Tensor:
+    """Log-likelihood of ``actions``, summed over action dims. Shapes: (..., O), (..., A) -> (...)."""
+    return distribution(policy, params, obs).log_prob(actions).sum(-1)
+
+
+def gaussian_kl(p: torch.distributions.Normal, q: torch.distributions.Normal) -> Tensor:
+    """KL(p || q) summed over action dims."""
+    return torch.distributions.kl_divergence(p, q).sum(-1)
+
+
+def to_numpy(params: Params) -> dict[str, Any]:
+    """Parameters as CPU numpy arrays (what crosses a process boundary)."""
+    return {k: v.detach().cpu().numpy() for k, v in params.items()}

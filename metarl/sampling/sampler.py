@@ -1,0 +1,257 @@
+"""Sampler: (tasks, policy parameters) -> EpisodeBatch, on one of three backends.
+
+- ``local``: a :class:`RolloutWorker` in this process (tests, debugging).
+- ``process``: worker processes, each with its own envs and policy copy (one torch thread
+  each). A collection sends each worker its tasks and parameters once and receives whole
+  episodes back. A worker that dies mid-collection is restarted and its share collected
+  again, up to ``max_retries`` times; after that the collection raises ``SamplerError``.
+- ``ray``: the same workers as Ray actors (``ray.init(address=...)``), for many machines.
+
+All three give the same batch for the same seed (see :mod:`metarl.sampling.worker`).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections.abc import Sequence
+from multiprocessing.connection import wait
+from typing import Any
+
+import numpy as np
+import torch
+
+from metarl.envs import Task, TaskDistribution
+from metarl.policies import Params, PolicySpec, to_numpy
+
+from .batch import EpisodeBatch
+from .worker import RolloutWorker, WorkItem
+
+
+class SamplerError(RuntimeError):
+    """Workers kept failing; the collection could not be completed."""
+
+
+def _process_main(conn: Any, dist: TaskDistribution, spec: PolicySpec) -> None:
+    worker = RolloutWorker(dist, spec)
+    try:
+        while True:
+            msg = conn.recv()
+            if msg is None:
+                break
+            conn.send(worker.collect(**msg))
+    except (EOFError, KeyboardInterrupt):
+        pass
+    finally:
+        worker.close()
+
+
+class Sampler:
+    """Collects episodes of a task distribution under given policy parameters.
+
+    Args:
+        dist: The task distribution (its envs are built inside the workers).
+        spec: The policy's spec; workers build their own copy once.
+        backend: ``local``, ``process`` or ``ray``.
+        num_workers: Workers (0: one per CPU core). Ignored by ``local``.
+        ray_address: Passed to ``ray.init``; None starts or joins a local instance.
+        max_retries: Restarts of failed workers allowed within one collection.
+    """
+
+    def __init__(self, dist: TaskDistribution, spec: PolicySpec, backend: str = "process",
+                 num_workers: int = 0, ray_address: str | None = None, max_retries: int = 3) -> None:
+        if backend not in ("local", "process", "ray"):
+            raise ValueError(f"unknown sampler backend {backend!r}; valid: local, process, ray")
+        self.dist, self.spec, self.backend = dist, spec, backend
+        self.num_workers = 1 if backend == "local" else (num_workers or os.cpu_count() or 1)
+        self.max_retries = max_retries
+        self.restarts = 0
+        self._local: RolloutWorker | None = None
+        self._procs: list[Any] = []
+        self._conns: list[Any] = []
+        self._actors: list[Any] = []
+        if backend == "local":
+            self._local = RolloutWorker(dist, spec)
+        elif backend == "process":
+            self._ctx = mp.get_context("spawn")
+            for i in range(self.num_workers):
+                self._start_process(i)
+        else:
+            self._start_ray(ray_address)
+
+    # ------------------------------------------------------------------ public API
+
+    def collect(self, tasks: Sequence[Task], params: Params | Sequence[Params], episodes: int,
+                seed: int, max_steps: int | None = None, deterministic: bool = False) -> EpisodeBatch:
+        """Roll ``episodes`` episodes on each task.
+
+        Args:
+            tasks: N tasks.
+            params: One parameter dict for all tasks, or N of them (per-task adapted params).
+            episodes: Episodes per task (E).
+            seed: Seed of this collection (same seed, same batch, on every backend).
+            max_steps: Episode length cap; defaults to the distribution's horizon.
+            deterministic: Act with the policy's mean (evaluation).
+        """
+        if isinstance(params, dict):
+            param_sets, keys = [params], [0] * len(tasks)
+        else:
+            if len(params) != len(tasks):
+                raise ValueError(f"got {len(params)} parameter sets for {len(tasks)} tasks; "
+                                 "pass one set or one per task")
+            param_sets, keys = list(params), list(range(len(tasks)))
+        if episodes < 1:
+            raise ValueError(f"episodes must be >= 1, got {episodes}")
+        max_steps = max_steps or self.dist.horizon
+        arrays = [to_numpy(p) for p in param_sets]
+        items = [WorkItem(slot, task, keys[slot], episodes) for slot, task in enumerate(tasks)]
+        shares = [items[w::self.num_workers] for w in range(self.num_workers)]
+        messages = [{"items": share, "params": {it.param_key: arrays[it.param_key] for it in share},
+                     "seed": seed, "max_steps": max_steps, "deterministic": deterministic}
+                    for share in shares]
+        if self.backend == "local":
+            results = [self._local.collect(**messages[0])]
+        elif self.backend == "process":
+            results = self._collect_processes(messages)
+        else:
+            results = self._collect_ray(messages)
+        per_slot: list[dict[str, np.ndarray]] = [None] * len(tasks)  # type: ignore[list-item]
+        for share, result in zip(shares, results, strict=True):
+            for item, arrays_out in zip(share, result, strict=True):
+                per_slot[item.slot] = arrays_out
+        return _stack(per_slot, list(tasks))
+
+    def close(self) -> None:
+        for conn in self._conns:
+            try:
+                conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        for proc in self._procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+        self._procs, self._conns = [], []
+        if self._local is not None:
+            self._local.close()
+        for actor in self._actors:
+            import ray
+
+            ray.kill(actor)
+        self._actors = []
+
+    def __enter__(self) -> Sampler:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return [p.pid for p in self._procs]
+
+    # ------------------------------------------------------------------ process backend
+
+    def _start_process(self, i: int) -> None:
+        parent, child = self._ctx.Pipe()
+        proc = self._ctx.Process(target=_process_main, args=(child, self.dist, self.spec), daemon=True,
+                                 name=f"metarl-sampler-{i}")
+        proc.start()
+        child.close()
+        if i < len(self._procs):
+            self._procs[i], self._conns[i] = proc, parent
+        else:
+            self._procs.append(proc)
+            self._conns.append(parent)
+
+    def _collect_processes(self, messages: list[dict[str, Any]]) -> list[Any]:
+        results: list[Any] = [None] * len(messages)
+        pending = set(range(len(messages)))
+        failures = 0
+        for i in list(pending):
+            if not self._send(i, messages[i]):
+                failures = self._restart(i, messages[i], failures)
+        while pending:
+            waitables = {self._conns[i]: i for i in pending}
+            sentinels = {self._procs[i].sentinel: i for i in pending}
+            for ready in wait(list(waitables) + list(sentinels)):
+                i = waitables.get(ready, sentinels.get(ready))
+                if i not in pending:
+                    continue
+                try:
+                    if ready in waitables or self._conns[i].poll():
+                        results[i] = self._conns[i].recv()
+                        pending.discard(i)
+                        continue
+                except (EOFError, OSError):
+                    pass
+                failures = self._restart(i, messages[i], failures)
+        return results
+
+    def _send(self, i: int, message: dict[str, Any]) -> bool:
+        try:
+            self._conns[i].send(message)
+            return True
+        except (BrokenPipeError, OSError):
+            return False
+
+    def _restart(self, i: int, message: dict[str, Any], failures: int) -> int:
+        failures += 1
+        code = self._procs[i].exitcode
+        if failures > self.max_retries:
+            raise SamplerError(f"sampler worker {i} died (exit code {code}) and the collection "
+                               f"failed after {self.max_retries} restarts")
+        self._procs[i].join(timeout=1)
+        self._start_process(i)
+        self.restarts += 1
+        if not self._send(i, message):
+            return self._restart(i, message, failures)
+        return failures
+
+    # ------------------------------------------------------------------ ray backend
+
+    def _start_ray(self, address: str | None) -> None:
+        try:
+            import ray
+        except ImportError as err:
+            raise ImportError("sampler.backend=ray needs Ray: pip install 'metarl[ray]'") from err
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
+        self._ray_worker = ray.remote(num_cpus=1, max_restarts=self.max_retries)(RolloutWorker)
+        self._actors = [self._ray_worker.remote(self.dist, self.spec) for _ in range(self.num_workers)]
+
+    def _collect_ray(self, messages: list[dict[str, Any]]) -> list[Any]:
+        import ray
+        from ray.exceptions import RayActorError
+
+        results: list[Any] = [None] * len(messages)
+        for attempt in range(self.max_retries + 1):
+            todo = [i for i, r in enumerate(results) if r is None]
+            refs = {i: self._actors[i].collect.remote(**messages[i]) for i in todo}
+            for i, ref in refs.items():
+                try:
+                    results[i] = ray.get(ref)
+                except RayActorError:
+                    if attempt == self.max_retries:
+                        raise SamplerError(f"ray worker {i} kept failing after "
+                                           f"{self.max_retries} restarts") from None
+                    self.restarts += 1
+            if all(r is not None for r in results):
+                break
+        return results
+
+
+def _stack(per_slot: list[dict[str, np.ndarray]], tasks: list[Task]) -> EpisodeBatch:
+    """Per-task padded arrays -> one EpisodeBatch trimmed to the longest episode."""
+    t_max = max(int(r["mask"].sum(-1).max()) for r in per_slot)
+    with_success = all("success" in r for r in per_slot)
+
+    def cat(key: str, trim: bool = True) -> torch.Tensor:
+        return torch.from_numpy(np.stack([r[key][:, :t_max] if trim else r[key] for r in per_slot]))
+
+    return EpisodeBatch(
+        obs=cat("obs"), actions=cat("actions"), rewards=cat("rewards"), log_probs=cat("log_probs"),
+        terminated=cat("terminated"), truncated=cat("truncated"), mask=cat("mask"),
+        last_obs=cat("last_obs", trim=False), success=cat("success") if with_success else None,
+        tasks=tasks)
