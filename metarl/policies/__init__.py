@@ -80,20 +80,28 @@ class GaussianMLPPolicy(nn.Module):
         return {k: v.detach().clone() for k, v in self.named_parameters()}
 
 
-def distribution(policy: nn.Module, params: Params, obs: Tensor) -> torch.distributions.Normal:
-    """The action distribution of ``policy`` under ``params`` (independent per action dim)."""
-    mean, std = functional_call(policy, params, (obs,))
-    return torch.distributions.Normal(mean, std)
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+# Closed forms rather than torch.distributions: these must trace under torch.func
+# transforms, where the distributions' argument validation is data-dependent control flow.
+
+
+def gaussian_log_prob(mean: Tensor, std: Tensor, actions: Tensor) -> Tensor:
+    """log N(actions; mean, diag(std^2)), summed over the last dim. (..., A) -> (...)."""
+    z = (actions - mean) / std
+    return (-0.5 * z * z - std.log() - _HALF_LOG_2PI).sum(-1)
+
+
+def gaussian_kl(mean_p: Tensor, std_p: Tensor, mean_q: Tensor, std_q: Tensor) -> Tensor:
+    """KL(p || q) of diagonal Gaussians, summed over the last dim. (..., A) -> (...)."""
+    var_p, var_q = std_p * std_p, std_q * std_q
+    return (std_q.log() - std_p.log() + (var_p + (mean_p - mean_q) ** 2) / (2 * var_q) - 0.5).sum(-1)
 
 
 def log_prob(policy: nn.Module, params: Params, obs: Tensor, actions: Tensor) -> Tensor:
-    """Log-likelihood of ``actions``, summed over action dims. Shapes: (..., O), (..., A) -> (...)."""
-    return distribution(policy, params, obs).log_prob(actions).sum(-1)
-
-
-def gaussian_kl(p: torch.distributions.Normal, q: torch.distributions.Normal) -> Tensor:
-    """KL(p || q) summed over action dims."""
-    return torch.distributions.kl_divergence(p, q).sum(-1)
+    """Log-likelihood of ``actions`` under ``policy`` with ``params``. (..., O), (..., A) -> (...)."""
+    mean, std = functional_call(policy, params, (obs,))
+    return gaussian_log_prob(mean, std, actions)
 
 
 def to_numpy(params: Params) -> dict[str, Any]:

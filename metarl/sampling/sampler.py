@@ -174,10 +174,12 @@ class Sampler:
         while pending:
             waitables = {self._conns[i]: i for i in pending}
             sentinels = {self._procs[i].sentinel: i for i in pending}
+            handled: set[int] = set()  # a worker's pipe and sentinel can both be ready
             for ready in wait(list(waitables) + list(sentinels)):
                 i = waitables.get(ready, sentinels.get(ready))
-                if i not in pending:
+                if i not in pending or i in handled:
                     continue
+                handled.add(i)
                 try:
                     if ready in waitables or self._conns[i].poll():
                         results[i] = self._conns[i].recv()

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from metarl.envs import Task, TaskDistribution
-from metarl.policies import PolicySpec
+from metarl.policies import PolicySpec, gaussian_log_prob
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ class RolloutWorker:
                     noise = torch.from_numpy(np.stack([rngs[i].standard_normal(act_dim, dtype=np.float32)
                                                        for i in active]))
                     actions = mean + std * noise
-                logp = torch.distributions.Normal(mean, std).log_prob(actions).sum(-1)
+                logp = gaussian_log_prob(mean, std, actions)
             actions_np, logp_np = actions.numpy(), logp.numpy()
             still = []
             for j, i in enumerate(active):

@@ -1,0 +1,302 @@
+"""MAML-RL (Finn et al., 2017) and first-order policy-gradient meta-learners.
+
+One learner, five outer rules (``algo.name``):
+
+- ``maml_trpo``: second-order meta-gradient through the inner policy-gradient steps, TRPO
+  outer step (conjugate gradient on the KL Hessian, backtracking line search with the KL
+  and improvement checks), as in the MAML paper.
+- ``maml_ppo``: clipped surrogate on the adapted policies, ``ppo_epochs`` Adam steps.
+- ``maml_vpg``: plain policy gradient of the adapted policies, one Adam step.
+- ``fomaml``: as ``maml_vpg`` with the inner gradient treated as a constant (first order).
+- ``reptile``: theta += outer_lr * mean_i(phi_i - theta) after policy-gradient inner steps.
+
+Parameters are a dict of tensors (``self.meta``: the policy's parameters, plus one inner
+step size per parameter entry with ``learn_inner_lr``, i.e. Meta-SGD). Adaptation is a
+pure function (:meth:`MamlLearner.adapt_task`) evaluated with ``functional_call``; the same
+function is differentiated by autograd (meta-gradient) and by ``torch.func.jvp``/``vjp``
+(the TRPO Hessian-vector product).
+
+TRPO's KL Hessian at theta_old is J^T F J: J the Jacobian of the adaptation, F the
+Fisher matrix of each adapted policy on its post-adaptation states (the KL's gradient
+vanishes at theta_old, so no other term remains). Each conjugate-gradient iteration does
+one forward-over-reverse JVP through the adaptation, one Fisher-vector product and one
+VJP through a graph kept from the start of the update; the per-task adaptation is not
+rebuilt and double-differentiated for every product as garage does.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, jvp, vjp, vmap
+
+from metarl.config import MamlConfig
+from metarl.optim import (compute_gae, conjugate_gradient, discounted_returns,
+                          linear_baseline_values, normalize)
+from metarl.policies import Params, gaussian_kl, gaussian_log_prob
+from metarl.sampling import EpisodeBatch
+
+LR_PREFIX = "lr."
+
+
+class TaskData(NamedTuple):
+    """Steps flattened over episodes and time (S = E * T), on the learner device: (N, S, ...)
+    for all tasks of a batch, (S, ...) inside per-task functions (vmap strips N).
+
+    ``weight`` is mask / (number of valid steps): padding weighs 0 and each task's losses
+    are means over its real steps.
+    """
+
+    obs: Tensor  # (N, S, O)
+    actions: Tensor  # (N, S, A)
+    advantages: Tensor  # (N, S)
+    weight: Tensor  # (N, S)
+
+
+def advantages(batch: EpisodeBatch, gamma: float, lam: float, normalize_adv: bool) -> Tensor:
+    """GAE on the linear feature baseline, fitted per task on the batch itself. (N, E, T).
+
+    The baseline has time features and is fitted on finite-horizon returns, so the value
+    after an episode's last step is 0 (truncated or terminated alike).
+    """
+    mask = batch.mask
+    returns = discounted_returns(batch.rewards, mask, gamma)
+    values = linear_baseline_values(batch.obs, returns, mask)
+    next_values = torch.cat([values[..., 1:], torch.zeros_like(values[..., :1])], dim=-1)
+    dones = batch.terminated | batch.truncated | ~mask
+    adv = compute_gae(batch.rewards, values, next_values, batch.terminated, dones, gamma, lam) * mask
+    return normalize(adv, mask) if normalize_adv else adv
+
+
+def prepare(batch: EpisodeBatch, cfg: MamlConfig, device: torch.device) -> TaskData:
+    """Stacked TaskData of a batch (advantages computed here, once)."""
+    batch = batch.to(device)
+    adv = advantages(batch, cfg.gamma, cfg.gae_lambda, cfg.normalize_advantages)
+    n, e, t = batch.mask.shape
+    mask = batch.mask.reshape(n, e * t).float()
+    weight = mask / mask.sum(-1, keepdim=True).clamp_min(1)
+    return TaskData(batch.obs.reshape(n, e * t, -1), batch.actions.reshape(n, e * t, -1),
+                    adv.reshape(n, e * t), weight)
+
+
+def _flat(tensors: dict[str, Tensor]) -> Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors.values()])
+
+
+def _unflat(vector: Tensor, like: dict[str, Tensor]) -> dict[str, Tensor]:
+    out, i = {}, 0
+    for k, t in like.items():
+        out[k] = vector[i:i + t.numel()].view_as(t)
+        i += t.numel()
+    return out
+
+
+class MamlLearner:
+    """MAML-family meta-learner on a Gaussian policy.
+
+    Args:
+        cfg: Hyper-parameters (``cfg.name`` picks the outer rule).
+        policy: The policy module; only its structure is used, parameters live in ``meta``.
+        device: Where the learner computes (``cpu`` or ``cuda``).
+    """
+
+    def __init__(self, cfg: MamlConfig, policy: nn.Module, device: str | torch.device = "cpu") -> None:
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.policy = policy.to(self.device)
+        self.policy.requires_grad_(False)
+        self.meta: dict[str, Tensor] = {k: v.detach().clone().requires_grad_()
+                                        for k, v in self.policy.named_parameters()}
+        if cfg.learn_inner_lr:
+            if cfg.name == "reptile":
+                raise ValueError("algo.learn_inner_lr is not defined for reptile (it has no "
+                                 "meta-gradient); use fomaml or maml_* instead")
+            for k, v in list(self.meta.items()):
+                self.meta[LR_PREFIX + k] = torch.full_like(v, cfg.inner_lr).requires_grad_()
+        self.optimizer = (torch.optim.Adam(self.meta.values(), lr=cfg.outer_lr)
+                          if cfg.name in ("maml_ppo", "maml_vpg", "fomaml") else None)
+
+    # ----------------------------------------------------------------- adaptation
+
+    @property
+    def policy_params(self) -> Params:
+        """The meta-policy's parameters (detached), what pre-adaptation episodes use."""
+        return {k: v.detach() for k, v in self.meta.items() if not k.startswith(LR_PREFIX)}
+
+    def _pg_loss(self, params: Params, data: TaskData) -> Tensor:
+        mean, std = functional_call(self.policy, params, (data.obs,))
+        return -(gaussian_log_prob(mean, std, data.actions) * data.advantages * data.weight).sum()
+
+    def adapt_task(self, meta: dict[str, Tensor], steps: list[TaskData], first_order: bool = False) -> Params:
+        """Inner policy-gradient steps on one task: a pure function of ``meta``.
+
+        Step k uses ``steps[k]`` (episodes collected after k steps). Differentiable w.r.t.
+        ``meta`` (second order) unless ``first_order``.
+        """
+        params = {k: v for k, v in meta.items() if not k.startswith(LR_PREFIX)}
+        for data in steps:
+            g = grad(self._pg_loss)(params, data)
+            params = {k: p - meta.get(LR_PREFIX + k, self.cfg.inner_lr)
+                      * (g[k].detach() if first_order else g[k]) for k, p in params.items()}
+        return params
+
+    def adapt_all(self, meta: dict[str, Tensor], steps: list[TaskData], first_order: bool = False) -> Params:
+        """:meth:`adapt_task` for every task at once (vmap over the task dim): (N, ...) params."""
+        return vmap(partial(self.adapt_task, first_order=first_order), in_dims=(None, 0))(meta, steps)
+
+    def forward_all(self, params: Params, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-task params (N, ...) on per-task observations (N, S, O) -> mean, std (N, S, A)."""
+        return vmap(lambda p, o: functional_call(self.policy, p, (o,)))(params, obs)
+
+    def adapt(self, batches: list[EpisodeBatch]) -> list[Params]:
+        """Adapted parameters per task after ``len(batches)`` inner steps (detached)."""
+        steps = [prepare(b, self.cfg, self.device) for b in batches]
+        theta = {k: v.detach() for k, v in self.meta.items()}
+        with torch.enable_grad():
+            phi = self.adapt_all(theta, steps)
+        return [{k: v[i].detach() for k, v in phi.items()} for i in range(batches[0].num_tasks)]
+
+    # ----------------------------------------------------------------- outer update
+
+    def update(self, pre: list[EpisodeBatch], post: EpisodeBatch) -> dict[str, float]:
+        """One meta-update from pre-adaptation batches (one per inner step) and the
+        post-adaptation batch. Returns named statistics (``loss/...``)."""
+        if len(pre) != self.cfg.num_inner_steps:
+            raise ValueError(f"expected {self.cfg.num_inner_steps} pre-adaptation batches, got {len(pre)}")
+        steps = [prepare(b, self.cfg, self.device) for b in pre]
+        post_data = prepare(post, self.cfg, self.device)
+        rule = {"maml_trpo": self._trpo, "maml_ppo": self._ppo, "maml_vpg": self._gradient_step,
+                "fomaml": self._gradient_step, "reptile": self._reptile}[self.cfg.name]
+        return rule(steps, post_data)
+
+    def _theta(self) -> dict[str, Tensor]:
+        return {k: v.detach() for k, v in self.meta.items()}
+
+    def _old_policy(self, steps: list[TaskData], post: TaskData) -> tuple[Tensor, Tensor]:
+        """Mean and std (N, S, A) of the adapted policies at the current meta-parameters."""
+        with torch.enable_grad():
+            phi = {k: v.detach() for k, v in self.adapt_all(self._theta(), steps).items()}
+        with torch.no_grad():
+            return self.forward_all(phi, post.obs)
+
+    @staticmethod
+    def _ratio(mean: Tensor, std: Tensor, data: TaskData, old: tuple[Tensor, Tensor]) -> Tensor:
+        return torch.exp(gaussian_log_prob(mean, std, data.actions) - gaussian_log_prob(*old, data.actions))
+
+    def _surrogate(self, phi: Params, data: TaskData, old: tuple[Tensor, Tensor]) -> Tensor:
+        """One task's TRPO surrogate loss (negated importance-weighted advantage)."""
+        mean, std = functional_call(self.policy, phi, (data.obs,))
+        return -(self._ratio(mean, std, data, old) * data.advantages * data.weight).sum()
+
+    def _kl(self, phi: Params, data: TaskData, old: tuple[Tensor, Tensor]) -> Tensor:
+        """One task's mean KL(old adapted policy || adapted policy under ``phi``)."""
+        mean, std = functional_call(self.policy, phi, (data.obs,))
+        return (gaussian_kl(old[0], old[1], mean, std) * data.weight).sum()
+
+    def evaluate_objectives(self, theta: dict[str, Tensor], steps: list[TaskData], post: TaskData,
+                            old: tuple[Tensor, Tensor]) -> tuple[float, float]:
+        """(surrogate loss, KL from the old adapted policies) at ``theta``, means over tasks."""
+        with torch.enable_grad():
+            phi = {k: v.detach() for k, v in self.adapt_all(theta, steps).items()}
+        with torch.no_grad():
+            loss = vmap(self._surrogate)(phi, post, old).mean()
+            kl = vmap(self._kl)(phi, post, old).mean()
+        return loss.item(), kl.item()
+
+    def _trpo(self, steps: list[TaskData], post: TaskData) -> dict[str, float]:
+        cfg = self.cfg
+        theta = self._theta()
+        adapt = partial(self.adapt_all, steps=steps)
+        phi, vjp_fn = vjp(adapt, theta)  # keeps the adaptation's graph for every J^T u below
+        phi = {k: v.detach() for k, v in phi.items()}
+        with torch.no_grad():
+            old = self.forward_all(phi, post.obs)
+        n = post.obs.shape[0]
+
+        # Meta-gradient of the mean surrogate: J^T (d surrogate_i / d phi_i) / N.
+        g = _flat(vjp_fn(vmap(grad(self._surrogate))(phi, post, old))[0]) / n
+        with torch.no_grad():
+            loss_before = vmap(self._surrogate)(phi, post, old).mean().item()
+        fisher = vmap(lambda p, d, o, t: jvp(grad(partial(self._kl, data=d, old=o)), (p,), (t,))[1])
+
+        def hessian_vector_product(v_flat: Tensor) -> Tensor:
+            """(J^T F J / N + damping) v: the Hessian of the mean KL at theta_old."""
+            jv = jvp(adapt, (theta,), (_unflat(v_flat, theta),))[1]
+            return _flat(vjp_fn(fisher(phi, post, old, jv))[0]) / n + cfg.cg_damping * v_flat
+
+        step_dir = conjugate_gradient(hessian_vector_product, -g, cfg.cg_iters)
+        shs = 0.5 * (step_dir @ hessian_vector_product(step_dir))
+        full_step = step_dir * torch.sqrt(cfg.max_kl / shs.clamp_min(1e-12))  # 0.5 s'Hs = max_kl
+        base = _flat(theta)
+        accepted, loss_after, kl_after, steps_taken = False, loss_before, 0.0, 0
+        for j in range(cfg.ls_max_steps):
+            candidate = _unflat(base + cfg.ls_backtrack_ratio ** j * full_step, theta)
+            loss, kl = self.evaluate_objectives(candidate, steps, post, old)
+            steps_taken = j + 1
+            if kl <= cfg.max_kl and loss < loss_before:
+                accepted, loss_after, kl_after = True, loss, kl
+                with torch.no_grad():
+                    for k, v in candidate.items():
+                        self.meta[k].copy_(v)
+                break
+        return {"loss/surrogate_before": loss_before, "loss/surrogate_after": loss_after,
+                "loss/kl": kl_after, "loss/grad_norm": g.norm().item(),
+                "loss/line_search_steps": float(steps_taken), "loss/step_accepted": float(accepted)}
+
+    def _ppo(self, steps: list[TaskData], post: TaskData) -> dict[str, float]:
+        cfg = self.cfg
+        old = self._old_policy(steps, post)
+        stats: dict[str, float] = {}
+        for _ in range(cfg.ppo_epochs):
+            mean, std = self.forward_all(self.adapt_all(self.meta, steps), post.obs)
+            ratio = self._ratio(mean, std, post, old)
+            clipped = ratio.clamp(1 - cfg.ppo_clip, 1 + cfg.ppo_clip)
+            objective = torch.min(ratio * post.advantages, clipped * post.advantages)
+            loss = -(objective * post.weight).sum(-1).mean()
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            with torch.no_grad():
+                clip_frac = ((((ratio - 1).abs() > cfg.ppo_clip).float() * post.weight).sum(-1).mean())
+            stats = {"loss/ppo": loss.item(), "loss/clip_fraction": clip_frac.item()}
+        _, kl = self.evaluate_objectives(self._theta(), steps, post, old)
+        return stats | {"loss/kl": kl}
+
+    def _gradient_step(self, steps: list[TaskData], post: TaskData) -> dict[str, float]:
+        phi = self.adapt_all(self.meta, steps, first_order=self.cfg.name == "fomaml")
+        mean, std = self.forward_all(phi, post.obs)
+        loss = -(gaussian_log_prob(mean, std, post.actions) * post.advantages * post.weight).sum(-1).mean()
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return {"loss/policy_gradient": loss.item()}
+
+    def _reptile(self, steps: list[TaskData], post: TaskData) -> dict[str, float]:
+        theta = self._theta()
+        with torch.enable_grad():
+            phi = self.adapt_all(theta, steps, first_order=True)
+        with torch.no_grad():
+            delta = {k: phi[k].detach().mean(0) - theta[k] for k in theta}
+            for k, d in delta.items():
+                self.meta[k].add_(self.cfg.outer_lr * d)
+        return {"loss/reptile_step_norm": math.sqrt(sum(float((d * d).sum()) for d in delta.values()))}
+
+    # ----------------------------------------------------------------- checkpointing
+
+    def state_dict(self) -> dict:
+        return {"meta": {k: v.detach().cpu() for k, v in self.meta.items()},
+                "optimizer": self.optimizer.state_dict() if self.optimizer else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state["meta"]) != set(self.meta):
+            raise ValueError("checkpoint parameters do not match this learner's "
+                             f"({sorted(state['meta'])} vs {sorted(self.meta)})")
+        with torch.no_grad():
+            for k, v in state["meta"].items():
+                self.meta[k].copy_(v.to(self.device))
+        if self.optimizer and state.get("optimizer"):
+            self.optimizer.load_state_dict(state["optimizer"])

@@ -1,0 +1,114 @@
+"""``metarl train | evaluate | plot | tasks``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from metarl.checkpoint import CheckpointError
+from metarl.config import ConfigError
+
+# Errors that are the user's to fix: reported in one line, without a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, CheckpointError, ImportError)
+
+
+def _tasks(_: argparse.Namespace) -> int:
+    import metarl.envs
+
+    print(f"{'name':<38} {'train':>6} {'test':>6} {'obs':>4} {'act':>4} {'horizon':>7}")
+    for name in metarl.envs.names():
+        try:
+            d = metarl.envs.make(name).describe()
+        except ImportError as err:  # an optional extra is missing
+            print(f"{name:<38} unavailable: {err}")
+            continue
+        print(f"{d['name']:<38} {d['train']:>6} {d['test']:>6} {d['obs_dim']:>4} {d['act_dim']:>4} "
+              f"{d['horizon']:>7}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from metarl.config import load_config
+    from metarl.trainer import Trainer, format_table
+
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config:  # `metarl train seed=3`: no config name given
+        config, overrides = None, [config, *overrides]
+    cfg = load_config(config, overrides)
+    trainer = Trainer(cfg)
+    print(f"run directory: {trainer.run_dir}", file=sys.stderr)
+    result = trainer.run()
+    print(f"\n{cfg.algo.name} on {trainer.dist.name}: adaptation on {len(result['per_task'])} "
+          f"held-out (test) tasks")
+    print(format_table(result))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from metarl.sampling import Sampler
+    from metarl.trainer import format_table, load_run
+
+    cfg, trainer = load_run(Path(args.run_dir))
+    s = cfg.sampler
+    with Sampler(trainer.dist, trainer.policy.spec, s.backend, s.num_workers, s.ray_address,
+                 s.max_retries) as sampler:
+        result = trainer.evaluate(sampler, args.tasks, args.adapt_steps, args.seed, args.split)
+    print(format_table(result))
+    print(f"wrote {Path(args.run_dir) / 'eval.json'}")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from metarl.plotting import plot_runs
+
+    out = plot_runs([Path(p) for p in args.run_dirs], Path(args.out))
+    print(f"wrote {out}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="metarl", description="Meta-reinforcement learning for robot control.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a meta-policy")
+    t.add_argument("config", nargs="?", default=None,
+                   help="config name under configs/ (e.g. maml_trpo/nav2d) or a YAML path; "
+                        "default: the small default experiment")
+    t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. algo.inner_lr=0.05")
+    t.set_defaults(func=_train)
+    e = sub.add_parser("evaluate", help="adaptation curve of a trained run on held-out tasks")
+    e.add_argument("run_dir")
+    e.add_argument("--split", default="test", choices=["train", "test"])
+    e.add_argument("--adapt-steps", type=int, default=3, help="largest k (default 3)")
+    e.add_argument("--tasks", type=int, default=10, help="number of tasks (default 10)")
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(func=_evaluate)
+    pl = sub.add_parser("plot", help="learning curves (and adaptation curves) to a PNG")
+    pl.add_argument("run_dirs", nargs="+")
+    pl.add_argument("--out", required=True)
+    pl.set_defaults(func=_plot)
+    ts = sub.add_parser("tasks", help="list task distributions with split sizes")
+    ts.set_defaults(func=_tasks)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    try:
+        return args.func(args)
+    except USER_ERRORS as err:
+        # Config, checkpoint and sampler-setup errors: one line, no traceback.
+        print(f"metarl: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("metarl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

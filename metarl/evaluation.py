@@ -1,0 +1,62 @@
+"""Adaptation to held-out tasks: return and success after k = 0..K adaptation steps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from metarl.envs import Task
+from metarl.sampling import EpisodeBatch, Sampler
+
+
+def adaptation_curve(learner: Any, sampler: Sampler, tasks: list[Task], episodes: int,
+                     adapt_steps: int, seed: int, max_steps: int | None = None) -> dict[str, Any]:
+    """Collect ``episodes`` per task before and after each of ``adapt_steps`` gradient steps.
+
+    Returns ``{"unit", "adaptation": [{"k", "return_mean", "return_std", "success_rate"}],
+    "per_task": {key: {"params", "returns": [...], "success": [...]}}}``.
+    """
+    params = [learner.policy_params] * len(tasks)
+    batches: list[EpisodeBatch] = []
+    curve, per_task = [], {t.key(): {"params": dict(t.params), "returns": [], "success": []} for t in tasks}
+    for k in range(adapt_steps + 1):
+        batch = sampler.collect(tasks, params, episodes, seed=seed * 1000 + k, max_steps=max_steps)
+        curve.append({"k": k, **summarize(batch)})
+        returns = batch.episode_returns().mean(1)
+        success = batch.episode_success()
+        for i, task in enumerate(tasks):
+            per_task[task.key()]["returns"].append(float(returns[i]))
+            per_task[task.key()]["success"].append(None if success is None else float(success[i].mean()))
+        if k < adapt_steps:
+            batches.append(batch)
+            params = learner.adapt(batches)
+    return {"unit": "gradient_steps", "adaptation": curve, "per_task": per_task}
+
+
+def summarize(batch: EpisodeBatch) -> dict[str, float | None]:
+    """Mean and std of per-task mean returns, and the success rate (None without one)."""
+    per_task = batch.episode_returns().mean(1).numpy()
+    success = batch.episode_success()
+    return {"return_mean": float(np.mean(per_task)), "return_std": float(np.std(per_task)),
+            "success_rate": None if success is None else float(success.mean())}
+
+
+def write_eval(run_dir: Path, result: dict[str, Any], task_distribution: str, split: str) -> Path:
+    path = run_dir / "eval.json"
+    data = {"task_distribution": task_distribution, "split": split, **result}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+    return path
+
+
+def format_table(result: dict[str, Any]) -> str:
+    unit = result["unit"].replace("_", " ")
+    lines = [f"{'k (' + unit + ')':>22}  {'return':>18}  {'success':>8}"]
+    for row in result["adaptation"]:
+        success = "-" if row["success_rate"] is None else f"{row['success_rate']:.2f}"
+        lines.append(f"{row['k']:>22}  {row['return_mean']:>9.2f} ± {row['return_std']:<6.2f}  {success:>8}")
+    return "\n".join(lines)

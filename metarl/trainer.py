@@ -1,0 +1,214 @@
+"""The outer loop: sample tasks, collect, adapt, collect, update, log, checkpoint, evaluate."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import metarl.envs
+from metarl import checkpoint
+from metarl.algos import MamlLearner
+from metarl.config import ConfigError, RunConfig, build_config, save_config, to_dict
+from metarl.evaluation import adaptation_curve, format_table, summarize, write_eval
+from metarl.logging import JsonlLogger, Logger, MultiLogger, WandbLogger
+from metarl.policies import GaussianMLPPolicy
+from metarl.sampling import Sampler
+
+CHECKPOINT = "checkpoints/latest.pt"
+
+
+def check_device(device: str) -> None:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={device} but no CUDA device is available here; use device=cpu")
+
+
+def build(cfg: RunConfig) -> tuple[metarl.envs.TaskDistribution, GaussianMLPPolicy, MamlLearner]:
+    """Task distribution, policy and learner of a config (seeded by ``cfg.seed``)."""
+    check_device(cfg.device)
+    try:
+        dist = metarl.envs.make(cfg.tasks.name, **cfg.tasks.options)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    obs_space, act_space = dist.spaces
+    torch.manual_seed(cfg.seed)
+    p = cfg.policy
+    policy = GaussianMLPPolicy(int(np.prod(obs_space.shape)), int(np.prod(act_space.shape)),
+                               p.hidden_sizes, p.activation, p.init_std, p.std_type, p.min_std)
+    if cfg.algo.name not in ("maml_trpo", "maml_ppo", "maml_vpg", "fomaml", "reptile"):
+        raise ConfigError(f"algo.name={cfg.algo.name} is not available yet")
+    return dist, policy, MamlLearner(cfg.algo, policy, cfg.device)
+
+
+def collection_seed(seed: int, iteration: int, phase: int) -> int:
+    """Seed of one collection; a pure function so a resumed run repeats it exactly."""
+    return int(np.random.SeedSequence([seed, iteration, phase]).generate_state(1)[0])
+
+
+class Trainer:
+    """Runs one training run described by a :class:`RunConfig`."""
+
+    def __init__(self, cfg: RunConfig, read_only: bool = False) -> None:
+        """``read_only``: restore a run to evaluate it, changing none of its files."""
+        self.cfg = cfg
+        self.dist, self.policy, self.learner = build(cfg)
+        self.run_dir = Path(cfg.run_dir or default_run_dir(cfg))
+        self.start_iteration, self.env_steps, self.wall_offset = 0, 0, 0.0
+        self.wandb_id: str | None = None
+        if cfg.resume:
+            self._resume(read_only)
+        else:
+            ckpt = self.run_dir / CHECKPOINT
+            if ckpt.exists():
+                raise ConfigError(f"{self.run_dir} already holds a run; pass resume=true to continue "
+                                  "it or choose another run_dir")
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not read_only:
+            save_config(cfg, self.run_dir / "config.yaml")
+        self.max_steps = cfg.max_episode_steps or self.dist.horizon
+
+    # ----------------------------------------------------------------- main loop
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        logger = self._logger()
+        sampler = Sampler(self.dist, self.policy.spec, cfg.sampler.backend, cfg.sampler.num_workers,
+                          cfg.sampler.ray_address, cfg.sampler.max_retries)
+        start = time.perf_counter() - self.wall_offset
+        bar = tqdm(range(self.start_iteration, cfg.iterations), initial=self.start_iteration,
+                   total=cfg.iterations, desc="meta-iterations", disable=None, dynamic_ncols=True)
+        try:
+            for iteration in bar:
+                t0 = time.perf_counter()
+                metrics = self.train_step(iteration, sampler)
+                metrics["time/iteration_s"] = time.perf_counter() - t0
+                if cfg.eval.every and (iteration + 1) % cfg.eval.every == 0:
+                    metrics |= self._eval_metrics(sampler, iteration)
+                row = {"iteration": iteration, "env_steps": self.env_steps,
+                       "wall_time_s": time.perf_counter() - start, **metrics}
+                logger.log(row)
+                bar.set_postfix(steps_per_s=f"{metrics['time/env_steps_per_s']:.0f}",
+                                pre=f"{metrics['train/return_pre']:.1f}",
+                                post=f"{metrics['train/return_post']:.1f}")
+                if (iteration + 1) % cfg.checkpoint_every == 0 or iteration + 1 == cfg.iterations:
+                    self.save(iteration + 1, row["wall_time_s"])
+            result = self.evaluate(sampler, cfg.eval.num_tasks, cfg.eval.adapt_steps, seed=cfg.seed)
+        finally:
+            bar.close()
+            sampler.close()
+            logger.close()
+        return result
+
+    def train_step(self, iteration: int, sampler: Sampler) -> dict[str, float]:
+        """One meta-iteration: the MAML data flow of DESIGN.md."""
+        cfg = self.cfg
+        rng = np.random.default_rng([cfg.seed, iteration])
+        tasks = self.dist.sample(cfg.meta_batch_size, "train", rng)
+        t0 = time.perf_counter()
+        params = [self.learner.policy_params] * len(tasks)
+        pre = []
+        for step in range(cfg.algo.num_inner_steps):
+            pre.append(sampler.collect(tasks, params, cfg.episodes_per_task,
+                                       collection_seed(cfg.seed, iteration, step), self.max_steps))
+            params = self.learner.adapt(pre)
+        post = sampler.collect(tasks, params, cfg.episodes_per_task,
+                               collection_seed(cfg.seed, iteration, len(pre)), self.max_steps)
+        t1 = time.perf_counter()
+        stats = self.learner.update(pre, post)
+        t2 = time.perf_counter()
+        steps = sum(b.env_steps for b in pre) + post.env_steps
+        self.env_steps += steps
+        metrics = _prefixed("train/", summarize(pre[0]), "pre") | _prefixed("train/", summarize(post), "post")
+        return metrics | stats | {"time/sample_s": t1 - t0, "time/update_s": t2 - t1,
+                                  "time/env_steps_per_s": steps / max(t1 - t0, 1e-9)}
+
+    # ----------------------------------------------------------------- evaluation
+
+    def evaluate(self, sampler: Sampler, num_tasks: int, adapt_steps: int, seed: int,
+                 split: str = "test") -> dict[str, Any]:
+        tasks = self.dist.sample(min(num_tasks, self.dist.split_size(split)), split,
+                                 np.random.default_rng([seed, 7]))
+        result = adaptation_curve(self.learner, sampler, tasks, self.cfg.episodes_per_task,
+                                  adapt_steps, seed, self.max_steps)
+        write_eval(self.run_dir, result, self.dist.name, split)
+        return result
+
+    def _eval_metrics(self, sampler: Sampler, iteration: int) -> dict[str, float]:
+        result = self.evaluate(sampler, self.cfg.eval.num_tasks, 1, seed=self.cfg.seed + iteration + 1)
+        out = {}
+        for row in result["adaptation"]:
+            tag = "pre" if row["k"] == 0 else "post"
+            out[f"eval/return_{tag}"] = row["return_mean"]
+            if row["success_rate"] is not None:
+                out[f"eval/success_{tag}"] = row["success_rate"]
+        return out
+
+    # ----------------------------------------------------------------- checkpoints
+
+    def save(self, iteration: int, wall_time_s: float) -> None:
+        checkpoint.save({"iteration": iteration, "env_steps": self.env_steps, "wall_time_s": wall_time_s,
+                         "learner": self.learner.state_dict(), "config": to_dict(self.cfg),
+                         "wandb_id": self.wandb_id}, self.run_dir / CHECKPOINT)
+
+    def _resume(self, read_only: bool) -> None:
+        state = checkpoint.load(self.run_dir / CHECKPOINT)
+        old = state["config"]
+        for key in ("algo", "tasks"):
+            if old[key]["name"] != getattr(self.cfg, key).name:
+                raise checkpoint.CheckpointError(
+                    f"checkpoint in {self.run_dir} is for {key}.name={old[key]['name']}, "
+                    f"not {getattr(self.cfg, key).name}; resume with the run's own config")
+        self.learner.load_state_dict(state["learner"])
+        self.start_iteration, self.env_steps = state["iteration"], state["env_steps"]
+        self.wall_offset, self.wandb_id = state["wall_time_s"], state.get("wandb_id")
+        metrics = self.run_dir / "metrics.jsonl"
+        if metrics.exists() and not read_only:  # lines logged after the checkpoint are redone
+            kept = [line for line in metrics.read_text().splitlines()
+                    if line.strip() and json.loads(line)["iteration"] < self.start_iteration]
+            tmp = metrics.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            tmp.replace(metrics)
+
+    def _logger(self) -> Logger:
+        loggers: list[Logger] = [JsonlLogger(self.run_dir / "metrics.jsonl")]
+        lc = self.cfg.logger
+        if lc.wandb:
+            wb = WandbLogger(self.run_dir, to_dict(self.cfg), lc.project, lc.entity, lc.group,
+                             list(lc.tags), lc.name, self.wandb_id)
+            self.wandb_id = wb.run_id
+            loggers.append(wb)
+        return MultiLogger(*loggers)
+
+
+def _prefixed(prefix: str, summary: dict[str, float | None], tag: str) -> dict[str, float]:
+    out = {f"{prefix}return_{tag}": summary["return_mean"]}
+    if summary["success_rate"] is not None:
+        out[f"{prefix}success_{tag}"] = summary["success_rate"]
+    return out
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.algo.name}-{cfg.tasks.name.replace('/', '_')}-s{cfg.seed}-{stamp}"
+
+
+def load_run(run_dir: Path) -> tuple[RunConfig, Trainer]:
+    """A Trainer restored from a run directory's config and latest checkpoint."""
+    import yaml
+
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
+    data = yaml.safe_load(cfg_path.read_text())
+    data["resume"], data["run_dir"] = True, str(run_dir)
+    cfg = build_config(data)
+    return cfg, Trainer(cfg, read_only=True)
+
+
+__all__ = ["Trainer", "build", "format_table", "load_run"]

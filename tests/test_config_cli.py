@@ -1,0 +1,62 @@
+import pytest
+
+from metarl.config import ConfigError, MamlConfig, load_config
+
+
+def test_defaults_and_overrides():
+    cfg = load_config("maml_trpo/nav2d", ["algo.inner_lr=0.05", "seed=3", "policy.hidden_sizes=[8,8]"])
+    assert isinstance(cfg.algo, MamlConfig)
+    assert cfg.algo.inner_lr == 0.05 and cfg.seed == 3 and cfg.policy.hidden_sizes == [8, 8]
+    assert cfg.tasks.name == "nav2d" and cfg.meta_batch_size == 20
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["algo.bogus=1"], "unknown config key 'algo.bogus'; valid keys under 'algo': name, inner_lr"),
+    (["bogus=1"], "unknown config key 'bogus'; valid keys at the top level: algo"),
+    (["seed=abc"], "invalid value for seed: Value 'abc' of type 'str' could not be converted to Integer"),
+    (["algo.inner_lr"], "invalid override 'algo.inner_lr': expected dotted key=value"),
+    (["algo.num_inner_steps=0"], "algo.num_inner_steps must be >= 1"),
+    (["algo.name=maml_foo"], "unknown algo.name 'maml_foo'; valid: maml_trpo"),
+    (["sampler.backend=threads"], "sampler.backend must be one of local, process, ray"),
+])
+def test_bad_config_input(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        load_config("maml_trpo/nav2d", overrides)
+
+
+def test_unknown_config_name_lists_valid():
+    with pytest.raises(ConfigError, match="unknown config 'maml_trpo/nav3d'.*valid names: .*maml_trpo/nav2d"):
+        load_config("maml_trpo/nav3d")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "algo.bogus=1"], "unknown config key 'algo.bogus'"),
+    (["train", "seed=abc"], "invalid value for seed"),
+    (["train", "tasks.name=nav3d"], "unknown task distribution 'nav3d'; valid: nav2d"),
+    (["train", "tasks.name=ml1/pick-v3"], "unknown Meta-World ML1 environment 'pick-v3'; valid: "),
+    (["train", "maml_trpo/nowhere"], "unknown config 'maml_trpo/nowhere'"),
+    (["train", "device=cuda"], "device=cuda but no CUDA device is available"),
+    (["train", "iterations=-1"], "iterations must be >= 1"),
+])
+def test_cli_bad_input_is_one_line(cli, tmp_path, args, message):
+    if "device=cuda" in args:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is present")
+    result = cli([*args, f"run_dir={tmp_path / 'r'}"])
+    assert result.code == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_tasks_lists_every_family(cli):
+    result = cli(["tasks"])
+    assert result.code == 0, result.stderr
+    for name in ["nav2d", "halfcheetah-vel", "halfcheetah-dir", "ant-dir", "ant-goal", "car-goal",
+                 "car-speed", "highway-parking", "ml10", "ml25", "ml45", "ml1/pick-place-v3"]:
+        assert any(line.split()[0] == name for line in result.stdout.splitlines()), name
+    ml45 = next(line for line in result.stdout.splitlines() if line.startswith("ml45 "))
+    assert ml45.split()[1:3] == ["2250", "250"]

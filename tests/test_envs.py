@@ -1,0 +1,147 @@
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import metarl.envs
+from metarl.envs import Task
+from metarl.envs.metaworld import split_classes
+
+FAMILIES = ["nav2d", "halfcheetah-vel", "halfcheetah-dir", "ant-dir", "ant-goal", "car-goal",
+            "car-speed", "highway-parking", "ml1/pick-place-v3"]
+
+
+def test_names_cover_every_family():
+    names = metarl.envs.names()
+    for family in FAMILIES + ["ml10", "ml25", "ml45", "ml1/reach-v3"]:
+        assert family in names
+    assert sum(n.startswith("ml1/") for n in names) == 50
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_splits_disjoint_and_deterministic(name):
+    dist = metarl.envs.make(name)
+    a = dist.sample(5, "train", np.random.default_rng(1))
+    b = metarl.envs.make(name).sample(5, "train", np.random.default_rng(1))
+    assert a == b
+    train = {json.dumps(t.params, sort_keys=True) for t in dist.tasks("train")}
+    test = {json.dumps(t.params, sort_keys=True) for t in dist.tasks("test")}
+    assert len(train) == dist.split_size("train") and len(test) == dist.split_size("test")
+    if name == "halfcheetah-dir":  # two tasks only; the papers test on the same two
+        assert train == test
+    else:
+        assert not train & test
+    # tasks are plain data
+    t = a[0]
+    assert Task.from_json(json.loads(json.dumps(t.to_json()))) == t
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_env_passes_check_env_and_rolls_one_episode(name):
+    dist = metarl.envs.make(name)
+    task = dist.sample(1, "test", np.random.default_rng(0))[0]
+    env = dist.make_env(task)
+    check_env(env, skip_render_check=True)
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.contains(obs.astype(env.observation_space.dtype))
+    env.action_space.seed(0)
+    steps, done = 0, False
+    while not done:
+        obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        assert np.isfinite(reward)
+        steps += 1
+        done = terminated or truncated
+    assert steps <= dist.horizon
+    if name.startswith("ml1/"):
+        assert "success" in info
+
+
+def test_set_task_changes_reward():
+    dist = metarl.envs.make("halfcheetah-vel")
+    t0, t1 = dist.tasks("train")[:2]
+    env = dist.make_env(t0)
+    env.reset(seed=0)
+    r0 = env.step(np.zeros(6))[1]
+    dist.set_task(env, t1)
+    env.reset(seed=0)
+    r1 = env.step(np.zeros(6))[1]
+    assert r0 != r1
+
+
+def test_nav2d_matches_paper_dynamics():
+    dist = metarl.envs.make("nav2d")
+    env = dist.make_env(Task("nav2d", {"goal": [0.3, -0.2]}))
+    obs, _ = env.reset(seed=0)
+    np.testing.assert_array_equal(obs, [0, 0])
+    obs, r, term, trunc, _ = env.step(np.array([0.5, -0.05]))  # clipped to +-0.1
+    np.testing.assert_allclose(obs, [0.1, -0.05], atol=1e-7)
+    assert r == pytest.approx(-np.hypot(0.2, 0.15))
+    assert not term
+    for _ in range(2):
+        obs, r, term, _, _ = env.step(np.array([0.1, -0.075]))
+    assert term  # within 0.01 of the goal
+
+
+def test_car_task_parameters_reach_physics():
+    dist = metarl.envs.make("car-speed")
+    slow, fast = (Task("car-speed", {"friction": f, "mass": m, "speed": 1.0}) for f, m in ((0.1, 2.0), (1.0, 0.5)))
+    speeds = []
+    for task in (slow, fast):
+        env = dist.make_env(task)
+        env.reset(seed=0)
+        for _ in range(10):
+            obs, *_ = env.step(np.array([1.0, 0.0]))
+        speeds.append(obs[4])
+    assert speeds[1] > speeds[0] + 0.05  # light car on a grippy road accelerates faster
+
+
+def test_metaworld_benchmark_classes_are_the_benchmarks_own():
+    from metaworld import env_dict
+
+    for name, table in (("ml10", env_dict.ML10_V3), ("ml45", env_dict.ML45_V3), ("ml25", env_dict.ML25_V3)):
+        classes = split_classes(name)
+        assert classes["train"] == list(table["train"]) and classes["test"] == list(table["test"])
+        assert not set(classes["train"]) & set(classes["test"])
+        dist = metarl.envs.make(name)
+        assert dist.split_size("train") == 50 * len(table["train"])
+        assert dist.split_size("test") == 50 * len(table["test"])
+
+
+def test_ml10_tasks_use_exactly_the_benchmark_split():
+    import metaworld
+
+    dist = metarl.envs.make("ml10", seed=3)
+    bench = metaworld.ML10(seed=3)
+    for split, mw_tasks in (("train", bench.train_tasks), ("test", bench.test_tasks)):
+        ours = dist.tasks(split)
+        assert [t.params["env_name"] for t in ours] == [t.env_name for t in mw_tasks]
+    assert {t.params["env_name"] for t in dist.tasks("test")} == set(bench.test_classes)
+
+
+def test_metaworld_goal_is_hidden_and_set_from_plain_params():
+    dist = metarl.envs.make("ml1/reach-v3")
+    t0, t1 = dist.tasks("test")[:2]
+    env = dist.make_env(t0)
+    obs0, _ = env.reset(seed=0)
+    assert np.all(obs0[-3:] == 0)  # partially observable: goal zeroed
+    dist.set_task(env, t1)
+    env.reset(seed=0)
+    np.testing.assert_array_equal(env.unwrapped._target_pos, np.array(t1.params["rand_vec"])[-3:])
+
+
+def test_unknown_names_and_options_are_clear():
+    with pytest.raises(ValueError, match="unknown task distribution 'nav3d'; valid: nav2d"):
+        metarl.envs.make("nav3d")
+    with pytest.raises(ValueError, match="unknown Meta-World ML1 environment 'pick-v3'; valid: .*pick-place-v3"):
+        metarl.envs.make("ml1/pick-v3")
+    with pytest.raises(ValueError, match="invalid option for task distribution 'nav2d'"):
+        metarl.envs.make("nav2d", bogus=1)
+    with pytest.raises(ValueError, match="unknown split 'val'"):
+        metarl.envs.make("nav2d").sample(1, "val")
+
+
+def test_gym_env_types():
+    env = metarl.envs.make("nav2d").make_env(Task("nav2d", {"goal": [0.1, 0.1]}))
+    assert isinstance(env, gym.Env)

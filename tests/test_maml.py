@@ -1,0 +1,191 @@
+"""MAML correctness: the meta-gradient, its first-order variant, the TRPO step."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+from torch.func import functional_call
+
+from metarl.algos.maml import MamlLearner, TaskData, _flat, prepare
+from metarl.config import MamlConfig
+from metarl.envs import Task
+from metarl.policies import GaussianMLPPolicy, gaussian_kl, gaussian_log_prob
+from metarl.sampling import EpisodeBatch
+
+
+def random_batch(n=3, e=2, t=6, o=3, a=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(n, e, t, dtype=torch.bool)
+    mask[0, 1, 4:] = False  # one short episode
+    term = torch.zeros(n, e, t, dtype=torch.bool)
+    term[0, 1, 3] = True
+    trunc = torch.zeros_like(term)
+    trunc[..., -1] = mask[..., -1]
+    return EpisodeBatch(torch.randn(n, e, t, o, generator=g), torch.randn(n, e, t, a, generator=g),
+                        torch.randn(n, e, t, generator=g), torch.zeros(n, e, t), term, trunc, mask,
+                        torch.randn(n, e, o, generator=g), None, [Task("x", {"i": i}) for i in range(n)])
+
+
+def learner(name="maml_trpo", **kw):
+    torch.manual_seed(0)
+    cfg = MamlConfig(name=name, inner_lr=0.5, **kw)
+    return MamlLearner(cfg, GaussianMLPPolicy(3, 2, [8, 8], init_std=0.7), "cpu")
+
+
+def task(data: TaskData, i: int) -> TaskData:
+    return TaskData(*(x[i] for x in data))
+
+
+def reference_meta_gradient(lrn: MamlLearner, pre: TaskData, post: TaskData, first_order=False):
+    """Autograd through an explicit inner SGD step, one task at a time (no torch.func)."""
+    theta = {k: v.detach().clone().requires_grad_() for k, v in lrn.meta.items()}
+    total = 0.0
+    n = post.obs.shape[0]
+    for i in range(n):
+        d = task(pre, i)
+        mean, std = functional_call(lrn.policy, theta, (d.obs,))
+        inner = -(gaussian_log_prob(mean, std, d.actions) * d.advantages * d.weight).sum()
+        grads = torch.autograd.grad(inner, list(theta.values()), create_graph=not first_order)
+        phi = {k: p - lrn.cfg.inner_lr * (gk.detach() if first_order else gk)
+               for (k, p), gk in zip(theta.items(), grads, strict=True)}
+        q = task(post, i)
+        mean, std = functional_call(lrn.policy, phi, (q.obs,))
+        total = total + (-(gaussian_log_prob(mean, std, q.actions) * q.advantages * q.weight).sum())
+    (total / n).backward()
+    return _flat({k: v.grad for k, v in theta.items()})
+
+
+def vpg_gradient(lrn: MamlLearner, pre: TaskData, post: TaskData, first_order=False):
+    phi = lrn.adapt_all(lrn.meta, [pre], first_order=first_order)
+    mean, std = lrn.forward_all(phi, post.obs)
+    loss = -(gaussian_log_prob(mean, std, post.actions) * post.advantages * post.weight).sum(-1).mean()
+    grads = torch.autograd.grad(loss, list(lrn.meta.values()))
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+def test_batched_meta_gradient_equals_per_task_reference():
+    lrn = learner()
+    pre, post = (prepare(random_batch(seed=s), lrn.cfg, lrn.device) for s in (1, 2))
+    torch.testing.assert_close(vpg_gradient(lrn, pre, post), reference_meta_gradient(lrn, pre, post),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_first_order_drops_exactly_the_second_order_term():
+    lrn = learner()
+    pre, post = (prepare(random_batch(seed=s), lrn.cfg, lrn.device) for s in (1, 2))
+    fo = vpg_gradient(lrn, pre, post, first_order=True)
+    torch.testing.assert_close(fo, reference_meta_gradient(lrn, pre, post, first_order=True),
+                               atol=1e-6, rtol=1e-5)
+    # first order == the post-adaptation gradient evaluated at phi, mapped back with J = I
+    phi = lrn.adapt_all(lrn._theta(), [pre])
+    phi = {k: v.detach().requires_grad_() for k, v in phi.items()}
+    mean, std = lrn.forward_all(phi, post.obs)
+    loss = -(gaussian_log_prob(mean, std, post.actions) * post.advantages * post.weight).sum(-1).mean()
+    g_phi = torch.autograd.grad(loss, list(phi.values()))
+    torch.testing.assert_close(fo, torch.cat([g.sum(0).reshape(-1) for g in g_phi]), atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(fo, vpg_gradient(lrn, pre, post), atol=1e-4)  # second order matters here
+
+
+def test_second_order_meta_gradient_matches_finite_differences():
+    lrn = learner()
+    lrn.meta = {k: v.detach().double().requires_grad_() for k, v in lrn.meta.items()}
+    lrn.policy.double()
+    pre, post = (prepare(random_batch(n=2, seed=s), lrn.cfg, lrn.device) for s in (3, 4))
+    pre, post = (TaskData(*(x.double() for x in d)) for d in (pre, post))
+
+    def objective(theta):
+        phi = lrn.adapt_all(theta, [pre])
+        mean, std = lrn.forward_all(phi, post.obs)
+        return -(gaussian_log_prob(mean, std, post.actions) * post.advantages * post.weight).sum(-1).mean()
+
+    grad = vpg_gradient(lrn, pre, post)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        direction = {k: torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in lrn.meta.items()}
+        eps = 1e-6
+        plus = objective({k: v.detach() + eps * direction[k] for k, v in lrn.meta.items()})
+        minus = objective({k: v.detach() - eps * direction[k] for k, v in lrn.meta.items()})
+        fd = (plus - minus).item() / (2 * eps)
+        assert grad @ _flat(direction) == pytest.approx(fd, rel=1e-5, abs=1e-8)
+
+
+def test_trpo_hessian_vector_product_equals_double_backward():
+    lrn = learner()
+    pre, post = (prepare(random_batch(seed=s), lrn.cfg, lrn.device) for s in (5, 6))
+    theta = {k: v.detach().requires_grad_() for k, v in lrn.meta.items()}
+    old = lrn._old_policy([pre], post)
+
+    def mean_kl(th):
+        phi = lrn.adapt_all(th, [pre])
+        mean, std = lrn.forward_all(phi, post.obs)
+        return (gaussian_kl(old[0], old[1], mean, std) * post.weight).sum(-1).mean()
+
+    v = torch.randn(_flat(theta).shape, generator=torch.Generator().manual_seed(0))
+    grads = torch.autograd.grad(mean_kl(theta), list(theta.values()), create_graph=True)
+    ref = torch.autograd.grad(torch.cat([g.reshape(-1) for g in grads]) @ v, list(theta.values()))
+    ref = torch.cat([r.reshape(-1) for r in ref])
+
+    captured = {}
+    import metarl.algos.maml as maml_module
+
+    original = maml_module.conjugate_gradient
+
+    def spy(avp, b, iters):
+        captured["hvp"] = avp(v) - lrn.cfg.cg_damping * v
+        return original(avp, b, iters)
+
+    maml_module.conjugate_gradient = spy
+    try:
+        lrn._trpo([pre], post)
+    finally:
+        maml_module.conjugate_gradient = original
+    torch.testing.assert_close(captured["hvp"], ref, atol=1e-5, rtol=1e-4)
+
+
+def test_trpo_step_respects_max_kl_and_improves():
+    for max_kl in (1e-3, 1e-2):
+        lrn = learner(max_kl=max_kl)
+        pre, post = random_batch(seed=7), random_batch(seed=8)
+        stats = lrn.update([pre], post)
+        assert stats["loss/step_accepted"] == 1.0
+        assert 0 < stats["loss/kl"] <= max_kl
+        assert stats["loss/surrogate_after"] < stats["loss/surrogate_before"]
+
+
+def test_rejected_line_search_leaves_parameters_unchanged():
+    lrn = learner(ls_max_steps=2)
+    pre, post = random_batch(seed=7), random_batch(seed=8)
+    post = replace(post, rewards=torch.zeros_like(post.rewards))  # zero advantages: no improvement
+    before = _flat(lrn._theta()).clone()
+    stats = lrn.update([pre], replace(post))
+    assert stats["loss/step_accepted"] == 0.0
+    assert torch.equal(_flat(lrn._theta()), before)
+
+
+@pytest.mark.parametrize("name", ["maml_ppo", "maml_vpg", "fomaml", "reptile"])
+def test_other_outer_rules_change_parameters(name):
+    lrn = learner(name, outer_lr=0.01)
+    before = _flat(lrn._theta()).clone()
+    stats = lrn.update([random_batch(seed=1)], random_batch(seed=2))
+    assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
+    assert not torch.equal(_flat(lrn._theta()), before)
+
+
+def test_meta_sgd_learns_step_sizes_and_two_inner_steps_run():
+    lrn = learner("maml_vpg", learn_inner_lr=True, num_inner_steps=2, outer_lr=0.01)
+    lr_before = lrn.meta["lr.mean.bias"].detach().clone()
+    lrn.update([random_batch(seed=1), random_batch(seed=2)], random_batch(seed=3))
+    assert not torch.equal(lrn.meta["lr.mean.bias"], lr_before)
+    with pytest.raises(ValueError, match="expected 2 pre-adaptation batches, got 1"):
+        lrn.update([random_batch(seed=1)], random_batch(seed=3))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_learner_matches_cpu():
+    cpu, gpu = learner(), learner()
+    gpu = MamlLearner(gpu.cfg, GaussianMLPPolicy(3, 2, [8, 8], init_std=0.7), "cuda")
+    gpu.load_state_dict(cpu.state_dict())
+    pre, post = random_batch(seed=7), random_batch(seed=8)
+    a, b = cpu.update([pre], post), gpu.update([pre], post)
+    assert a["loss/step_accepted"] == b["loss/step_accepted"] == 1.0
+    torch.testing.assert_close(_flat(gpu._theta()).cpu(), _flat(cpu._theta()), atol=1e-4, rtol=1e-4)

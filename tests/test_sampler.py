@@ -1,0 +1,174 @@
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import metarl.envs
+from metarl.envs import Task
+from metarl.envs.navigation import Navigation2D, PointNavigationEnv
+from metarl.policies import GaussianMLPPolicy
+from metarl.sampling import Sampler, SamplerError
+
+
+def constant_policy(obs_dim, act_dim, action, std=1e-3):
+    """A policy whose mean is ``action`` everywhere (zero weights, bias = action)."""
+    policy = GaussianMLPPolicy(obs_dim, act_dim, [4], init_std=std)
+    params = policy.params()
+    for k in params:
+        params[k] = torch.zeros_like(params[k]) if k != "log_std" else params[k]
+    params["mean.bias"] = torch.tensor(action, dtype=torch.float32)
+    return policy, params
+
+
+def test_shapes_and_masks_with_termination():
+    dist = metarl.envs.make("nav2d")
+    policy, params = constant_policy(2, 2, [0.1, 0.0])
+    near, far = Task("nav2d", {"goal": [0.3, 0.0]}), Task("nav2d", {"goal": [-0.4, 0.4]})
+    with Sampler(dist, policy.spec, backend="local") as s:
+        batch = s.collect([near, far], params, episodes=3, seed=0, deterministic=True)
+    assert batch.obs.shape == (2, 3, 100, 2) and batch.actions.shape == (2, 3, 100, 2)
+    assert batch.rewards.shape == batch.mask.shape == batch.log_probs.shape == (2, 3, 100)
+    assert batch.lengths[0].tolist() == [3, 3, 3]  # reaches (0.3, 0) at the third step
+    assert batch.terminated[0, :, 2].all() and not batch.truncated[0].any()
+    assert not batch.mask[0, :, 3:].any() and (batch.rewards[0, :, 3:] == 0).all()
+    assert batch.lengths[1].tolist() == [100, 100, 100]
+    assert batch.truncated[1, :, 99].all() and not batch.terminated[1].any()
+    assert batch.env_steps == 9 + 300
+    assert batch.success is None
+    torch.testing.assert_close(batch.last_obs[0, 0], torch.tensor([0.3, 0.0]))
+
+
+def test_truncation_by_max_steps_and_success_passthrough():
+    dist = metarl.envs.make("ml1/reach-v3")
+    policy = GaussianMLPPolicy(39, 4, [8])
+    tasks = dist.sample(2, "train", np.random.default_rng(0))
+    with Sampler(dist, policy.spec, backend="local") as s:
+        batch = s.collect(tasks, policy.params(), episodes=2, seed=1, max_steps=15)
+    assert batch.obs.shape == (2, 2, 15, 39)
+    assert batch.mask.all() and batch.truncated[..., -1].all()
+    assert batch.success is not None and batch.success.shape == (2, 2, 15)
+
+
+def test_log_probs_match_policy():
+    dist = metarl.envs.make("halfcheetah-vel")
+    policy = GaussianMLPPolicy(17, 6, [16])
+    tasks = dist.sample(2, "train", np.random.default_rng(0))
+    with Sampler(dist, policy.spec, backend="local") as s:
+        batch = s.collect(tasks, policy.params(), episodes=2, seed=1, max_steps=10)
+    from metarl.policies import log_prob
+
+    with torch.no_grad():
+        recomputed = log_prob(policy, policy.params(), batch.obs, batch.actions)
+    torch.testing.assert_close(recomputed, batch.log_probs, rtol=1e-5, atol=1e-5)
+
+
+def test_same_seed_same_batch_across_backends_and_workers():
+    dist = metarl.envs.make("halfcheetah-vel")
+    policy = GaussianMLPPolicy(17, 6, [16])
+    tasks = dist.sample(3, "train", np.random.default_rng(0))
+    batches = []
+    for backend, workers in (("local", 1), ("process", 2), ("process", 1)):
+        with Sampler(dist, policy.spec, backend=backend, num_workers=workers) as s:
+            batches.append(s.collect(tasks, policy.params(), episodes=2, seed=5, max_steps=30))
+    for b in batches[1:]:
+        assert torch.equal(b.obs, batches[0].obs) and torch.equal(b.actions, batches[0].actions)
+        assert torch.equal(b.rewards, batches[0].rewards)
+    with Sampler(dist, policy.spec, backend="local") as s:
+        other = s.collect(tasks, policy.params(), episodes=2, seed=6, max_steps=30)
+    assert not torch.equal(other.actions, batches[0].actions)
+
+
+def test_per_task_params_reach_their_tasks():
+    dist = metarl.envs.make("nav2d")
+    policy, right = constant_policy(2, 2, [0.1, 0.0])
+    _, up = constant_policy(2, 2, [0.0, 0.1])
+    tasks = dist.sample(4, "train", np.random.default_rng(0))
+    with Sampler(dist, policy.spec, backend="process", num_workers=2) as s:
+        batch = s.collect(tasks, [right, up, up, right], episodes=1, seed=0, max_steps=5, deterministic=True)
+    final = batch.last_obs[:, 0]
+    for i, direction in enumerate(["right", "up", "up", "right"]):
+        x, y = final[i].tolist()
+        assert (x > 0.4 and abs(y) < 1e-6) if direction == "right" else (y > 0.4 and abs(x) < 1e-6)
+
+
+def test_killed_worker_between_collections_is_replaced():
+    dist = metarl.envs.make("nav2d")
+    policy = GaussianMLPPolicy(2, 2, [8])
+    tasks = dist.sample(4, "train", np.random.default_rng(0))
+    with Sampler(dist, policy.spec, backend="process", num_workers=2) as s:
+        reference = s.collect(tasks, policy.params(), episodes=2, seed=3)
+        os.kill(s.worker_pids[0], signal.SIGKILL)
+        again = s.collect(tasks, policy.params(), episodes=2, seed=3)
+        assert s.restarts == 1
+    assert torch.equal(reference.obs, again.obs)
+
+
+class CrashOnceEnv(PointNavigationEnv):
+    """Kills its own process on the 5th step the first time (a simulator segfault)."""
+
+    marker: str = ""
+
+    def step(self, action):
+        self._n = getattr(self, "_n", 0) + 1
+        if self._n == 5 and not Path(self.marker).exists():
+            Path(self.marker).write_text("crashed")
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().step(action)
+
+
+@dataclass(frozen=True)
+class CrashingNav(Navigation2D):
+    marker: str = ""
+    always: bool = False
+
+    def make_env(self, task):
+        import gymnasium as gym
+
+        env = CrashOnceEnv()
+        env.marker = "/nonexistent/never" if self.always else self.marker
+        if self.always:
+            env.marker = "/proc/never-writable"
+        return gym.wrappers.TimeLimit(env, max_episode_steps=self.horizon)
+
+
+def test_worker_dying_mid_collection_is_recovered(tmp_path):
+    dist = CrashingNav(marker=str(tmp_path / "crashed"))
+    policy = GaussianMLPPolicy(2, 2, [8])
+    tasks = dist.sample(2, "train", np.random.default_rng(0))
+    with Sampler(dist, policy.spec, backend="process", num_workers=2) as s:
+        batch = s.collect(tasks, policy.params(), episodes=2, seed=3)
+        assert s.restarts == 1
+    with Sampler(metarl.envs.make("nav2d"), policy.spec, backend="local") as s:
+        reference = s.collect(tasks, policy.params(), episodes=2, seed=3)
+    assert (tmp_path / "crashed").exists()
+    assert torch.equal(batch.obs, reference.obs) and torch.equal(batch.mask, reference.mask)
+
+
+def test_worker_that_keeps_dying_raises_clear_error(tmp_path):
+    dist = CrashingNav(marker=str(tmp_path / "never"), always=True)
+    policy = GaussianMLPPolicy(2, 2, [8])
+    with Sampler(dist, policy.spec, backend="process", num_workers=1, max_retries=2) as s:
+        with pytest.raises(SamplerError, match="failed after 2 restarts"):
+            s.collect(dist.sample(1, "train"), policy.params(), episodes=1, seed=0)
+
+
+@pytest.mark.ray
+def test_ray_backend_matches_local():
+    pytest.importorskip("ray")
+    dist = metarl.envs.make("nav2d")
+    policy = GaussianMLPPolicy(2, 2, [8])
+    tasks = dist.sample(3, "train", np.random.default_rng(0))
+    with Sampler(dist, policy.spec, backend="local") as s:
+        reference = s.collect(tasks, policy.params(), episodes=2, seed=4)
+    import ray
+
+    try:
+        with Sampler(dist, policy.spec, backend="ray", num_workers=2) as s:
+            batch = s.collect(tasks, policy.params(), episodes=2, seed=4)
+    finally:
+        ray.shutdown()
+    assert torch.equal(batch.obs, reference.obs) and torch.equal(batch.log_probs, reference.log_probs)

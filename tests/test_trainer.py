@@ -1,0 +1,115 @@
+import json
+
+import pytest
+import torch
+
+from metarl.checkpoint import CheckpointError
+from metarl.config import load_config
+from metarl.sampling import Sampler
+from metarl.trainer import CHECKPOINT, Trainer, load_run
+
+TINY = ["iterations=2", "meta_batch_size=3", "episodes_per_task=2", "max_episode_steps=20",
+        "policy.hidden_sizes=[16]", "eval.num_tasks=3", "eval.adapt_steps=1", "sampler.backend=local"]
+
+
+def metrics(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("time/") and k != "wall_time_s"} for r in rows]
+
+
+def test_cli_train_smoke_is_deterministic_and_writes_the_run_contract(cli, tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        result = cli(["train", "maml_trpo/nav2d", *TINY, "seed=1", f"run_dir={tmp_path / name}"])
+        assert result.code == 0, result.stderr
+        runs.append(tmp_path / name)
+    assert "held-out" in result.stdout and "return" in result.stdout
+    a = metrics(runs[0])
+    assert a == metrics(runs[1])
+    assert [r["iteration"] for r in a] == [0, 1]
+    for key in ("iteration", "env_steps", "train/return_pre", "train/return_post"):
+        assert key in a[0]
+    assert "wall_time_s" in json.loads((runs[0] / "metrics.jsonl").read_text().splitlines()[0])
+    assert a[1]["env_steps"] > a[0]["env_steps"] > 0
+    assert (runs[0] / "config.yaml").is_file() and (runs[0] / CHECKPOINT).is_file()
+    ev = json.loads((runs[0] / "eval.json").read_text())
+    assert ev["task_distribution"] == "nav2d" and ev["split"] == "test" and ev["unit"] == "gradient_steps"
+    assert [row["k"] for row in ev["adaptation"]] == [0, 1]
+    assert set(ev["adaptation"][0]) == {"k", "return_mean", "return_std", "success_rate"}
+    assert len(ev["per_task"]) == 3
+
+
+def test_metaworld_metrics_have_success(tmp_path):
+    cfg = load_config("maml_trpo/ml1_pick_place", [*TINY, "iterations=1", "max_episode_steps=10",
+                                                    "policy.hidden_sizes=[8]", f"run_dir={tmp_path}"])
+    Trainer(cfg).run()
+    row = metrics(tmp_path)[0]
+    assert 0.0 <= row["train/success_pre"] <= 1.0 and "train/success_post" in row
+
+
+def test_checkpoint_round_trip_evaluates_identically(tmp_path):
+    cfg = load_config("maml_trpo/nav2d", [*TINY, f"run_dir={tmp_path}"])
+    trainer = Trainer(cfg)
+    trainer.run()
+    with Sampler(trainer.dist, trainer.policy.spec, "local") as s:
+        before = trainer.evaluate(s, 3, 1, seed=5)
+    _, restored = load_run(tmp_path)
+    with Sampler(restored.dist, restored.policy.spec, "local") as s:
+        after = restored.evaluate(s, 3, 1, seed=5)
+    assert before == after
+    for k, v in trainer.learner.meta.items():
+        assert torch.equal(v, restored.learner.meta[k])
+
+
+def test_cli_evaluate_writes_eval_json(cli, tmp_path):
+    assert cli(["train", "maml_trpo/nav2d", *TINY, f"run_dir={tmp_path}"]).code == 0
+    result = cli(["evaluate", str(tmp_path), "--adapt-steps", "2", "--tasks", "2", "--seed", "3"])
+    assert result.code == 0, result.stderr
+    ev = json.loads((tmp_path / "eval.json").read_text())
+    assert [row["k"] for row in ev["adaptation"]] == [0, 1, 2] and len(ev["per_task"]) == 2
+    plot = cli(["plot", str(tmp_path), "--out", str(tmp_path / "curves.png")])
+    assert plot.code == 0, plot.stderr
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+
+
+def test_resume_continues_to_the_same_metrics(tmp_path):
+    full = load_config("maml_trpo/nav2d", [*TINY, "iterations=3", "checkpoint_every=1", f"run_dir={tmp_path / 'full'}"])
+    Trainer(full).run()
+    part = load_config("maml_trpo/nav2d", [*TINY, "iterations=2", "checkpoint_every=1", f"run_dir={tmp_path / 'part'}"])
+    Trainer(part).run()
+    resumed = load_config("maml_trpo/nav2d", [*TINY, "iterations=3", "checkpoint_every=1", "resume=true",
+                                              f"run_dir={tmp_path / 'part'}"])
+    Trainer(resumed).run()
+    assert metrics(tmp_path / "part") == metrics(tmp_path / "full")
+
+
+def test_resume_errors_leave_files_untouched(cli, tmp_path):
+    result = cli(["train", *TINY, "resume=true", f"run_dir={tmp_path / 'none'}"])
+    assert result.code == 2 and "no checkpoint at" in result.stderr
+    assert cli(["train", *TINY, f"run_dir={tmp_path / 'r'}"]).code == 0
+    again = cli(["train", *TINY, f"run_dir={tmp_path / 'r'}"])
+    assert again.code == 2 and "already holds a run; pass resume=true" in again.stderr
+    other = cli(["train", *TINY, "resume=true", "algo.name=maml_vpg", f"run_dir={tmp_path / 'r'}"])
+    assert other.code == 2 and "checkpoint in" in other.stderr and "algo.name=maml_trpo" in other.stderr
+    ckpt = tmp_path / "r" / CHECKPOINT
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    snapshot = (tmp_path / "r" / "metrics.jsonl").read_text()
+    corrupt = cli(["train", *TINY, "resume=true", f"run_dir={tmp_path / 'r'}"])
+    assert corrupt.code == 2 and "corrupt or unreadable" in corrupt.stderr
+    assert len(corrupt.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "r" / "metrics.jsonl").read_text() == snapshot
+
+
+def test_checkpoint_load_refuses_code(tmp_path):
+    import pickle
+
+    from metarl import checkpoint
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("ran code",))
+
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps({"x": Evil()}))
+    with pytest.raises(CheckpointError, match="corrupt or unreadable"):
+        checkpoint.load(path)
