@@ -19,7 +19,14 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+def _config_dir() -> Path:
+    """configs/ of the checkout (editable install), else the copy a wheel installs."""
+    here = Path(__file__).resolve().parent
+    checkout = here.parent / "configs"
+    return checkout if checkout.is_dir() else here / "configs"
+
+
+CONFIG_DIR = _config_dir()
 DEFAULT_CONFIG = "default"
 
 

@@ -8,7 +8,6 @@ import pytest
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
-os.environ.setdefault("MUJOCO_GL", "egl")
 
 
 @dataclass
