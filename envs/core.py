@@ -98,8 +98,11 @@ class TaskDistribution(ABC):
         """Every split's tasks: ``{"train": [...], "test": [...]}`` (computed once)."""
 
     @abstractmethod
-    def make_env(self, task: Task) -> gym.Env:
-        """A new gymnasium env (with a ``TimeLimit`` of ``horizon``) set to ``task``."""
+    def make_env(self, task: Task, render_mode: str | None = None) -> gym.Env:
+        """A new gymnasium env (with a ``TimeLimit`` of ``horizon``) set to ``task``.
+
+        ``render_mode="rgb_array"`` asks for frames (MuJoCo families need a GL backend,
+        chosen with ``MUJOCO_GL``: egl or osmesa on a machine without a screen)."""
 
     @abstractmethod
     def set_task(self, env: gym.Env, task: Task) -> None:

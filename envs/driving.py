@@ -189,9 +189,9 @@ class HighwayParking(TaskDistribution):
         return {split: [Task(self.name, {"spot": s}, split, i) for i, s in enumerate(spots)]
                 for split, spots in (("train", train), ("test", test))}
 
-    def make_env(self, task: Task) -> gym.Env:
+    def make_env(self, task: Task, render_mode: str | None = None) -> gym.Env:
         cls = _parking_env_class()
-        env = cls(config={"duration": self.horizon / 5, "add_walls": True})
+        env = cls(config={"duration": self.horizon / 5, "add_walls": True}, render_mode=render_mode)
         env.spot = int(task.params["spot"])
         return gym.wrappers.TimeLimit(_KinematicsOnly(env), max_episode_steps=self.horizon)
 

@@ -112,8 +112,8 @@ class Locomotion(TaskDistribution):
         return [{"goal": [float(r * np.cos(a)), float(r * np.sin(a))]}
                 for a, r in zip(angle, radius, strict=True)]
 
-    def make_env(self, task: Task) -> gym.Env:
-        kwargs: dict[str, Any] = {}
+    def make_env(self, task: Task, render_mode: str | None = None) -> gym.Env:
+        kwargs: dict[str, Any] = {"render_mode": render_mode}
         if self.name.startswith("ant"):
             kwargs["include_cfrc_ext_in_observation"] = False
         if self.name == "ant-goal":  # the goal is a position: the agent must see its own

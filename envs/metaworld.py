@@ -5,6 +5,9 @@ the train and test classes and draws each class's 50 goal vectors. metarl keeps 
 plain data per task (the class name and its ``rand_vec``) and rebuilds Meta-World's
 ``Task`` in memory when an env is set to it. Goals are hidden (``partially_observable``),
 as the ML benchmarks define; ``info["success"]`` is passed through unchanged.
+
+Note: metaworld 3.1.1's own ML25 lists ``basketball-v3`` among both its train and its test
+classes (with different goal vectors); ``ml25`` keeps the benchmark's split as it is.
 """
 
 from __future__ import annotations
@@ -105,11 +108,12 @@ class MetaWorld(TaskDistribution):
     def env_key(self, task: Task) -> str:
         return task.params["env_name"]
 
-    def make_env(self, task: Task) -> gym.Env:
+    def make_env(self, task: Task, render_mode: str | None = None) -> gym.Env:
         from .metaworld_fast import env_class
 
         cls = env_class(task.params["env_name"], fast=self.fast)
-        env = cls(reward_function_version=self.reward_function_version)
+        env = cls(reward_function_version=self.reward_function_version, render_mode=render_mode,
+                  camera_name="corner" if render_mode else None)
         env = gym.wrappers.TimeLimit(SeedOnReset(env), max_episode_steps=self.horizon)
         self.set_task(env, task)
         return env

@@ -21,10 +21,12 @@ from .core import Task, TaskDistribution, check_pool_sizes, draw_pools, find_wra
 class PointNavigationEnv(gym.Env):
     """A point mass on the plane; observation is its position, action a displacement."""
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
 
-    def __init__(self, goal: tuple[float, float] = (0.0, 0.0), max_step: float = 0.1) -> None:
+    def __init__(self, goal: tuple[float, float] = (0.0, 0.0), max_step: float = 0.1,
+                 render_mode: str | None = None) -> None:
         self.max_step = max_step
+        self.render_mode = render_mode
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
         self.action_space = gym.spaces.Box(-max_step, max_step, shape=(2,), dtype=np.float32)
         self.goal = np.asarray(goal, dtype=np.float64)
@@ -37,6 +39,14 @@ class PointNavigationEnv(gym.Env):
         super().reset(seed=seed)
         self._pos = np.zeros(2)
         return self._pos.astype(np.float32), {}
+
+    def render(self) -> np.ndarray:
+        """A 128x128 top view of [-1, 1]^2: the goal in red, the point in blue."""
+        img = np.full((128, 128, 3), 255, dtype=np.uint8)
+        for (x, y), color in ((self.goal, (220, 40, 40)), (self._pos, (40, 40, 220))):
+            col, row = int((x + 1) / 2 * 127), int((1 - (y + 1) / 2) * 127)
+            img[max(row - 3, 0):row + 4, max(col - 3, 0):col + 4] = color
+        return img
 
     def step(self, action):
         action = np.clip(np.asarray(action, dtype=np.float64), -self.max_step, self.max_step)
@@ -79,8 +89,9 @@ class Navigation2D(TaskDistribution):
         return draw_pools(draw, self.name, {"train": self.num_train_tasks,
                                             "test": self.num_test_tasks}, self.seed)
 
-    def make_env(self, task: Task) -> gym.Env:
-        env = gym.wrappers.TimeLimit(PointNavigationEnv(), max_episode_steps=self.horizon)
+    def make_env(self, task: Task, render_mode: str | None = None) -> gym.Env:
+        env = gym.wrappers.TimeLimit(PointNavigationEnv(render_mode=render_mode),
+                                     max_episode_steps=self.horizon)
         self.set_task(env, task)
         return env
 

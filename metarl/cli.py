@@ -32,17 +32,39 @@ def _tasks(_: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from metarl.config import load_config
-    from metarl.trainer import Trainer, format_table
 
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config:  # `metarl train seed=3`: no config name given
         config, overrides = None, [config, *overrides]
-    cfg = load_config(config, overrides)
+    seeds = [o for o in overrides if o.startswith("seed=") and "," in o]
+    if not seeds:
+        return _train_one(load_config(config, overrides))
+    # `seed=0,1,2`: one run per seed, one after another, into sibling run directories.
+    rest = [o for o in overrides if o not in seeds]
+    try:
+        values = [int(v) for v in seeds[-1].removeprefix("seed=").split(",")]
+    except ValueError:
+        raise ConfigError(f"invalid override {seeds[-1]!r}: expected seed=N or seed=N,M,...") from None
+    run_dir = next((o.removeprefix("run_dir=") for o in rest if o.startswith("run_dir=")), None)
+    cfgs = [load_config(config, [o for o in rest if not o.startswith("run_dir=")] + [f"seed={v}"]
+                        + ([f"run_dir={run_dir}-s{v}"] if run_dir else []))
+            for v in values]  # validate every run before starting the first
+    for cfg in cfgs:
+        _train_one(cfg)
+    return 0
+
+
+def _train_one(cfg) -> int:
+    if cfg.logger.video_every and not os.environ.get("DISPLAY"):
+        # Headless MuJoCo rendering; must be chosen before mujoco is first imported.
+        os.environ.setdefault("MUJOCO_GL", "egl")
+    from metarl.trainer import Trainer, format_table
+
     trainer = Trainer(cfg)
     print(f"run directory: {trainer.run_dir}", file=sys.stderr)
     result = trainer.run()
-    print(f"\n{cfg.algo.name} on {trainer.dist.name}: adaptation on {len(result['per_task'])} "
-          f"held-out (test) tasks")
+    print(f"\n{cfg.algo.name} on {trainer.dist.name} (seed {cfg.seed}): adaptation on "
+          f"{len(result['per_task'])} held-out (test) tasks")
     print(format_table(result))
     return 0
 
@@ -76,7 +98,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("config", nargs="?", default=None,
                    help="config name under configs/ (e.g. maml_trpo/nav2d) or a YAML path; "
                         "default: the small default experiment")
-    t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. algo.inner_lr=0.05")
+    t.add_argument("overrides", nargs="*",
+                   help="dotted key=value overrides, e.g. algo.inner_lr=0.05; seed=0,1,2 runs "
+                        "one run per seed into sibling run directories")
     t.set_defaults(func=_train)
     e = sub.add_parser("evaluate", help="adaptation curve of a trained run on held-out tasks")
     e.add_argument("run_dir")

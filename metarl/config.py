@@ -19,6 +19,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+
 def _config_dir() -> Path:
     """configs/ of the checkout (editable install), else the copy a wheel installs."""
     here = Path(__file__).resolve().parent
@@ -146,13 +147,16 @@ class SamplerConfig:
 
 @dataclass(frozen=True)
 class LoggerConfig:
-    wandb: bool = False
-    """Log to Weights & Biases (online when logged in, offline otherwise)."""
+    wandb: bool = True
+    """Log to Weights & Biases: online when logged in (WANDB_API_KEY or netrc), offline
+    otherwise (``wandb sync`` later); ``false`` turns it off."""
     project: str = "metarl"
     entity: str | None = None
     group: str | None = None
     tags: list[str] = field(default_factory=list)
     name: str | None = None
+    video_every: int = 0
+    """Record an adapted rollout on a test task to MP4 every N iterations (0: never)."""
 
 
 @dataclass(frozen=True)
@@ -190,9 +194,12 @@ class RunConfig:
     resume: bool = False
     """Continue the run in ``run_dir`` from its latest checkpoint."""
     checkpoint_every: int = 10
+    checkpoint_keep: int = 3
+    """How many ``checkpoints/iter_*.pt`` to keep besides ``latest.pt``."""
 
     def __post_init__(self) -> None:
-        for key in ("iterations", "meta_batch_size", "episodes_per_task", "checkpoint_every"):
+        for key in ("iterations", "meta_batch_size", "episodes_per_task", "checkpoint_every",
+                    "checkpoint_keep"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.max_episode_steps is not None and self.max_episode_steps < 1:

@@ -17,9 +17,10 @@ from metarl import checkpoint
 from metarl.algos import MamlLearner
 from metarl.config import ConfigError, RunConfig, build_config, save_config, to_dict
 from metarl.evaluation import adaptation_curve, format_table, summarize, write_eval
-from metarl.logging import JsonlLogger, Logger, MultiLogger, WandbLogger
+from metarl.logging import JsonlLogger, MultiLogger, WandbLogger, read_jsonl
 from metarl.policies import GaussianMLPPolicy
 from metarl.sampling import Sampler
+from metarl.video import record_episode
 
 CHECKPOINT = "checkpoints/latest.pt"
 
@@ -89,7 +90,9 @@ class Trainer:
                 metrics = self.train_step(iteration, sampler)
                 metrics["time/iteration_s"] = time.perf_counter() - t0
                 if cfg.eval.every and (iteration + 1) % cfg.eval.every == 0:
-                    metrics |= self._eval_metrics(sampler, iteration)
+                    metrics |= self._eval_metrics(sampler, iteration, logger)
+                if cfg.logger.video_every and (iteration + 1) % cfg.logger.video_every == 0:
+                    self._video(sampler, iteration, logger)
                 row = {"iteration": iteration, "env_steps": self.env_steps,
                        "wall_time_s": time.perf_counter() - start, **metrics}
                 logger.log(row)
@@ -99,6 +102,7 @@ class Trainer:
                 if (iteration + 1) % cfg.checkpoint_every == 0 or iteration + 1 == cfg.iterations:
                     self.save(iteration + 1, row["wall_time_s"])
             result = self.evaluate(sampler, cfg.eval.num_tasks, cfg.eval.adapt_steps, seed=cfg.seed)
+            logger.log_eval(result, self.env_steps)
         finally:
             bar.close()
             sampler.close()
@@ -139,8 +143,9 @@ class Trainer:
         write_eval(self.run_dir, result, self.dist.name, split)
         return result
 
-    def _eval_metrics(self, sampler: Sampler, iteration: int) -> dict[str, float]:
+    def _eval_metrics(self, sampler: Sampler, iteration: int, logger: MultiLogger) -> dict[str, float]:
         result = self.evaluate(sampler, self.cfg.eval.num_tasks, 1, seed=self.cfg.seed + iteration + 1)
+        logger.log_eval(result, self.env_steps)
         out = {}
         for row in result["adaptation"]:
             tag = "pre" if row["k"] == 0 else "post"
@@ -149,12 +154,29 @@ class Trainer:
                 out[f"eval/success_{tag}"] = row["success_rate"]
         return out
 
+    def _video(self, sampler: Sampler, iteration: int, logger: MultiLogger) -> None:
+        """One rollout on a test task after one adaptation step, to videos/ and W&B."""
+        task = self.dist.sample(1, "test", np.random.default_rng([self.cfg.seed, iteration, 3]))[0]
+        batch = sampler.collect([task], self.learner.policy_params, self.cfg.episodes_per_task,
+                                collection_seed(self.cfg.seed, iteration, 99), self.max_steps)
+        params = self.learner.adapt([batch])[0]
+        path = self.run_dir / "videos" / f"iter_{iteration + 1:06d}.mp4"
+        if record_episode(self.dist, task, self.policy.spec, params, path, self.max_steps):
+            logger.log_video(path, self.env_steps)
+
     # ----------------------------------------------------------------- checkpoints
 
     def save(self, iteration: int, wall_time_s: float) -> None:
-        checkpoint.save({"iteration": iteration, "env_steps": self.env_steps, "wall_time_s": wall_time_s,
-                         "learner": self.learner.state_dict(), "config": to_dict(self.cfg),
-                         "wandb_id": self.wandb_id}, self.run_dir / CHECKPOINT)
+        """``checkpoints/iter_N.pt`` and ``latest.pt``, each written atomically; keeps the
+        last ``checkpoint_keep`` iteration files."""
+        state = {"iteration": iteration, "env_steps": self.env_steps, "wall_time_s": wall_time_s,
+                 "learner": self.learner.state_dict(), "config": to_dict(self.cfg),
+                 "wandb_id": self.wandb_id}
+        folder = self.run_dir / "checkpoints"
+        checkpoint.save(state, folder / f"iter_{iteration:06d}.pt")
+        checkpoint.save(state, self.run_dir / CHECKPOINT)
+        for old in sorted(folder.glob("iter_*.pt"))[: -self.cfg.checkpoint_keep]:
+            old.unlink()
 
     def _resume(self, read_only: bool) -> None:
         state = checkpoint.load(self.run_dir / CHECKPOINT)
@@ -169,18 +191,19 @@ class Trainer:
         self.wall_offset, self.wandb_id = state["wall_time_s"], state.get("wandb_id")
         metrics = self.run_dir / "metrics.jsonl"
         if metrics.exists() and not read_only:  # lines logged after the checkpoint are redone
-            kept = [line for line in metrics.read_text().splitlines()
-                    if line.strip() and json.loads(line)["iteration"] < self.start_iteration]
+            kept = [row for row in read_jsonl(metrics) if row["iteration"] < self.start_iteration]
             tmp = metrics.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
+            tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
             tmp.replace(metrics)
 
-    def _logger(self) -> Logger:
-        loggers: list[Logger] = [JsonlLogger(self.run_dir / "metrics.jsonl")]
+    def _logger(self) -> MultiLogger:
+        loggers: list = [JsonlLogger(self.run_dir / "metrics.jsonl")]
         lc = self.cfg.logger
         if lc.wandb:
-            wb = WandbLogger(self.run_dir, to_dict(self.cfg), lc.project, lc.entity, lc.group,
-                             list(lc.tags), lc.name, self.wandb_id)
+            # Runs of one config share a group by default, so seeds aggregate in the UI.
+            group = lc.group or f"{self.cfg.algo.name}-{self.cfg.tasks.name}"
+            wb = WandbLogger(self.run_dir, to_dict(self.cfg), lc.project, lc.entity, group,
+                             list(lc.tags), lc.name or self.run_dir.name, self.wandb_id)
             self.wandb_id = wb.run_id
             loggers.append(wb)
         return MultiLogger(*loggers)

@@ -59,7 +59,8 @@ def async_vector(dist, policy, tasks, num_envs: int, steps: int) -> float:
             except AttributeError:
                 pass
     else:
-        fns = [lambda t=tasks[i % len(tasks)]: dist.make_env(t) for i in range(num_envs)]
+        chosen = [tasks[i % len(tasks)] for i in range(num_envs)]
+        fns = [lambda t=t: dist.make_env(t) for t in chosen]
         envs = gym.vector.AsyncVectorEnv(fns)
     obs, _ = envs.reset(seed=0)
     params = policy.params()

@@ -103,7 +103,9 @@ def test_metaworld_benchmark_classes_are_the_benchmarks_own():
     for name, table in (("ml10", env_dict.ML10_V3), ("ml45", env_dict.ML45_V3), ("ml25", env_dict.ML25_V3)):
         classes = split_classes(name)
         assert classes["train"] == list(table["train"]) and classes["test"] == list(table["test"])
-        assert not set(classes["train"]) & set(classes["test"])
+        # metaworld 3.1.1's own ML25 lists basketball-v3 in both splits; we keep its split.
+        overlap = {"ml25": {"basketball-v3"}}.get(name, set())
+        assert set(classes["train"]) & set(classes["test"]) == overlap
         dist = metarl.envs.make(name)
         assert dist.split_size("train") == 50 * len(table["train"])
         assert dist.split_size("test") == 50 * len(table["test"])

@@ -1,6 +1,12 @@
 import torch
 
-from metarl.optim import compute_gae, conjugate_gradient, discounted_returns, linear_baseline_values, normalize
+from metarl.optim import (
+    compute_gae,
+    conjugate_gradient,
+    discounted_returns,
+    linear_baseline_values,
+    normalize,
+)
 
 
 def test_gae_matches_hand_computation_with_zero_values():

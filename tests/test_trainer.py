@@ -9,7 +9,8 @@ from metarl.sampling import Sampler
 from metarl.trainer import CHECKPOINT, Trainer, load_run
 
 TINY = ["iterations=2", "meta_batch_size=3", "episodes_per_task=2", "max_episode_steps=20",
-        "policy.hidden_sizes=[16]", "eval.num_tasks=3", "eval.adapt_steps=1", "sampler.backend=local"]
+        "policy.hidden_sizes=[16]", "eval.num_tasks=3", "eval.adapt_steps=1", "sampler.backend=local",
+        "logger.wandb=false"]
 
 
 def metrics(run_dir):

@@ -35,8 +35,13 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from metarl.config import MamlConfig
-from metarl.optim import (compute_gae, conjugate_gradient, discounted_returns,
-                          linear_baseline_values, normalize)
+from metarl.optim import (
+    compute_gae,
+    conjugate_gradient,
+    discounted_returns,
+    linear_baseline_values,
+    normalize,
+)
 from metarl.policies import Params, gaussian_kl, gaussian_log_prob
 from metarl.sampling import EpisodeBatch
 
