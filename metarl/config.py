@@ -90,12 +90,42 @@ class MamlConfig(AlgoConfig):
             raise ConfigError("algo.cg_iters, algo.ls_max_steps and algo.ppo_epochs must be >= 1")
 
 
+@dataclass(frozen=True)
+class Rl2Config(AlgoConfig):
+    """RL² (Duan et al., 2016) with PPO. Defaults: Meta-World paper appendix (GRU 256,
+    lr 5e-4, clip 0.2, GAE lambda 0.95, 10 epochs) and metaworld-algorithms (grad-norm 1.0).
+    The policy's ``hidden_sizes`` are the encoder before the GRU ([] for none)."""
+
+    name: str = "rl2_ppo"
+    gru_size: int = 256
+    lr: float = 5e-4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    ppo_clip: float = 0.2
+    ppo_epochs: int = 10
+    num_minibatches: int = 1
+    """Minibatches of whole trials per epoch."""
+    vf_coef: float = 0.5
+    ent_coef: float = 0.0
+    max_grad_norm: float = 1.0
+    normalize_advantages: bool = True
+    normalize_reward_input: bool = True
+    """Scale the reward the policy sees by its running standard deviation."""
+
+    def __post_init__(self) -> None:
+        for key in ("lr", "gamma", "ppo_clip", "max_grad_norm"):
+            _positive(f"algo.{key}", getattr(self, key))
+        if self.gru_size < 1 or self.ppo_epochs < 1 or self.num_minibatches < 1:
+            raise ConfigError("algo.gru_size, algo.ppo_epochs and algo.num_minibatches must be >= 1")
+
+
 ALGOS: dict[str, type[AlgoConfig]] = {
     "maml_trpo": MamlConfig,
     "maml_ppo": MamlConfig,
     "maml_vpg": MamlConfig,
     "fomaml": MamlConfig,
     "reptile": MamlConfig,
+    "rl2_ppo": Rl2Config,
 }
 
 
@@ -122,7 +152,7 @@ class PolicyConfig:
             raise ConfigError(f"policy.activation must be 'tanh' or 'relu', got {self.activation!r}")
         if self.std_type not in ("param", "head"):
             raise ConfigError(f"policy.std_type must be 'param' or 'head', got {self.std_type!r}")
-        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
+        if any(h < 1 for h in self.hidden_sizes):
             raise ConfigError(f"policy.hidden_sizes must be positive sizes, got {self.hidden_sizes}")
         _positive("policy.init_std", self.init_std)
 

@@ -14,11 +14,17 @@ from metarl.sampling import EpisodeBatch, Sampler
 
 def adaptation_curve(learner: Any, sampler: Sampler, tasks: list[Task], episodes: int,
                      adapt_steps: int, seed: int, max_steps: int | None = None) -> dict[str, Any]:
-    """Collect ``episodes`` per task before and after each of ``adapt_steps`` gradient steps.
+    """Return and success on ``tasks`` after k = 0..K adaptation steps (K = ``adapt_steps``).
+
+    Gradient-based learners (``unit == "gradient_steps"``): ``episodes`` per task before
+    and after each of K gradient steps. In-context learners (RL², ``"episodes"``): one
+    trial of K + 1 episodes per task; k is the episode's index in the trial.
 
     Returns ``{"unit", "adaptation": [{"k", "return_mean", "return_std", "success_rate"}],
     "per_task": {key: {"params", "returns": [...], "success": [...]}}}``.
     """
+    if learner.unit == "episodes":
+        return _trial_curve(learner, sampler, tasks, adapt_steps + 1, seed, max_steps)
     params = [learner.policy_params] * len(tasks)
     batches: list[EpisodeBatch] = []
     curve, per_task = [], {t.key(): {"params": dict(t.params), "returns": [], "success": []} for t in tasks}
@@ -34,6 +40,18 @@ def adaptation_curve(learner: Any, sampler: Sampler, tasks: list[Task], episodes
             batches.append(batch)
             params = learner.adapt(batches)
     return {"unit": "gradient_steps", "adaptation": curve, "per_task": per_task}
+
+
+def _trial_curve(learner: Any, sampler: Sampler, tasks: list[Task], episodes: int, seed: int,
+                 max_steps: int | None) -> dict[str, Any]:
+    batch = sampler.collect(tasks, learner.policy_params, episodes, seed=seed * 1000, max_steps=max_steps)
+    returns, success = batch.episode_returns(), batch.episode_success()
+    per_task = {t.key(): {"params": dict(t.params), "returns": [float(r) for r in returns[i]],
+                          "success": [None] * episodes if success is None else [float(s) for s in success[i]]}
+                for i, t in enumerate(tasks)}
+    curve = [{"k": k, "return_mean": float(returns[:, k].mean()), "return_std": float(returns[:, k].std(unbiased=False)),
+              "success_rate": None if success is None else float(success[:, k].mean())} for k in range(episodes)]
+    return {"unit": "episodes", "adaptation": curve, "per_task": per_task}
 
 
 def summarize(batch: EpisodeBatch) -> dict[str, float | None]:

@@ -15,10 +15,11 @@ from tqdm import tqdm
 import metarl.envs
 from metarl import checkpoint
 from metarl.algos import MamlLearner
-from metarl.config import ConfigError, RunConfig, build_config, save_config, to_dict
-from metarl.evaluation import adaptation_curve, format_table, summarize, write_eval
+from metarl.algos.rl2 import Rl2Learner
+from metarl.config import ConfigError, Rl2Config, RunConfig, build_config, save_config, to_dict
+from metarl.evaluation import adaptation_curve, format_table, write_eval
 from metarl.logging import JsonlLogger, MultiLogger, WandbLogger, read_jsonl
-from metarl.policies import GaussianMLPPolicy
+from metarl.policies import GaussianMLPPolicy, RecurrentGaussianPolicy
 from metarl.sampling import Sampler
 from metarl.video import record_episode
 
@@ -30,7 +31,7 @@ def check_device(device: str) -> None:
         raise ConfigError(f"device={device} but no CUDA device is available here; use device=cpu")
 
 
-def build(cfg: RunConfig) -> tuple[metarl.envs.TaskDistribution, GaussianMLPPolicy, MamlLearner]:
+def build(cfg: RunConfig) -> tuple[metarl.envs.TaskDistribution, torch.nn.Module, MamlLearner | Rl2Learner]:
     """Task distribution, policy and learner of a config (seeded by ``cfg.seed``)."""
     check_device(cfg.device)
     try:
@@ -38,12 +39,17 @@ def build(cfg: RunConfig) -> tuple[metarl.envs.TaskDistribution, GaussianMLPPoli
     except ValueError as err:
         raise ConfigError(str(err)) from None
     obs_space, act_space = dist.spaces
+    obs_dim, act_dim = int(np.prod(obs_space.shape)), int(np.prod(act_space.shape))
     torch.manual_seed(cfg.seed)
     p = cfg.policy
-    policy = GaussianMLPPolicy(int(np.prod(obs_space.shape)), int(np.prod(act_space.shape)),
-                               p.hidden_sizes, p.activation, p.init_std, p.std_type, p.min_std)
-    if cfg.algo.name not in ("maml_trpo", "maml_ppo", "maml_vpg", "fomaml", "reptile"):
-        raise ConfigError(f"algo.name={cfg.algo.name} is not available yet")
+    if isinstance(cfg.algo, Rl2Config):
+        if cfg.logger.video_every:
+            raise ConfigError("logger.video_every is not supported for rl2_ppo yet; set it to 0")
+        policy = RecurrentGaussianPolicy(obs_dim, act_dim, cfg.algo.gru_size, p.hidden_sizes,
+                                         p.activation, p.init_std, p.min_std)
+        return dist, policy, Rl2Learner(cfg.algo, policy, cfg.device, cfg.seed)
+    policy = GaussianMLPPolicy(obs_dim, act_dim, p.hidden_sizes, p.activation, p.init_std,
+                               p.std_type, p.min_std)
     return dist, policy, MamlLearner(cfg.algo, policy, cfg.device)
 
 
@@ -110,27 +116,25 @@ class Trainer:
         return result
 
     def train_step(self, iteration: int, sampler: Sampler) -> dict[str, float]:
-        """One meta-iteration: the MAML data flow of DESIGN.md."""
+        """One meta-iteration on freshly sampled train tasks (the learner owns its data flow)."""
         cfg = self.cfg
-        rng = np.random.default_rng([cfg.seed, iteration])
-        tasks = self.dist.sample(cfg.meta_batch_size, "train", rng)
+        tasks = self.dist.sample(cfg.meta_batch_size, "train", np.random.default_rng([cfg.seed, iteration]))
+        sample_time = 0.0
+
+        def collect(params, phase: int):
+            nonlocal sample_time
+            t0 = time.perf_counter()
+            batch = sampler.collect(tasks, params, cfg.episodes_per_task,
+                                    collection_seed(cfg.seed, iteration, phase), self.max_steps)
+            sample_time += time.perf_counter() - t0
+            return batch
+
         t0 = time.perf_counter()
-        params = [self.learner.policy_params] * len(tasks)
-        pre = []
-        for step in range(cfg.algo.num_inner_steps):
-            pre.append(sampler.collect(tasks, params, cfg.episodes_per_task,
-                                       collection_seed(cfg.seed, iteration, step), self.max_steps))
-            params = self.learner.adapt(pre)
-        post = sampler.collect(tasks, params, cfg.episodes_per_task,
-                               collection_seed(cfg.seed, iteration, len(pre)), self.max_steps)
-        t1 = time.perf_counter()
-        stats = self.learner.update(pre, post)
-        t2 = time.perf_counter()
-        steps = sum(b.env_steps for b in pre) + post.env_steps
+        metrics, steps = self.learner.train_step(collect)
         self.env_steps += steps
-        metrics = _prefixed("train/", summarize(pre[0]), "pre") | _prefixed("train/", summarize(post), "post")
-        return metrics | stats | {"time/sample_s": t1 - t0, "time/update_s": t2 - t1,
-                                  "time/env_steps_per_s": steps / max(t1 - t0, 1e-9)}
+        return metrics | {"time/sample_s": sample_time,
+                          "time/update_s": time.perf_counter() - t0 - sample_time,
+                          "time/env_steps_per_s": steps / max(sample_time, 1e-9)}
 
     # ----------------------------------------------------------------- evaluation
 
@@ -207,13 +211,6 @@ class Trainer:
             self.wandb_id = wb.run_id
             loggers.append(wb)
         return MultiLogger(*loggers)
-
-
-def _prefixed(prefix: str, summary: dict[str, float | None], tag: str) -> dict[str, float]:
-    out = {f"{prefix}return_{tag}": summary["return_mean"]}
-    if summary["success_rate"] is not None:
-        out[f"{prefix}success_{tag}"] = summary["success_rate"]
-    return out
 
 
 def default_run_dir(cfg: RunConfig) -> Path:

@@ -27,6 +27,7 @@ rebuilt and double-differentiated for every product as garage does.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple
 
@@ -88,6 +89,14 @@ def prepare(batch: EpisodeBatch, cfg: MamlConfig, device: torch.device) -> TaskD
                     adv.reshape(n, e * t), weight)
 
 
+def _summary(batch: EpisodeBatch, tag: str) -> dict[str, float]:
+    out = {f"train/return_{tag}": batch.episode_returns().mean().item()}
+    success = batch.episode_success()
+    if success is not None:
+        out[f"train/success_{tag}"] = success.mean().item()
+    return out
+
+
 def _flat(tensors: dict[str, Tensor]) -> Tensor:
     return torch.cat([t.reshape(-1) for t in tensors.values()])
 
@@ -108,6 +117,8 @@ class MamlLearner:
         policy: The policy module; only its structure is used, parameters live in ``meta``.
         device: Where the learner computes (``cpu`` or ``cuda``).
     """
+
+    unit = "gradient_steps"
 
     def __init__(self, cfg: MamlConfig, policy: nn.Module, device: str | torch.device = "cpu") -> None:
         self.cfg = cfg
@@ -164,6 +175,20 @@ class MamlLearner:
         with torch.enable_grad():
             phi = self.adapt_all(theta, steps)
         return [{k: v[i].detach() for k, v in phi.items()} for i in range(batches[0].num_tasks)]
+
+    def train_step(self, collect: Callable[[Params | list[Params], int], EpisodeBatch]) -> tuple[dict[str, float], int]:
+        """One meta-iteration: collect, adapt (``num_inner_steps`` times), collect, update.
+
+        ``collect(params, phase)`` rolls the iteration's tasks under ``params`` (one dict,
+        or one per task). Returns statistics and the env steps taken."""
+        pre: list[EpisodeBatch] = []
+        params: Params | list[Params] = self.policy_params
+        for step in range(self.cfg.num_inner_steps):
+            pre.append(collect(params, step))
+            params = self.adapt(pre)
+        post = collect(params, len(pre))
+        metrics = _summary(pre[0], "pre") | _summary(post, "post")
+        return metrics | self.update(pre, post), sum(b.env_steps for b in pre) + post.env_steps
 
     # ----------------------------------------------------------------- outer update
 

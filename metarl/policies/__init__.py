@@ -32,11 +32,21 @@ class PolicySpec:
     init_std: float = 1.0
     std_type: str = "param"
     min_std: float = 1e-6
+    gru_size: int = 0
+    """Recurrent policies only: the GRU's hidden size (``hidden_sizes`` is the encoder)."""
+
+    @property
+    def recurrent(self) -> bool:
+        return self.kind == "gru_gaussian"
 
     def build(self) -> nn.Module:
+        args = {k: v for k, v in asdict(self).items() if k not in ("kind", "gru_size")}
         if self.kind == "gaussian_mlp":
-            return GaussianMLPPolicy(**{k: v for k, v in asdict(self).items() if k != "kind"})
-        raise ValueError(f"unknown policy kind {self.kind!r}; valid: gaussian_mlp")
+            return GaussianMLPPolicy(**args)
+        if self.kind == "gru_gaussian":
+            return RecurrentGaussianPolicy(self.obs_dim, self.act_dim, self.gru_size, self.hidden_sizes,
+                                           self.activation, self.init_std, self.min_std)
+        raise ValueError(f"unknown policy kind {self.kind!r}; valid: gaussian_mlp, gru_gaussian")
 
 
 class GaussianMLPPolicy(nn.Module):
@@ -102,6 +112,66 @@ def log_prob(policy: nn.Module, params: Params, obs: Tensor, actions: Tensor) ->
     """Log-likelihood of ``actions`` under ``policy`` with ``params``. (..., O), (..., A) -> (...)."""
     mean, std = functional_call(policy, params, (obs,))
     return gaussian_log_prob(mean, std, actions)
+
+
+class RecurrentGaussianPolicy(nn.Module):
+    """RL²'s policy: a GRU over (observation, previous action, previous reward, new-episode
+    flag), with a diagonal Gaussian head and a value head on the GRU state.
+
+    The reward enters scaled by the buffer ``reward_scale`` (set by the learner from the
+    running reward statistics, sent to workers with the parameters).
+
+    Shapes: ``x`` (..., I) with I = O + A + 2, ``h`` (..., H).
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, gru_size: int = 256,
+                 encoder_sizes: list[int] | tuple[int, ...] = (), activation: str = "tanh",
+                 init_std: float = 1.0, min_std: float = 1e-6) -> None:
+        super().__init__()
+        self.spec = PolicySpec("gru_gaussian", obs_dim, act_dim, list(encoder_sizes), activation,
+                               init_std, "param", min_std, gru_size)
+        layers: list[nn.Module] = []
+        size = obs_dim + act_dim + 2
+        for h in encoder_sizes:
+            layers += [nn.Linear(size, h), _ACTIVATIONS[activation]()]
+            size = h
+        self.encoder = nn.Sequential(*layers)
+        self.gru = nn.GRU(size, gru_size, batch_first=True)
+        self.mean = nn.Linear(gru_size, act_dim)
+        self.value = nn.Linear(gru_size, 1)
+        self.log_std = nn.Parameter(torch.full((act_dim,), math.log(init_std)))
+        self.register_buffer("reward_scale", torch.ones(()))
+        self._log_min_std = math.log(min_std)
+        self.obs_dim, self.act_dim, self.gru_size = obs_dim, act_dim, gru_size
+
+    def initial_state(self, batch: int) -> Tensor:
+        """Zero GRU state for ``batch`` trials: (batch, H)."""
+        return torch.zeros(batch, self.gru_size)
+
+    @staticmethod
+    def inputs(obs: Tensor, prev_action: Tensor, prev_reward: Tensor, new_episode: Tensor,
+               reward_scale: Tensor) -> Tensor:
+        """(..., O), (..., A), (...), (...) -> (..., I). Pass the ``reward_scale`` of the
+        parameters in use (the sampler's copy holds them in its params dict, not its buffer)."""
+        return torch.cat([obs, prev_action, (prev_reward * reward_scale).unsqueeze(-1),
+                          new_episode.to(obs.dtype).unsqueeze(-1)], dim=-1)
+
+    def forward(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """A sequence: x (N, L, I), h (N, H) -> mean, std (N, L, A), value (N, L), states (N, L, H).
+
+        ``states[:, t]`` is the GRU state after step t; ``states[:, -1]`` continues the trial.
+        """
+        out, _ = self.gru(self.encoder(x), h.unsqueeze(0).contiguous())
+        mean = self.mean(out)
+        std = self.log_std.clamp_min(self._log_min_std).exp().expand_as(mean)
+        return mean, std, self.value(out).squeeze(-1), out
+
+    def step(self, x: Tensor, h: Tensor, params: Params | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One step for B trials under ``params`` (the module's own when None):
+        x (B, I), h (B, H) -> mean, std (B, A), value (B,), new state (B, H)."""
+        args = (x.unsqueeze(1), h)
+        mean, std, value, out = self(*args) if params is None else functional_call(self, params, args)
+        return mean[:, 0], std[:, 0], value[:, 0], out[:, 0]
 
 
 def to_numpy(params: Params) -> dict[str, Any]:

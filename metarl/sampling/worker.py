@@ -62,7 +62,20 @@ class RolloutWorker:
 
     def collect(self, items: list[WorkItem], params: dict[int, dict[str, np.ndarray]],
                 seed: int, max_steps: int, deterministic: bool = False) -> list[dict[str, np.ndarray]]:
-        """Roll every item's episodes; one dict of padded arrays (E, T, ...) per item."""
+        """Roll every item's episodes; one dict of padded arrays (E, T, ...) per item.
+
+        A recurrent policy rolls each item as one trial: its episodes in sequence with the
+        hidden state carried across them (reset at the start of the trial); the trials of
+        all items step in lockstep.
+        """
+        if self.policy.spec.recurrent:
+            results: dict[int, dict[str, np.ndarray]] = {}
+            for key in sorted({it.param_key for it in items}):
+                group = [it for it in items if it.param_key == key]
+                for it, out in zip(group, self._rollout_trials(group, params[key], seed, max_steps,
+                                                               deterministic), strict=True):
+                    results[it.slot] = out
+            return [results[it.slot] for it in items]
         return [self._rollout(item, params[item.param_key], seed, max_steps, deterministic)
                 for item in items]
 
@@ -87,17 +100,7 @@ class RolloutWorker:
         act_dim = int(np.prod(space.shape))
         low, high = space.low.astype(np.float32), space.high.astype(np.float32)
 
-        out = {
-            "obs": np.zeros((n, max_steps, obs_dim), np.float32),
-            "actions": np.zeros((n, max_steps, act_dim), np.float32),
-            "rewards": np.zeros((n, max_steps), np.float32),
-            "log_probs": np.zeros((n, max_steps), np.float32),
-            "terminated": np.zeros((n, max_steps), bool),
-            "truncated": np.zeros((n, max_steps), bool),
-            "mask": np.zeros((n, max_steps), bool),
-            "success": np.zeros((n, max_steps), np.float32),
-            "last_obs": np.zeros((n, obs_dim), np.float32),
-        }
+        out = _empty(n, max_steps, obs_dim, act_dim)
         has_success = False
         active = list(range(n))
         current = np.stack(obs)
@@ -140,8 +143,107 @@ class RolloutWorker:
             del out["success"]
         return out
 
+    def _rollout_trials(self, items: list[WorkItem], params: dict[str, np.ndarray], seed: int,
+                        max_steps: int, deterministic: bool) -> list[dict[str, np.ndarray]]:
+        policy = self.policy
+        torch_params = {k: torch.from_numpy(v) for k, v in params.items()}
+        n, episodes = len(items), items[0].episodes
+        key_counts: dict[str, int] = {}
+        envs = []
+        for item in items:
+            key = self.dist.env_key(item.task)
+            lane = key_counts.get(key, 0)
+            key_counts[key] = lane + 1
+            envs.append(self._env(item.task, lane))
+        act_dim = policy.act_dim
+        space = envs[0].action_space
+        low, high = space.low.astype(np.float32), space.high.astype(np.float32)
+        outs = [_empty(episodes, max_steps, policy.obs_dim, act_dim) for _ in items]
+        episode = [0] * n
+        t = [0] * n
+        rngs: list[np.random.Generator] = [None] * n  # type: ignore[list-item]
+        current = np.zeros((n, policy.obs_dim), np.float32)
+        prev_action = np.zeros((n, act_dim), np.float32)
+        prev_reward = np.zeros(n, np.float32)
+        new_episode = np.ones(n, np.float32)
+        h = policy.initial_state(n)
+        has_success = False
+
+        def start(i: int) -> None:
+            env_seed, rngs[i] = episode_seeds(seed, items[i].slot, episode[i])
+            o, _ = envs[i].reset(seed=env_seed)
+            current[i] = np.asarray(o, dtype=np.float32).ravel()
+            new_episode[i], t[i] = 1.0, 0
+
+        for i in range(n):
+            start(i)
+        active = list(range(n))
+        while active:
+            idx = torch.tensor(active)
+            x = policy.inputs(torch.from_numpy(current[active]), torch.from_numpy(prev_action[active]),
+                              torch.from_numpy(prev_reward[active]), torch.from_numpy(new_episode[active]),
+                              torch_params["reward_scale"])
+            with torch.no_grad():
+                mean, std, _, h_new = policy.step(x, h[idx], torch_params)
+                if deterministic:
+                    actions = mean
+                else:
+                    noise = torch.from_numpy(np.stack([rngs[i].standard_normal(act_dim, dtype=np.float32)
+                                                       for i in active]))
+                    actions = mean + std * noise
+                logp = gaussian_log_prob(mean, std, actions)
+            h[idx] = h_new
+            actions_np, logp_np = actions.numpy(), logp.numpy()
+            still = []
+            for j, i in enumerate(active):
+                o2, r, term, trunc, info = envs[i].step(np.clip(actions_np[j], low, high))
+                o2 = np.asarray(o2, dtype=np.float32).ravel()
+                out, e, step = outs[i], episode[i], t[i]
+                out["obs"][e, step] = current[i]
+                out["actions"][e, step] = actions_np[j]
+                out["rewards"][e, step] = r
+                out["log_probs"][e, step] = logp_np[j]
+                out["mask"][e, step] = True
+                if "success" in info:
+                    has_success = True
+                    out["success"][e, step] = float(info["success"])
+                prev_action[i], prev_reward[i], new_episode[i] = actions_np[j], r, 0.0
+                trunc = bool(trunc) or step == max_steps - 1
+                if term or trunc:
+                    out["terminated"][e, step] = bool(term)
+                    out["truncated"][e, step] = not term
+                    out["last_obs"][e] = o2
+                    episode[i] += 1
+                    if episode[i] < episodes:
+                        start(i)
+                        still.append(i)
+                else:
+                    current[i], t[i] = o2, step + 1
+                    still.append(i)
+            active = still
+        for out in outs:
+            if not has_success:
+                del out["success"]
+        return outs
+
     def close(self) -> None:
         for pool in self._envs.values():
             for env in pool:
                 env.close()
         self._envs.clear()
+
+
+def _empty(episodes: int, steps: int, obs_dim: int, act_dim: int) -> dict[str, np.ndarray]:
+    """Zeroed per-item buffers (E, T, ...) that a rollout fills in."""
+    return {
+        "obs": np.zeros((episodes, steps, obs_dim), np.float32),
+        "actions": np.zeros((episodes, steps, act_dim), np.float32),
+        "rewards": np.zeros((episodes, steps), np.float32),
+        "log_probs": np.zeros((episodes, steps), np.float32),
+        "terminated": np.zeros((episodes, steps), bool),
+        "truncated": np.zeros((episodes, steps), bool),
+        "mask": np.zeros((episodes, steps), bool),
+        "success": np.zeros((episodes, steps), np.float32),
+        "last_obs": np.zeros((episodes, obs_dim), np.float32),
+    }
+

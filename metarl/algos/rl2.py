@@ -1,0 +1,189 @@
+"""RL² (Duan et al., 2016; Wang et al., 2016) trained with PPO.
+
+A GRU policy sees (observation, previous action, previous reward, new-episode flag) and
+keeps its state across the episodes of one task (a trial); adaptation happens in that
+state. Each meta-iteration collects one trial per task and runs PPO with backpropagation
+through whole trials.
+
+Advantages are GAE per episode: the recursion stops at episode boundaries, with no
+bootstrap after a true termination and a bootstrap from the value of the final
+observation (with the trial's state) after a time-limit truncation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from metarl.config import Rl2Config
+from metarl.optim import compute_gae, normalize
+from metarl.policies import Params, RecurrentGaussianPolicy, gaussian_log_prob
+from metarl.sampling import EpisodeBatch
+
+
+class Trials(NamedTuple):
+    """Each task's trial as one time-ordered sequence of its valid steps, padded at the end.
+
+    Shapes (N tasks, L = longest trial): ``x`` (N, L, I) policy inputs, ``actions``
+    (N, L, A), ``rewards``, ``log_probs`` (N, L), ``terminated``, ``ends`` (episode ends),
+    ``mask`` (N, L); ``boot_x`` (N, L, I) the input that would follow a truncated step
+    (its final observation), used only where ``truncated``.
+    """
+
+    x: Tensor
+    actions: Tensor
+    rewards: Tensor
+    log_probs: Tensor
+    terminated: Tensor
+    truncated: Tensor
+    ends: Tensor
+    mask: Tensor
+    boot_x: Tensor
+
+
+def to_trials(batch: EpisodeBatch, policy: RecurrentGaussianPolicy, device: torch.device) -> Trials:
+    """Reorder a batch (N, E, T, ...) into trials (N, L, ...) and build the policy inputs
+    exactly as the sampler did (previous action and reward carry across episodes)."""
+    n, e, t = batch.mask.shape
+    flat_mask = batch.mask.reshape(n, e * t)
+    # Stable sort puts each task's valid steps first, in (episode, time) order.
+    order = torch.argsort((~flat_mask).to(torch.int8), dim=1, stable=True)
+    length = int(flat_mask.sum(1).max())
+    order = order[:, :length]
+
+    def seq(x: Tensor) -> Tensor:
+        flat = x.reshape(n, e * t, *x.shape[3:])
+        index = order.reshape(n, length, *([1] * (flat.dim() - 2))).expand(n, length, *flat.shape[2:])
+        return torch.gather(flat, 1, index)
+
+    mask = seq(batch.mask)
+    obs, actions, rewards = seq(batch.obs), seq(batch.actions), seq(batch.rewards) * mask
+    terminated, truncated = seq(batch.terminated) & mask, seq(batch.truncated) & mask
+    ends = terminated | truncated
+    prev_action = torch.cat([torch.zeros_like(actions[:, :1]), actions[:, :-1]], 1)
+    prev_reward = torch.cat([torch.zeros_like(rewards[:, :1]), rewards[:, :-1]], 1)
+    new_episode = torch.cat([torch.ones_like(ends[:, :1]), ends[:, :-1]], 1)
+    scale = policy.reward_scale.cpu()
+    x = policy.inputs(obs, prev_action, prev_reward, new_episode, scale)
+    # Final observation of each episode, placed at its last step (bootstrap input).
+    last = batch.last_obs.unsqueeze(2).expand(n, e, t, batch.last_obs.shape[-1])
+    boot_x = policy.inputs(seq(last), actions, rewards, torch.zeros_like(ends), scale)
+    return Trials(*(v.to(device) for v in (x, actions, rewards, seq(batch.log_probs), terminated,
+                                           truncated, ends, mask, boot_x)))
+
+
+class Rl2Learner:
+    """PPO on trials of a recurrent policy.
+
+    Args:
+        cfg: Hyper-parameters.
+        policy: The recurrent policy (trained in place).
+        device: Where the learner computes.
+    """
+
+    unit = "episodes"
+
+    def __init__(self, cfg: Rl2Config, policy: RecurrentGaussianPolicy, device: str | torch.device = "cpu",
+                 seed: int = 0) -> None:
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.policy = policy.to(self.device)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr, eps=1e-5)
+        self.reward_stats = torch.zeros(3, dtype=torch.float64)  # count, mean, M2 (Welford)
+        self.generator = torch.Generator().manual_seed(seed)  # minibatch order
+
+    @property
+    def policy_params(self) -> Params:
+        """Parameters and buffers (the reward scale) the sampler's policy copies need."""
+        return {k: v.detach() for k, v in [*self.policy.named_parameters(), *self.policy.named_buffers()]}
+
+    def _update_reward_scale(self, batch: EpisodeBatch) -> None:
+        if not self.cfg.normalize_reward_input:
+            return
+        r = batch.rewards[batch.mask].double()
+        count, mean, m2 = self.reward_stats.tolist()
+        n, m = r.numel(), float(r.mean())
+        delta = m - mean
+        total = count + n
+        m2 += float(((r - m) ** 2).sum()) + delta * delta * count * n / total
+        self.reward_stats = torch.tensor([total, mean + delta * n / total, m2], dtype=torch.float64)
+        std = (m2 / max(total - 1, 1)) ** 0.5
+        self.policy.reward_scale.fill_(1.0 / max(std, 1e-4))
+
+    def advantages(self, trials: Trials, values: Tensor, states: Tensor) -> tuple[Tensor, Tensor]:
+        """GAE per episode and the value targets. (N, L) each."""
+        cfg = self.cfg
+        with torch.no_grad():
+            next_values = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], 1)
+            if trials.truncated.any():  # V(final observation) with the state after the step
+                n_idx, t_idx = trials.truncated.nonzero(as_tuple=True)
+                boot = self.policy(trials.boot_x[n_idx, t_idx].unsqueeze(1), states[n_idx, t_idx])[2][:, 0]
+                next_values[n_idx, t_idx] = boot
+            dones = trials.ends | ~trials.mask
+            adv = compute_gae(trials.rewards, values, next_values, trials.terminated, dones,
+                              cfg.gamma, cfg.gae_lambda) * trials.mask
+        return adv, (adv + values) * trials.mask
+
+    def update(self, batch: EpisodeBatch) -> dict[str, float]:
+        """PPO epochs over minibatches of whole trials."""
+        cfg = self.cfg
+        trials = to_trials(batch, self.policy, self.device)
+        h0 = self.policy.initial_state(trials.x.shape[0]).to(self.device)
+        with torch.no_grad():
+            _, _, values, states = self.policy(trials.x, h0)
+        adv, returns = self.advantages(trials, values, states)
+        n = trials.x.shape[0]
+        per_mb = max(1, n // cfg.num_minibatches)
+        stats: dict[str, float] = {}
+        for _ in range(cfg.ppo_epochs):
+            for idx in torch.randperm(n, generator=self.generator).split(per_mb):
+                mean, std, value, _ = self.policy(trials.x[idx], h0[idx])
+                mask = trials.mask[idx].float()
+                count = mask.sum().clamp_min(1)
+                a = normalize(adv[idx], trials.mask[idx], dims=(0, 1)) if cfg.normalize_advantages else adv[idx]
+                logp = gaussian_log_prob(mean, std, trials.actions[idx])
+                ratio = torch.exp(logp - trials.log_probs[idx])
+                clipped = ratio.clamp(1 - cfg.ppo_clip, 1 + cfg.ppo_clip)
+                pg_loss = -(torch.min(ratio * a, clipped * a) * mask).sum() / count
+                v_loss = (((value - returns[idx]) ** 2) * mask).sum() / count
+                entropy = (std.log().sum(-1) * mask).sum() / count
+                loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
+                self.optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                with torch.no_grad():
+                    stats = {"loss/policy": pg_loss.item(), "loss/value": v_loss.item(),
+                             "loss/approx_kl": (((ratio - 1) - (logp - trials.log_probs[idx])) * mask).sum().item() / count.item(),
+                             "loss/clip_fraction": ((((ratio - 1).abs() > cfg.ppo_clip).float() * mask).sum() / count).item()}
+        self._update_reward_scale(batch)
+        return stats
+
+    def train_step(self, collect: Callable[[Params, int], EpisodeBatch]) -> tuple[dict[str, float], int]:
+        """Collect one trial per task, then update. ``collect(params, phase)`` -> batch.
+
+        Returns statistics (``train/return_pre`` is a trial's first episode,
+        ``train/return_post`` its last) and the env steps taken."""
+        batch = collect(self.policy_params, 0)
+        returns, success = batch.episode_returns(), batch.episode_success()
+        metrics = {"train/return_pre": returns[:, 0].mean().item(), "train/return_post": returns[:, -1].mean().item()}
+        if success is not None:
+            metrics |= {"train/success_pre": success[:, 0].mean().item(), "train/success_post": success[:, -1].mean().item()}
+        return metrics | self.update(batch), batch.env_steps
+
+    def state_dict(self) -> dict:
+        return {"policy": {k: v.cpu() for k, v in self.policy.state_dict().items()},
+                "optimizer": self.optimizer.state_dict(), "reward_stats": self.reward_stats,
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state.get("policy", {})) != set(self.policy.state_dict()):
+            raise ValueError("checkpoint parameters do not match this RL² policy")
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.reward_stats = state["reward_stats"]
+        self.generator.set_state(state["generator"])
+

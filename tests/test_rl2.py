@@ -1,0 +1,135 @@
+"""RL²: trials, recurrent log-probs, advantages across episode boundaries, a smoke run."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import metarl.envs
+from metarl.algos.rl2 import Rl2Learner, to_trials
+from metarl.config import Rl2Config
+from metarl.policies import RecurrentGaussianPolicy, gaussian_log_prob
+from metarl.sampling import Sampler
+
+
+def make(seed=0):
+    torch.manual_seed(seed)
+    dist = metarl.envs.make("nav2d")
+    policy = RecurrentGaussianPolicy(2, 2, gru_size=16, encoder_sizes=[8], init_std=0.3)
+    learner = Rl2Learner(Rl2Config(gru_size=16), policy)
+    policy.reward_scale.fill_(0.5)  # the scale must reach the workers with the parameters
+    return dist, policy, learner
+
+
+def recompute(policy, trials, reset_at_second_episode=False):
+    h = policy.initial_state(trials.x.shape[0])
+    if not reset_at_second_episode:
+        mean, std, _, _ = policy(trials.x, h)
+        return gaussian_log_prob(mean, std, trials.actions)
+    out = []
+    for t in range(trials.x.shape[1]):  # step by step, zeroing the state at each new episode
+        if t > 0:
+            h = torch.where(trials.x[:, t, -1:].bool(), torch.zeros_like(h), h)
+        mean, std, _, h = policy.step(trials.x[:, t], h)
+        out.append(gaussian_log_prob(mean, std, trials.actions[:, t]))
+    return torch.stack(out, 1)
+
+
+@pytest.mark.parametrize("backend, workers", [("local", 1), ("process", 2), ("ray", 2)])
+def test_state_carried_within_trials_and_reset_between_them(backend, workers):
+    if backend == "ray":
+        pytest.importorskip("ray")
+    dist, policy, learner = make()
+    tasks = dist.sample(5, "train", np.random.default_rng(0))
+    try:
+        with Sampler(dist, policy.spec, backend=backend, num_workers=workers) as s:
+            s.collect(tasks[:2], learner.policy_params, 2, seed=9, max_steps=7)  # state must not leak
+            batch = s.collect(tasks, learner.policy_params, episodes=3, seed=1, max_steps=20)
+    finally:
+        if backend == "ray":
+            import ray
+
+            ray.shutdown()
+    trials = to_trials(batch, policy, torch.device("cpu"))
+    assert trials.x.shape == (5, 60, 2 + 2 + 2)
+    with torch.no_grad():
+        logp = recompute(policy, trials)
+        reset = recompute(policy, trials, reset_at_second_episode=True)
+    m = trials.mask
+    torch.testing.assert_close(logp[m], trials.log_probs[m], atol=1e-5, rtol=1e-5)
+    first = torch.zeros_like(m)
+    first[:, :20] = True
+    torch.testing.assert_close(reset[first], trials.log_probs[first], atol=1e-5, rtol=1e-5)
+    assert (reset[m & ~first] - trials.log_probs[m & ~first]).abs().max() > 1e-3  # control
+
+
+def test_trials_are_time_ordered_with_previous_action_reward_and_flags():
+    dist, policy, _ = make()
+    from metarl.envs import Task
+
+    tasks = [Task("nav2d", {"goal": [0.05, 0.0]})]  # reached quickly: short episodes
+    with Sampler(dist, policy.spec, backend="local") as s:
+        batch = s.collect(tasks, {k: v for k, v in [*policy.named_parameters(), *policy.named_buffers()]},
+                          episodes=3, seed=0, max_steps=10)
+    trials = to_trials(batch, policy, torch.device("cpu"))
+    lengths = batch.lengths[0].tolist()
+    assert trials.mask.sum() == sum(lengths)
+    starts = np.cumsum([0] + lengths[:-1])
+    flags = trials.x[0, : sum(lengths), -1]
+    assert flags.nonzero().flatten().tolist() == list(starts)
+    # previous action of step t is the action of step t-1, across the episode boundary
+    s = starts[1]
+    torch.testing.assert_close(trials.x[0, s, 2:4], trials.actions[0, s - 1])
+    torch.testing.assert_close(trials.x[0, s, 4], trials.rewards[0, s - 1] * 0.5)
+
+
+def test_advantages_bootstrap_truncation_and_not_termination():
+    _, policy, learner = make()
+    learner.cfg = Rl2Config(gru_size=16, gamma=0.9, gae_lambda=1.0)
+    from metarl.algos.rl2 import Trials
+
+    n, length, i = 1, 4, 6
+    mask = torch.ones(n, length, dtype=torch.bool)
+    term = torch.tensor([[False, False, False, True]])
+    trunc = torch.tensor([[False, True, False, False]])
+    trials = Trials(x=torch.randn(n, length, i), actions=torch.zeros(n, length, 2),
+                    rewards=torch.tensor([[1.0, 1.0, 1.0, 1.0]]), log_probs=torch.zeros(n, length),
+                    terminated=term, truncated=trunc, ends=term | trunc, mask=mask,
+                    boot_x=torch.randn(n, length, i))
+    with torch.no_grad():
+        _, _, values, states = policy(trials.x, policy.initial_state(1))
+        adv, _ = learner.advantages(trials, values, states)
+        boot = policy(trials.boot_x[:, 1:2], states[:, 1])[2][0, 0]
+    v = values[0]
+    expected = torch.stack([1 + 0.9 * v[1] - v[0] + 0.9 * (1 + 0.9 * boot - v[1]),
+                            1 + 0.9 * boot - v[1],
+                            1 + 0.9 * v[3] - v[2] + 0.9 * (1 - v[3]),
+                            1 - v[3]])
+    torch.testing.assert_close(adv[0], expected)
+
+
+def test_update_changes_policy_and_is_finite():
+    dist, policy, learner = make()
+    tasks = dist.sample(4, "train", np.random.default_rng(0))
+    with Sampler(dist, policy.spec, backend="local") as s:
+        batch = s.collect(tasks, learner.policy_params, episodes=2, seed=0, max_steps=15)
+    before = [p.detach().clone() for p in policy.parameters()]
+    stats = learner.update(batch)
+    assert all(np.isfinite(v) for v in stats.values())
+    assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters(), strict=True))
+    assert learner.policy.reward_scale.item() != 0.5  # running reward statistics took over
+
+
+def test_rl2_cli_run_reports_episodes(cli, tmp_path):
+    result = cli(["train", "rl2_ppo/nav2d", "iterations=2", "meta_batch_size=4", "max_episode_steps=20",
+                  "algo.gru_size=8", "eval.num_tasks=3", "eval.adapt_steps=2", "sampler.backend=local",
+                  "logger.wandb=false", f"run_dir={tmp_path}"])
+    assert result.code == 0, result.stderr
+    ev = json.loads((tmp_path / "eval.json").read_text())
+    assert ev["unit"] == "episodes" and [r["k"] for r in ev["adaptation"]] == [0, 1, 2]
+    resumed = cli(["train", "rl2_ppo/nav2d", "iterations=3", "meta_batch_size=4", "max_episode_steps=20",
+                   "algo.gru_size=8", "eval.num_tasks=3", "sampler.backend=local", "logger.wandb=false",
+                   "resume=true", f"run_dir={tmp_path}"])
+    assert resumed.code == 0, resumed.stderr
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
