@@ -75,10 +75,24 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     cfg, trainer = load_run(Path(args.run_dir))
     s = cfg.sampler
+    protocol = None
+    if args.protocol == "metaworld":
+        from metarl.metaworld_protocol import run_protocol
+
+        if not trainer.dist.name.startswith("ml"):
+            raise ConfigError(f"--protocol metaworld needs a Meta-World run; this one is on {trainer.dist.name}")
+        protocol = run_protocol(trainer.learner, trainer.dist.name, cfg.tasks.options.get("seed", 0),
+                                args.meta_batch_size, args.max_episode_steps, args.seed,
+                                num_evals=args.num_evals, adaptation_episodes=args.adaptation_episodes,
+                                evaluation_episodes=args.evaluation_episodes)
     with Sampler(trainer.dist, trainer.policy.spec, s.backend, s.num_workers, s.ray_address,
                  s.max_retries) as sampler:
-        result = trainer.evaluate(sampler, args.tasks, args.adapt_steps, args.seed, args.split)
+        result = trainer.evaluate(sampler, args.tasks, args.adapt_steps, args.seed, args.split,
+                                  extra={"metaworld_protocol": protocol} if protocol else None)
     print(format_table(result))
+    if protocol:
+        print(f"Meta-World protocol: success rate {protocol['success_rate']:.3f}, "
+              f"return {protocol['return']:.1f} ({protocol['settings']})")
     print(f"wrote {Path(args.run_dir) / 'eval.json'}")
     return 0
 
@@ -108,6 +122,14 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--adapt-steps", type=int, default=3, help="largest k (default 3)")
     e.add_argument("--tasks", type=int, default=10, help="number of tasks (default 10)")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--protocol", choices=["adaptation", "metaworld"], default="adaptation",
+                   help="metaworld: also run metaworld.evaluation.metalearning_evaluation and "
+                        "record its numbers in eval.json")
+    e.add_argument("--num-evals", type=int, default=10, help="Meta-World protocol rounds (default 10)")
+    e.add_argument("--adaptation-episodes", type=int, default=10)
+    e.add_argument("--evaluation-episodes", type=int, default=3)
+    e.add_argument("--meta-batch-size", type=int, default=20, help="envs of the protocol's vector env")
+    e.add_argument("--max-episode-steps", type=int, default=None, help="shorten episodes (tests only)")
     e.set_defaults(func=_evaluate)
     pl = sub.add_parser("plot", help="learning curves (and adaptation curves) to a PNG")
     pl.add_argument("run_dirs", nargs="+")

@@ -139,11 +139,13 @@ class Trainer:
     # ----------------------------------------------------------------- evaluation
 
     def evaluate(self, sampler: Sampler, num_tasks: int, adapt_steps: int, seed: int,
-                 split: str = "test") -> dict[str, Any]:
+                 split: str = "test", extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Adaptation curve on ``num_tasks`` tasks of ``split``, written to eval.json
+        (with ``extra`` entries, e.g. Meta-World's protocol numbers)."""
         tasks = self.dist.sample(min(num_tasks, self.dist.split_size(split)), split,
                                  np.random.default_rng([seed, 7]))
         result = adaptation_curve(self.learner, sampler, tasks, self.cfg.episodes_per_task,
-                                  adapt_steps, seed, self.max_steps)
+                                  adapt_steps, seed, self.max_steps) | (extra or {})
         write_eval(self.run_dir, result, self.dist.name, split)
         return result
 

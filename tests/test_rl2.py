@@ -133,3 +133,16 @@ def test_rl2_cli_run_reports_episodes(cli, tmp_path):
                    "resume=true", f"run_dir={tmp_path}"])
     assert resumed.code == 0, resumed.stderr
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_rl2_metaworld_protocol(cli, tmp_path):
+    train = cli(["train", "rl2_ppo/nav2d", "tasks.name=ml1/reach-v3", "iterations=1", "meta_batch_size=2",
+                 "max_episode_steps=10", "algo.gru_size=8", "eval.num_tasks=2", "sampler.backend=local",
+                 "logger.wandb=false", f"run_dir={tmp_path}"])
+    assert train.code == 0, train.stderr
+    result = cli(["evaluate", str(tmp_path), "--protocol", "metaworld", "--num-evals", "1",
+                  "--adaptation-episodes", "2", "--evaluation-episodes", "1", "--meta-batch-size", "2",
+                  "--max-episode-steps", "10", "--tasks", "2", "--adapt-steps", "1"])
+    assert result.code == 0, result.stderr
+    ev = json.loads((tmp_path / "eval.json").read_text())
+    assert ev["unit"] == "episodes" and 0.0 <= ev["metaworld_protocol"]["success_rate"] <= 1.0
