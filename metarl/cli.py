@@ -70,7 +70,6 @@ def _train_one(cfg) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from metarl.sampling import Sampler
     from metarl.trainer import format_table, load_run
 
     cfg, trainer = load_run(Path(args.run_dir))
@@ -85,10 +84,13 @@ def _evaluate(args: argparse.Namespace) -> int:
                                 args.meta_batch_size, args.max_episode_steps, args.seed,
                                 num_evals=args.num_evals, adaptation_episodes=args.adaptation_episodes,
                                 evaluation_episodes=args.evaluation_episodes)
-    with Sampler(trainer.dist, trainer.policy.spec, s.backend, s.num_workers, s.ray_address,
-                 s.max_retries) as sampler:
+    sampler = trainer.make_sampler()
+    try:
         result = trainer.evaluate(sampler, args.tasks, args.adapt_steps, args.seed, args.split,
                                   extra={"metaworld_protocol": protocol} if protocol else None)
+    finally:
+        if sampler is not None:
+            sampler.close()
     print(format_table(result))
     if protocol:
         print(f"Meta-World protocol: success rate {protocol['success_rate']:.3f}, "

@@ -119,6 +119,32 @@ class Rl2Config(AlgoConfig):
             raise ConfigError("algo.gru_size, algo.ppo_epochs and algo.num_minibatches must be >= 1")
 
 
+@dataclass(frozen=True)
+class Sb3Config(AlgoConfig):
+    """Stable-Baselines3 baselines: ``sb3_multitask``, ``sb3_finetune``, ``sb3_scratch``."""
+
+    name: str = "sb3_multitask"
+    sb3_algo: str = "ppo"
+    """``ppo`` or ``sac``."""
+    lr: float = 3e-4
+    n_envs: int = 4
+    """Envs of the multi-task VecEnv (each draws a train task per episode)."""
+    n_steps: int = 512
+    """PPO rollout length per env for multi-task training."""
+    steps_per_iteration: int = 10_000
+    """SB3 timesteps per metarl iteration (one metrics.jsonl line each)."""
+    init_from: str | None = None
+    """sb3_finetune: the run directory of an sb3_multitask run."""
+
+    def __post_init__(self) -> None:
+        if self.sb3_algo not in ("ppo", "sac"):
+            raise ConfigError(f"algo.sb3_algo must be 'ppo' or 'sac', got {self.sb3_algo!r}")
+        for key in ("n_envs", "n_steps", "steps_per_iteration"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"algo.{key} must be >= 1, got {getattr(self, key)}")
+        _positive("algo.lr", self.lr)
+
+
 ALGOS: dict[str, type[AlgoConfig]] = {
     "maml_trpo": MamlConfig,
     "maml_ppo": MamlConfig,
@@ -126,6 +152,9 @@ ALGOS: dict[str, type[AlgoConfig]] = {
     "fomaml": MamlConfig,
     "reptile": MamlConfig,
     "rl2_ppo": Rl2Config,
+    "sb3_multitask": Sb3Config,
+    "sb3_finetune": Sb3Config,
+    "sb3_scratch": Sb3Config,
 }
 
 

@@ -23,6 +23,8 @@ def adaptation_curve(learner: Any, sampler: Sampler, tasks: list[Task], episodes
     Returns ``{"unit", "adaptation": [{"k", "return_mean", "return_std", "success_rate"}],
     "per_task": {key: {"params", "returns": [...], "success": [...]}}}``.
     """
+    if hasattr(learner, "adaptation_curve"):  # learners that adapt without our sampler (SB3)
+        return learner.adaptation_curve(tasks, episodes, adapt_steps, seed, max_steps)
     if learner.unit == "episodes":
         return _trial_curve(learner, sampler, tasks, adapt_steps + 1, seed, max_steps)
     params = [learner.policy_params] * len(tasks)

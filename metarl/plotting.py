@@ -52,9 +52,10 @@ def plot_runs(run_dirs: list[Path], out: Path) -> Path:
             if curves:
                 ks = [row["k"] for row in curves[0]["adaptation"]]
                 vals = np.array([[row["return_mean"] for row in c["adaptation"]] for c in curves])
+                unit = curves[0]["unit"].replace("_", " ")
                 ax.errorbar(ks, vals.mean(0), yerr=vals.std(0) if len(curves) > 1 else None,
-                            marker="o", capsize=3, label=label)
-                ax.set_xlabel(f"adaptation ({curves[0]['unit'].replace('_', ' ')})")
+                            marker="o", capsize=3, label=f"{label} (k in {unit})")
+                ax.set_xlabel("adaptation k (gradient steps or episodes, see legend)")
                 ax.set_ylabel("mean return on held-out tasks")
                 ax.set_title("adaptation curve (eval.json)")
     axes[0].set_ylabel("mean episode return")

@@ -16,7 +16,16 @@ import metarl.envs
 from metarl import checkpoint
 from metarl.algos import MamlLearner
 from metarl.algos.rl2 import Rl2Learner
-from metarl.config import ConfigError, Rl2Config, RunConfig, build_config, save_config, to_dict
+from metarl.algos.sb3 import Sb3Learner
+from metarl.config import (
+    ConfigError,
+    Rl2Config,
+    RunConfig,
+    Sb3Config,
+    build_config,
+    save_config,
+    to_dict,
+)
 from metarl.evaluation import adaptation_curve, format_table, write_eval
 from metarl.logging import JsonlLogger, MultiLogger, WandbLogger, read_jsonl
 from metarl.policies import GaussianMLPPolicy, RecurrentGaussianPolicy
@@ -42,6 +51,11 @@ def build(cfg: RunConfig) -> tuple[metarl.envs.TaskDistribution, torch.nn.Module
     obs_dim, act_dim = int(np.prod(obs_space.shape)), int(np.prod(act_space.shape))
     torch.manual_seed(cfg.seed)
     p = cfg.policy
+    if isinstance(cfg.algo, Sb3Config):
+        if cfg.logger.video_every:
+            raise ConfigError("logger.video_every is not supported for SB3 baselines; set it to 0")
+        horizon = cfg.max_episode_steps or dist.horizon
+        return dist, None, Sb3Learner(cfg.algo, dist, horizon, cfg.seed, cfg.device)
     if isinstance(cfg.algo, Rl2Config):
         if cfg.logger.video_every:
             raise ConfigError("logger.video_every is not supported for rl2_ppo yet; set it to 0")
@@ -85,8 +99,9 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         logger = self._logger()
-        sampler = Sampler(self.dist, self.policy.spec, cfg.sampler.backend, cfg.sampler.num_workers,
-                          cfg.sampler.ray_address, cfg.sampler.max_retries)
+        if not getattr(self.learner, "trains", True):
+            return self._adaptation_only(logger)
+        sampler = self.make_sampler()
         start = time.perf_counter() - self.wall_offset
         bar = tqdm(range(self.start_iteration, cfg.iterations), initial=self.start_iteration,
                    total=cfg.iterations, desc="meta-iterations", disable=None, dynamic_ncols=True)
@@ -111,7 +126,31 @@ class Trainer:
             logger.log_eval(result, self.env_steps)
         finally:
             bar.close()
-            sampler.close()
+            if sampler is not None:
+                sampler.close()
+            logger.close()
+        return result
+
+    def make_sampler(self) -> Sampler | None:
+        """The rollout workers; None for learners that roll out on their own (SB3)."""
+        if self.policy is None:
+            return None
+        s = self.cfg.sampler
+        return Sampler(self.dist, self.policy.spec, s.backend, s.num_workers, s.ray_address, s.max_retries)
+
+    def _adaptation_only(self, logger: MultiLogger) -> dict[str, Any]:
+        """sb3_finetune / sb3_scratch: no meta-training; the adaptation budgets are the run.
+        One metrics.jsonl line per budget k (return before and after k episodes)."""
+        start = time.perf_counter()
+        try:
+            result = self.evaluate(None, self.cfg.eval.num_tasks, self.cfg.eval.adapt_steps, self.cfg.seed)
+            curve = result["adaptation"]
+            for i, row in enumerate(curve):
+                self.env_steps = row["k"] * self.max_steps * len(result["per_task"])
+                logger.log({"iteration": i, "env_steps": self.env_steps, "wall_time_s": time.perf_counter() - start,
+                            "train/return_pre": curve[0]["return_mean"], "train/return_post": row["return_mean"]})
+            logger.log_eval(result, self.env_steps)
+        finally:
             logger.close()
         return result
 
