@@ -73,7 +73,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     from metarl.trainer import format_table, load_run
 
     cfg, trainer = load_run(Path(args.run_dir))
-    s = cfg.sampler
     protocol = None
     if args.protocol == "metaworld":
         from metarl.metaworld_protocol import run_protocol
