@@ -93,6 +93,7 @@ class Rl2Learner:
         self.policy = policy.to(self.device)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr, eps=1e-5)
         self.reward_stats = torch.zeros(3, dtype=torch.float64)  # count, mean, M2 (Welford)
+        self.return_stats = torch.zeros(3, dtype=torch.float64)  # of discounted returns
         self.generator = torch.Generator().manual_seed(seed)  # minibatch order
 
     @property
@@ -101,20 +102,22 @@ class Rl2Learner:
         return {k: v.detach() for k, v in [*self.policy.named_parameters(), *self.policy.named_buffers()]}
 
     def _update_reward_scale(self, batch: EpisodeBatch) -> None:
-        if not self.cfg.normalize_reward_input:
-            return
-        r = batch.rewards[batch.mask].double()
-        count, mean, m2 = self.reward_stats.tolist()
-        n, m = r.numel(), float(r.mean())
-        delta = m - mean
-        total = count + n
-        m2 += float(((r - m) ** 2).sum()) + delta * delta * count * n / total
-        self.reward_stats = torch.tensor([total, mean + delta * n / total, m2], dtype=torch.float64)
-        std = (m2 / max(total - 1, 1)) ** 0.5
-        self.policy.reward_scale.fill_(1.0 / max(std, 1e-4))
+        if self.cfg.normalize_reward_input:
+            self.reward_stats, std = _welford(self.reward_stats, batch.rewards[batch.mask])
+            self.policy.reward_scale.fill_(1.0 / max(std, 1e-4))
 
-    def advantages(self, trials: Trials, values: Tensor, states: Tensor) -> tuple[Tensor, Tensor]:
-        """GAE per episode and the value targets. (N, L) each."""
+    def _value_scale(self, trials: Trials) -> float:
+        """1 / running std of per-episode discounted returns: the value head learns scaled
+        returns, so a shared trunk is not dominated by the value loss's magnitude."""
+        zeros = torch.zeros_like(trials.rewards)
+        returns = compute_gae(trials.rewards, zeros, zeros, trials.terminated,
+                              trials.ends | ~trials.mask, self.cfg.gamma, 1.0)
+        self.return_stats, std = _welford(self.return_stats, returns[trials.mask])
+        return 1.0 / max(std, 1e-4)
+
+    def advantages(self, trials: Trials, values: Tensor, states: Tensor, scale: float = 1.0) -> tuple[Tensor, Tensor]:
+        """GAE per episode and the value targets, (N, L) each, for rewards times ``scale``
+        (the units the value head predicts in)."""
         cfg = self.cfg
         with torch.no_grad():
             next_values = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], 1)
@@ -123,7 +126,7 @@ class Rl2Learner:
                 boot = self.policy(trials.boot_x[n_idx, t_idx].unsqueeze(1), states[n_idx, t_idx])[2][:, 0]
                 next_values[n_idx, t_idx] = boot
             dones = trials.ends | ~trials.mask
-            adv = compute_gae(trials.rewards, values, next_values, trials.terminated, dones,
+            adv = compute_gae(trials.rewards * scale, values, next_values, trials.terminated, dones,
                               cfg.gamma, cfg.gae_lambda) * trials.mask
         return adv, (adv + values) * trials.mask
 
@@ -134,7 +137,7 @@ class Rl2Learner:
         h0 = self.policy.initial_state(trials.x.shape[0]).to(self.device)
         with torch.no_grad():
             _, _, values, states = self.policy(trials.x, h0)
-        adv, returns = self.advantages(trials, values, states)
+        adv, returns = self.advantages(trials, values, states, self._value_scale(trials))
         n = trials.x.shape[0]
         per_mb = max(1, n // cfg.num_minibatches)
         stats: dict[str, float] = {}
@@ -177,13 +180,24 @@ class Rl2Learner:
     def state_dict(self) -> dict:
         return {"policy": {k: v.cpu() for k, v in self.policy.state_dict().items()},
                 "optimizer": self.optimizer.state_dict(), "reward_stats": self.reward_stats,
-                "generator": self.generator.get_state()}
+                "return_stats": self.return_stats, "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         if set(state.get("policy", {})) != set(self.policy.state_dict()):
             raise ValueError("checkpoint parameters do not match this RL² policy")
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.reward_stats = state["reward_stats"]
+        self.reward_stats, self.return_stats = state["reward_stats"], state["return_stats"]
         self.generator.set_state(state["generator"])
 
+
+
+def _welford(stats: Tensor, values: Tensor) -> tuple[Tensor, float]:
+    """Merge ``values`` into running (count, mean, M2); return the new stats and the std."""
+    count, mean, m2 = stats.tolist()
+    v = values.double().flatten()
+    n, m = v.numel(), float(v.mean())
+    total = count + n
+    delta = m - mean
+    m2 += float(((v - m) ** 2).sum()) + delta * delta * count * n / total
+    return torch.tensor([total, mean + delta * n / total, m2], dtype=torch.float64), (m2 / max(total - 1, 1)) ** 0.5
