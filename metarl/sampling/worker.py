@@ -120,22 +120,10 @@ class RolloutWorker:
             actions_np, logp_np = actions.numpy(), logp.numpy()
             still = []
             for j, i in enumerate(active):
-                o2, r, term, trunc, info = envs[i].step(np.clip(actions_np[j], low, high))
-                o2 = np.asarray(o2, dtype=np.float32).ravel()
-                out["obs"][i, t] = current[i]
-                out["actions"][i, t] = actions_np[j]
-                out["rewards"][i, t] = r
-                out["log_probs"][i, t] = logp_np[j]
-                out["mask"][i, t] = True
-                if "success" in info:
-                    has_success = True
-                    out["success"][i, t] = float(info["success"])
-                trunc = bool(trunc) or t == max_steps - 1
-                if term or trunc:
-                    out["terminated"][i, t] = bool(term)
-                    out["truncated"][i, t] = not term
-                    out["last_obs"][i] = o2
-                else:
+                o2, _, ended, reported = _step_and_record(envs[i], out, i, t, current[i], actions_np[j],
+                                                          logp_np[j], low, high, max_steps)
+                has_success |= reported
+                if not ended:
                     current[i] = o2
                     still.append(i)
             active = still
@@ -196,29 +184,17 @@ class RolloutWorker:
             actions_np, logp_np = actions.numpy(), logp.numpy()
             still = []
             for j, i in enumerate(active):
-                o2, r, term, trunc, info = envs[i].step(np.clip(actions_np[j], low, high))
-                o2 = np.asarray(o2, dtype=np.float32).ravel()
-                out, e, step = outs[i], episode[i], t[i]
-                out["obs"][e, step] = current[i]
-                out["actions"][e, step] = actions_np[j]
-                out["rewards"][e, step] = r
-                out["log_probs"][e, step] = logp_np[j]
-                out["mask"][e, step] = True
-                if "success" in info:
-                    has_success = True
-                    out["success"][e, step] = float(info["success"])
+                o2, r, ended, reported = _step_and_record(envs[i], outs[i], episode[i], t[i], current[i],
+                                                          actions_np[j], logp_np[j], low, high, max_steps)
+                has_success |= reported
                 prev_action[i], prev_reward[i], new_episode[i] = actions_np[j], r, 0.0
-                trunc = bool(trunc) or step == max_steps - 1
-                if term or trunc:
-                    out["terminated"][e, step] = bool(term)
-                    out["truncated"][e, step] = not term
-                    out["last_obs"][e] = o2
+                if ended:
                     episode[i] += 1
                     if episode[i] < episodes:
                         start(i)
                         still.append(i)
                 else:
-                    current[i], t[i] = o2, step + 1
+                    current[i], t[i] = o2, t[i] + 1
                     still.append(i)
             active = still
         for out in outs:
@@ -231,6 +207,29 @@ class RolloutWorker:
             for env in pool:
                 env.close()
         self._envs.clear()
+
+
+def _step_and_record(env: Any, out: dict[str, np.ndarray], e: int, t: int, obs: np.ndarray,
+                     action: np.ndarray, logp: float, low: np.ndarray, high: np.ndarray,
+                     max_steps: int) -> tuple[np.ndarray, float, bool, bool]:
+    """Step ``env`` with ``action`` (clipped to the action space) and record step ``t`` of
+    episode ``e`` in ``out``. Returns (next obs, reward, episode ended, success reported)."""
+    o2, r, term, trunc, info = env.step(np.clip(action, low, high))
+    o2 = np.asarray(o2, dtype=np.float32).ravel()
+    out["obs"][e, t] = obs
+    out["actions"][e, t] = action
+    out["rewards"][e, t] = r
+    out["log_probs"][e, t] = logp
+    out["mask"][e, t] = True
+    reported = "success" in info
+    if reported:
+        out["success"][e, t] = float(info["success"])
+    ended = bool(term) or bool(trunc) or t == max_steps - 1
+    if ended:
+        out["terminated"][e, t] = bool(term)
+        out["truncated"][e, t] = not term
+        out["last_obs"][e] = o2
+    return o2, float(r), ended, reported
 
 
 def _empty(episodes: int, steps: int, obs_dim: int, act_dim: int) -> dict[str, np.ndarray]:
