@@ -85,10 +85,9 @@ class Trainer:
         if cfg.resume:
             self._resume(read_only)
         else:
-            ckpt = self.run_dir / CHECKPOINT
-            if ckpt.exists():
+            if (self.run_dir / CHECKPOINT).exists() or (self.run_dir / "metrics.jsonl").exists():
                 raise ConfigError(f"{self.run_dir} already holds a run; pass resume=true to continue "
-                                  "it or choose another run_dir")
+                                  "it (needs a checkpoint) or choose another run_dir")
             self.run_dir.mkdir(parents=True, exist_ok=True)
         if not read_only:
             save_config(cfg, self.run_dir / "config.yaml")
