@@ -19,6 +19,7 @@ def plot_runs(run_dirs: list[Path], out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import yaml
+    from matplotlib.ticker import MaxNLocator
 
     groups: dict[str, list[Path]] = defaultdict(list)
     for run in run_dirs:
@@ -56,6 +57,7 @@ def plot_runs(run_dirs: list[Path], out: Path) -> Path:
                 ax.errorbar(ks, vals.mean(0), yerr=vals.std(0) if len(curves) > 1 else None,
                             marker="o", capsize=3, label=f"{label} (k in {unit})")
                 ax.set_xlabel("adaptation k (gradient steps or episodes, see legend)")
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
                 ax.set_ylabel("mean return on held-out tasks")
                 ax.set_title("adaptation curve (eval.json)")
     axes[0].set_ylabel("mean episode return")
