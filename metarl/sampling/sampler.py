@@ -71,7 +71,7 @@ class Sampler:
         self._conns: list[Any] = []
         self._actors: list[Any] = []
         if backend == "local":
-            self._local = RolloutWorker(dist, spec)
+            self._local = RolloutWorker(dist, spec, single_thread=False)
         elif backend == "process":
             self._ctx = mp.get_context("spawn")
             for i in range(self.num_workers):

@@ -45,8 +45,11 @@ def episode_seeds(seed: int, slot: int, episode: int) -> tuple[int, np.random.Ge
 class RolloutWorker:
     """Holds envs (reused across collections, re-tasked in place) and a policy module."""
 
-    def __init__(self, dist: TaskDistribution, spec: PolicySpec) -> None:
-        torch.set_num_threads(1)
+    def __init__(self, dist: TaskDistribution, spec: PolicySpec, single_thread: bool = True) -> None:
+        """``single_thread``: one torch thread, for a worker process that shares the cores
+        with others (the ``local`` backend keeps the learner's threads instead)."""
+        if single_thread:
+            torch.set_num_threads(1)
         self.dist = dist
         self.policy = spec.build()
         self.policy.requires_grad_(False)
