@@ -55,6 +55,16 @@ class RolloutWorker:
         self.policy.requires_grad_(False)
         self._envs: dict[str, list[Any]] = {}
 
+    def _lanes(self, tasks: list[Task]) -> list[Any]:
+        """One env per concurrent episode (lane), set to its task; reused across calls."""
+        counts: dict[str, int] = {}
+        envs = []
+        for task in tasks:
+            key = self.dist.env_key(task)
+            envs.append(self._env(task, counts.get(key, 0)))
+            counts[key] = counts.get(key, 0) + 1
+        return envs
+
     def _env(self, task: Task, lane: int) -> Any:
         pool = self._envs.setdefault(self.dist.env_key(task), [])
         while len(pool) <= lane:
@@ -87,12 +97,7 @@ class RolloutWorker:
         torch_params = {k: torch.from_numpy(v) for k, v in params.items()}
         n = item.episodes
         envs, rngs, obs = [], [], []
-        key_counts: dict[str, int] = {}
-        for e in range(n):
-            key = self.dist.env_key(item.task)
-            lane = key_counts.get(key, 0)
-            key_counts[key] = lane + 1
-            env = self._env(item.task, lane)
+        for e, env in enumerate(self._lanes([item.task] * n)):
             env_seed, rng = episode_seeds(seed, item.slot, e)
             o, _ = env.reset(seed=env_seed)
             envs.append(env)
@@ -113,13 +118,7 @@ class RolloutWorker:
             batch_obs = torch.from_numpy(current[active])
             with torch.no_grad():
                 mean, std = torch.func.functional_call(self.policy, torch_params, (batch_obs,))
-                if deterministic:
-                    actions = mean
-                else:
-                    noise = torch.from_numpy(np.stack([rngs[i].standard_normal(act_dim, dtype=np.float32)
-                                                       for i in active]))
-                    actions = mean + std * noise
-                logp = gaussian_log_prob(mean, std, actions)
+                actions, logp = _sample(mean, std, [rngs[i] for i in active], deterministic)
             actions_np, logp_np = actions.numpy(), logp.numpy()
             still = []
             for j, i in enumerate(active):
@@ -139,13 +138,7 @@ class RolloutWorker:
         policy = self.policy
         torch_params = {k: torch.from_numpy(v) for k, v in params.items()}
         n, episodes = len(items), items[0].episodes
-        key_counts: dict[str, int] = {}
-        envs = []
-        for item in items:
-            key = self.dist.env_key(item.task)
-            lane = key_counts.get(key, 0)
-            key_counts[key] = lane + 1
-            envs.append(self._env(item.task, lane))
+        envs = self._lanes([item.task for item in items])
         act_dim = policy.act_dim
         space = envs[0].action_space
         low, high = space.low.astype(np.float32), space.high.astype(np.float32)
@@ -176,13 +169,7 @@ class RolloutWorker:
                               torch_params["reward_scale"])
             with torch.no_grad():
                 mean, std, _, h_new = policy.step(x, h[idx], torch_params)
-                if deterministic:
-                    actions = mean
-                else:
-                    noise = torch.from_numpy(np.stack([rngs[i].standard_normal(act_dim, dtype=np.float32)
-                                                       for i in active]))
-                    actions = mean + std * noise
-                logp = gaussian_log_prob(mean, std, actions)
+                actions, logp = _sample(mean, std, [rngs[i] for i in active], deterministic)
             h[idx] = h_new
             actions_np, logp_np = actions.numpy(), logp.numpy()
             still = []
@@ -210,6 +197,17 @@ class RolloutWorker:
             for env in pool:
                 env.close()
         self._envs.clear()
+
+
+def _sample(mean: torch.Tensor, std: torch.Tensor, rngs: list[np.random.Generator],
+            deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Actions (the mean, or mean + std * noise from each lane's generator) and log-probs."""
+    if deterministic:
+        actions = mean
+    else:
+        noise = np.stack([rng.standard_normal(mean.shape[-1], dtype=np.float32) for rng in rngs])
+        actions = mean + std * torch.from_numpy(noise)
+    return actions, gaussian_log_prob(mean, std, actions)
 
 
 def _step_and_record(env: Any, out: dict[str, np.ndarray], e: int, t: int, obs: np.ndarray,
