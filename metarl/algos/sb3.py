@@ -96,7 +96,9 @@ class Sb3Learner:
         from stable_baselines3 import PPO, SAC
 
         if self.cfg.sb3_algo == "ppo":
-            return PPO("MlpPolicy", env, n_steps=n_steps, batch_size=min(64, n_steps * env.num_envs),
+            rollout = n_steps * env.num_envs  # minibatches of at most 64 that divide the rollout
+            batch = max(d for d in range(1, min(64, rollout) + 1) if rollout % d == 0)
+            return PPO("MlpPolicy", env, n_steps=n_steps, batch_size=batch,
                        learning_rate=self.cfg.lr, seed=self.seed, device=self.device, verbose=0)
         return SAC("MlpPolicy", env, learning_rate=self.cfg.lr, seed=self.seed, device=self.device,
                    learning_starts=min(1000, n_steps), verbose=0)
