@@ -145,9 +145,13 @@ class Trainer:
             result = self.evaluate(None, self.cfg.eval.num_tasks, self.cfg.eval.adapt_steps, self.cfg.seed)
             curve = result["adaptation"]
             for i, row in enumerate(curve):
+                # fine-tuning timesteps so far (k episodes' worth of steps on every task)
                 self.env_steps = row["k"] * self.max_steps * len(result["per_task"])
-                logger.log({"iteration": i, "env_steps": self.env_steps, "wall_time_s": time.perf_counter() - start,
-                            "train/return_pre": curve[0]["return_mean"], "train/return_post": row["return_mean"]})
+                line = {"iteration": i, "env_steps": self.env_steps, "wall_time_s": time.perf_counter() - start,
+                        "train/return_pre": curve[0]["return_mean"], "train/return_post": row["return_mean"]}
+                if row["success_rate"] is not None:
+                    line |= {"train/success_pre": curve[0]["success_rate"], "train/success_post": row["success_rate"]}
+                logger.log(line)
             logger.log_eval(result, self.env_steps)
         finally:
             logger.close()
