@@ -1,0 +1,292 @@
+"""The fast Meta-World step path is bit-for-bit the stock one.
+
+Every comparison here is exact: same types, same bytes. Nothing is compared to a
+tolerance.
+"""
+
+import functools
+import logging
+import pickle
+
+import numpy as np
+import pytest
+from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+from metaworld.policies import ENV_POLICY_MAP
+from metaworld.types import Task as MWTask
+from metaworld.utils import reward_utils
+from scipy.spatial.transform import Rotation
+
+import metarl.envs
+from metarl.envs import metaworld_fast as mwf
+
+ENV_NAMES = list(ALL_V3_ENVIRONMENTS)
+
+
+def assert_identical(a, b, where="value"):
+    """Equal types and equal bits, recursively (tuples, lists, dicts, arrays, floats)."""
+    assert type(a) is type(b), f"{where}: {type(a).__name__} vs {type(b).__name__}"
+    if isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and a.shape == b.shape, f"{where}: {a.dtype}{a.shape} vs {b.dtype}{b.shape}"
+        assert a.tobytes() == b.tobytes(), f"{where}: {a!r} vs {b!r}"
+    elif isinstance(a, (tuple, list)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_identical(x, y, f"{where}[{i}]")
+    elif isinstance(a, dict):
+        assert list(a) == list(b), f"{where}: keys {list(a)} vs {list(b)}"
+        for k in a:
+            assert_identical(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, (float, np.floating)):
+        assert np.array(a).tobytes() == np.array(b).tobytes(), f"{where}: {a!r} vs {b!r}"
+    else:
+        assert a == b, f"{where}: {a!r} vs {b!r}"
+
+
+@functools.cache
+def _goal(name, seed):
+    """A goal vector of ``name`` drawn the way Meta-World's benchmarks draw theirs (the
+    env's own reset samples one that satisfies its constraints)."""
+    env = ALL_V3_ENVIRONMENTS[name]()
+    env._freeze_rand_vec, env.seeded_rand_vec, env._set_task_called = False, True, True
+    env.seed(seed)
+    env.reset()
+    env.close()
+    return env._last_rand_vec.copy()
+
+
+def _task(name, seed, observable):
+    """A task of ``name``; its goal shown in the observation when ``observable``
+    (Meta-World's scripted policies read it from there)."""
+    data = {"rand_vec": _goal(name, seed), "env_cls": ALL_V3_ENVIRONMENTS[name],
+            "partially_observable": not observable}
+    return MWTask(env_name=name, data=pickle.dumps(data))
+
+
+def _pair(name):
+    stock_cls = ALL_V3_ENVIRONMENTS[name]
+    fast_cls = mwf.env_class(name, fast=True)
+    assert fast_cls is not stock_cls and issubclass(fast_cls, stock_cls), "fast path not in use"
+    return stock_cls(), fast_cls()
+
+
+def run_side_by_side(name, seed):
+    """One scripted episode (goal visible, noisy actions) and one random episode (actions
+    beyond [-1, 1], float32 and float64 alternating), 500 steps each, on the stock and the
+    fast class; asserts every output identical. Returns whether the scripted one succeeded."""
+    envs = _pair(name)
+    policy = ENV_POLICY_MAP[name]()
+    succeeded = False
+    for mode in ("scripted", "random"):
+        for env in envs:
+            env.set_task(_task(name, seed, observable=mode == "scripted"))
+        rng = np.random.default_rng(seed)
+        out = [env.reset() for env in envs]
+        assert_identical(out[0], out[1], f"{name} {mode} reset")
+        obs = out[0][0]
+        for t in range(500):
+            if mode == "scripted":
+                action = np.clip(policy.get_action(obs) + rng.normal(0, 0.05, 4), -1, 1).astype(np.float32)
+            else:
+                action = rng.uniform(-1.5, 1.5, 4)
+                action = action.astype(np.float32) if t % 2 else action
+            out = [env.step(action.copy()) for env in envs]
+            assert_identical(out[0], out[1], f"{name} {mode} step {t}")
+            obs = out[0][0]
+            if mode == "scripted":
+                succeeded |= bool(out[0][4]["success"])
+        assert out[0][3] is True  # truncated at the horizon: the full episode ran
+        for attr in ("_prev_obs", "_last_stable_obs"):
+            assert_identical(getattr(envs[0], attr), getattr(envs[1], attr), attr)
+        assert envs[0].data.qpos.tobytes() == envs[1].data.qpos.tobytes()
+    for env in envs:
+        env.close()
+    return succeeded
+
+
+_scripted_success = {}
+
+
+@pytest.mark.filterwarnings("ignore:Constant")
+@pytest.mark.parametrize("name", ENV_NAMES)
+def test_fast_step_is_bit_identical(name):
+    _scripted_success[name] = run_side_by_side(name, seed=0)
+
+
+def test_scripted_episodes_exercised_success():
+    """The equivalence runs above went through the grasp/success branches of the rewards."""
+    if len(_scripted_success) < len(ENV_NAMES):
+        pytest.skip("needs every test_fast_step_is_bit_identical case in this run")
+    assert sum(_scripted_success.values()) >= 0.6 * len(ENV_NAMES), _scripted_success
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Constant")
+@pytest.mark.parametrize("name", ENV_NAMES)
+def test_fast_step_is_bit_identical_more_tasks(name):
+    for seed in (1, 2, 3):
+        run_side_by_side(name, seed)
+
+
+def test_every_v3_class_is_verified_and_uses_the_fast_methods():
+    fast_methods = {n for n in vars(mwf.FastSawyerMixin) if not n.startswith("_fast")} - {
+        "__module__", "__doc__", "__dict__", "__weakref__", "__qualname__", "__firstlineno__",
+        "__static_attributes__"}
+    for name, stock in ALL_V3_ENVIRONMENTS.items():
+        fast = mwf.fast_class(stock)
+        assert fast is not None, name
+        assert fast.__name__ == stock.__name__  # envs record it as task_name
+        overridden = {m for m in fast_methods if m in vars(stock)}
+        for m in fast_methods - overridden:
+            assert vars(fast)[m] is vars(mwf.FastSawyerMixin)[m], (name, m)
+        assert fast._fast_direct_sim
+        # the env's own reward code runs on the shims
+        rebound = [f for f in vars(fast).values() if getattr(f, "__globals__", {}).get("reward_utils")
+                   not in (None, reward_utils)]
+        assert rebound or "reward_utils" not in vars(__import__(stock.__module__, fromlist=["x"])), name
+
+
+def test_distribution_fast_flag_selects_the_class():
+    for fast in (True, False):
+        dist = metarl.envs.make("ml1/reach-v3", fast=fast)
+        env = dist.make_env(dist.tasks("train")[0])
+        cls = type(env.unwrapped)
+        assert (cls is ALL_V3_ENVIRONMENTS["reach-v3"]) is (not fast)
+        env.close()
+
+
+def test_unverified_sources_fall_back_to_stock_and_say_so_once(monkeypatch, caplog):
+    stock = ALL_V3_ENVIRONMENTS["reach-v3"]
+    monkeypatch.setattr(mwf, "_fast_classes", {})
+    monkeypatch.setattr(mwf, "_said", set())
+    monkeypatch.setitem(mwf.VERIFIED_CLASSES, stock.__name__, "0" * 16)
+    with caplog.at_level(logging.INFO, logger=mwf.__name__):
+        assert mwf.env_class("reach-v3", fast=True) is stock
+        assert mwf.env_class("reach-v3", fast=True) is stock
+    assert sum("SawyerReachEnvV3 differs" in r.message for r in caplog.records) == 1
+
+    # An unknown base method body keeps that one method stock; the rest stays fast.
+    monkeypatch.undo()
+    monkeypatch.setattr(mwf, "_fast_classes", {})
+    monkeypatch.setitem(mwf.VERIFIED_BASE, "metaworld.sawyer_xyz_env.SawyerXYZEnv.touching_object", "0" * 16)
+    fast = mwf.fast_class(ALL_V3_ENVIRONMENTS["pick-place-v3"])
+    assert fast.touching_object is not mwf.FastSawyerMixin.touching_object
+    assert fast.step is mwf.FastSawyerMixin.step and fast._fast_direct_sim
+    monkeypatch.setitem(mwf.VERIFIED_BASE, "gymnasium.envs.mujoco.mujoco_env.MujocoEnv.do_simulation", "0" * 16)
+    monkeypatch.setattr(mwf, "_fast_classes", {})
+    assert not mwf.fast_class(ALL_V3_ENVIRONMENTS["pick-place-v3"])._fast_direct_sim
+
+
+def test_recorded_fingerprints_match_the_installed_sources():
+    """A metaworld/gymnasium upgrade changes these: re-run this file's equivalence tests,
+    then `python -m metarl.envs.metaworld_fast --write`."""
+    current = mwf.current_fingerprints()
+    assert current["base"] == mwf.VERIFIED_BASE
+    assert current["classes"] == mwf.VERIFIED_CLASSES
+
+
+def test_fast_env_pickles_as_its_class_and_like_stock():
+    """Meta-World's pickling restores only qpos/qvel; a fast env's clone behaves as a
+    stock env's clone does."""
+    name = "pick-place-v3"
+    clones = []
+    for env in _pair(name):
+        env.set_task(_task(name, 0, observable=False))
+        env.reset()
+        env.step(np.full(4, 0.5, dtype=np.float32))
+        clone = pickle.loads(pickle.dumps(env))
+        assert type(clone) is type(env)
+        clones.append(clone)
+    for t in range(20):
+        a = np.array([0.3, -0.2, 0.1, 0.5], dtype=np.float32)
+        assert_identical(clones[0].step(a), clones[1].step(a), f"step {t}")
+
+
+# ---- the exact helpers, against the functions they stand in for ----------------------
+
+
+def _rotation_cases(rng):
+    mats = list(Rotation.random(5000, random_state=rng.integers(1 << 31)).as_matrix())
+    # near each of Shepperd's four branches: half-turns about each axis, small angles
+    for axis in np.eye(3):
+        for angle in (np.pi, np.pi - 1e-9, np.pi * 0.999, 1e-12, 0.5):
+            mats.append(Rotation.from_rotvec(axis * angle).as_matrix())
+    mats.append(np.eye(3))
+    # MuJoCo's own rotation matrices, as the envs read them
+    env = mwf.env_class("pick-place-v3", fast=True)()
+    env.set_task(_task("pick-place-v3", 0, observable=False))
+    env.reset()
+    for _ in range(100):
+        env.step(rng.uniform(-1, 1, 4))
+        mats.extend(env.data.geom_xmat.reshape(-1, 3, 3).copy())
+    return mats
+
+
+def test_rotation_shim_matches_scipy_bitwise():
+    rng = np.random.default_rng(0)
+    shim = mwf.RotationShim()
+    fast_hits = 0
+    for m in _rotation_cases(rng):
+        fast_hits += mwf.quat_from_matrix(m.tolist()) is not None
+        assert_identical(shim.from_matrix(m).as_quat(), Rotation.from_matrix(m).as_quat(), str(m))
+    assert fast_hits > 5000  # the exact path, not the scipy fallback, was tested
+    # Not orthogonal enough, reflections, NaN: scipy decides (and raises) itself.
+    for m in (np.diag([1.0, 1.0, 1.0 + 1e-4]), np.eye(3) + 1e-7, rng.normal(size=(3, 3)) + 3 * np.eye(3)):
+        assert mwf.quat_from_matrix(m.tolist()) is None
+        assert_identical(shim.from_matrix(m).as_quat(), Rotation.from_matrix(m).as_quat())
+    for bad in (np.diag([1.0, 1.0, -1.0]), np.zeros((3, 3))):
+        with pytest.raises(ValueError):
+            shim.from_matrix(bad)
+    r = shim.from_matrix(np.eye(3))
+    assert_identical(r.as_quat(canonical=True), Rotation.from_matrix(np.eye(3)).as_quat(canonical=True))
+    assert_identical(r.as_euler("xyz"), Rotation.from_matrix(np.eye(3)).as_euler("xyz"))
+
+
+def _tolerance_cases(rng):
+    xs = np.concatenate([rng.normal(0, 1, 4000), rng.normal(0, 1e-3, 1000), rng.uniform(-1e3, 1e3, 500),
+                         [0.0, -0.0, 0.05, 0.02, 1e155, -1e200, np.inf, -np.inf, np.nan]])
+    for i, x in enumerate(xs):
+        lower = [0, 0.0, -0.1, 0.015][i % 4]
+        upper = [0.05, 0.0, 0.1, 0.02][(i // 4) % 4]
+        if lower > upper:
+            lower, upper = upper, lower
+        margin = [0.0, abs(rng.normal()), np.float64(0.3), 1e-300][(i // 16) % 4]
+        x = np.float64(x) if i % 2 else float(x)
+        for sigmoid in ("long_tail", "gaussian"):
+            yield x, (lower, upper), margin, sigmoid
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_tolerance_shim_matches_reward_utils_bitwise():
+    fast = mwf.make_tolerance(reward_utils.tolerance)
+    rng = np.random.default_rng(1)
+    n = 0
+    for x, bounds, margin, sigmoid in _tolerance_cases(rng):
+        kw = {"bounds": bounds, "margin": margin, "sigmoid": sigmoid}
+        assert_identical(fast(x, **kw), reward_utils.tolerance(x, **kw), f"{x!r} {kw}")
+        n += 1
+    assert n > 10000
+    # arrays and other sigmoids go to the stock function; its errors stay its errors
+    arr = rng.normal(size=5)
+    assert_identical(fast(arr, bounds=(0, 0.1), margin=0.5), reward_utils.tolerance(arr, bounds=(0, 0.1), margin=0.5))
+    assert_identical(fast(0.3, bounds=(0, 0.1), margin=0.5, sigmoid="linear"),
+                     reward_utils.tolerance(0.3, bounds=(0, 0.1), margin=0.5, sigmoid="linear"))
+    for kw in ({"bounds": (1.0, 0.0)}, {"margin": -1.0}, {"margin": 1.0, "value_at_margin": 1.5}):
+        with pytest.raises(ValueError):
+            fast(0.5, **kw)
+
+
+def test_norm_shim_matches_numpy_bitwise():
+    fast = mwf.make_norm(np.linalg.norm)
+    rng = np.random.default_rng(2)
+    for _ in range(3000):
+        n = int(rng.integers(1, 8))
+        x = rng.normal(size=n) * 10.0 ** rng.integers(-5, 5)
+        assert_identical(fast(x), np.linalg.norm(x))
+        assert_identical(fast(x, ord=2), np.linalg.norm(x, ord=2))
+        assert_identical(fast(x[::2]), np.linalg.norm(x[::2]))
+        y = x.reshape(1, -1)
+        assert_identical(fast(y), np.linalg.norm(y))
+        assert_identical(fast(np.float64(x[0])), np.linalg.norm(np.float64(x[0])))
+    for other in (np.arange(3), np.ones(3, np.float32), [3.0, 4.0]):
+        assert_identical(fast(other), np.linalg.norm(other))
+    assert_identical(fast(np.ones((2, 2)), axis=0), np.linalg.norm(np.ones((2, 2)), axis=0))
