@@ -3,8 +3,8 @@
 For each v3 environment (ML1 train task 0, the same uniform random actions for both),
 env.step calls per second of the stock class and of the fast class, measured in
 alternating blocks so that machine load hits both alike; and the "ceiling": the same
-number of bare MuJoCo calls a step makes (mj_step x frame_skip, mj_rnePostConstraint,
-mj_forward) with no Python around them.
+MuJoCo calls a step makes (mj_step x frame_skip, mj_rnePostConstraint, mj_forward),
+timed alone along the same trajectory.
 
     python scripts/bench_metaworld.py [--steps 1000] [--envs pick-place-v3 reach-v3] [--json]
 """
@@ -33,14 +33,23 @@ def _step_seconds(env, actions: np.ndarray) -> float:
 
 
 def _ceiling_seconds(env, actions: np.ndarray) -> float:
+    """Time of the MuJoCo calls alone along the same trajectory: the env moves its mocap
+    and sets the grip untimed, then only mj_step/mj_rnePostConstraint/mj_forward count."""
     model, data, n = env.model, env.data, env.frame_skip
-    t0 = time.perf_counter()
+    env.reset()
+    total = 0.0
     for a in actions:
+        if env.curr_path_length >= env.max_path_length:
+            env.reset()
+        env.set_xyz_action(a[:3])
         data.ctrl[0], data.ctrl[1] = a[-1], -a[-1]
+        t0 = time.perf_counter()
         mujoco.mj_step(model, data, nstep=n)
         mujoco.mj_rnePostConstraint(model, data)
         mujoco.mj_forward(model, data)
-    return time.perf_counter() - t0
+        total += time.perf_counter() - t0
+        env.curr_path_length += 1
+    return total
 
 
 def bench(env_name: str, steps: int, blocks: int = 4) -> dict[str, float]:
@@ -62,7 +71,6 @@ def bench(env_name: str, steps: int, blocks: int = 4) -> dict[str, float]:
     for block in np.array_split(actions, blocks):
         for label, env in envs.items():
             seconds[label] += _step_seconds(env, block)
-    envs["fast"].reset()
     ceiling = _ceiling_seconds(envs["fast"], actions)
     for env in envs.values():
         env.close()

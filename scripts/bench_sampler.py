@@ -8,7 +8,7 @@ For each task family, side by side in one run:
   (d) metarl's ray sampler with 2 workers (when ray is installed);
 and the raw env.step rate without any policy, for the overhead column.
 
-    python scripts/bench_sampler.py [--families ml1/pick-place-v3 halfcheetah-vel] [--json]
+    python scripts/bench_sampler.py [--families ml1/pick-place-v3 halfcheetah-vel] [--metaworld-stock] [--json]
 """
 
 from __future__ import annotations
@@ -94,12 +94,14 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=200)
     ap.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
     ap.add_argument("--no-ray", action="store_true")
+    ap.add_argument("--metaworld-stock", action="store_true",
+                    help="Meta-World families on the stock classes (fast=false) instead of metarl's fast step path")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
     results = {}
     for name in args.families:
-        dist = metarl.envs.make(name)
+        dist = metarl.envs.make(name, **({"fast": False} if args.metaworld_stock and name.startswith("ml") else {}))
         obs_space, act_space = dist.spaces
         policy = GaussianMLPPolicy(obs_space.shape[0], act_space.shape[0], args.hidden)
         policy.requires_grad_(False)
