@@ -109,17 +109,29 @@ def test_second_order_meta_gradient_matches_finite_differences():
         assert grad @ _flat(direction) == pytest.approx(fd, rel=1e-5, abs=1e-8)
 
 
-def test_trpo_hessian_vector_product_equals_double_backward():
-    lrn = learner()
-    pre, post = (prepare(random_batch(seed=s), lrn.cfg, lrn.device) for s in (5, 6))
+@pytest.mark.parametrize("inner_steps,meta_sgd", [(1, False), (2, False), (2, True)])
+def test_trpo_gradient_and_hessian_vector_product_equal_double_backward(inner_steps, meta_sgd):
+    """The meta-gradient and J^T F J v that TRPO uses (symmetric inner-Hessian products, or
+    the adaptation's own VJP with Meta-SGD) equal autograd through the adaptation."""
+    lrn = learner(num_inner_steps=inner_steps, learn_inner_lr=meta_sgd)
+    steps = [prepare(random_batch(seed=s), lrn.cfg, lrn.device) for s in range(5, 5 + inner_steps)]
+    post = prepare(random_batch(seed=9), lrn.cfg, lrn.device)
     theta = {k: v.detach().requires_grad_() for k, v in lrn.meta.items()}
-    old = lrn._old_policy([pre], post)
+    old = lrn._old_policy(steps, post)
+
+    def adapted(th):
+        return lrn.forward_all(lrn.adapt_all(th, steps), post.obs)
 
     def mean_kl(th):
-        phi = lrn.adapt_all(th, [pre])
-        mean, std = lrn.forward_all(phi, post.obs)
+        mean, std = adapted(th)
         return (gaussian_kl(old[0], old[1], mean, std) * post.weight).sum(-1).mean()
 
+    def mean_surrogate(th):
+        mean, std = adapted(th)
+        ratio = torch.exp(gaussian_log_prob(mean, std, post.actions) - gaussian_log_prob(*old, post.actions))
+        return -(ratio * post.advantages * post.weight).sum(-1).mean()
+
+    ref_g = _flat(dict(zip(theta, torch.autograd.grad(mean_surrogate(theta), list(theta.values())), strict=True)))
     v = torch.randn(_flat(theta).shape, generator=torch.Generator().manual_seed(0))
     grads = torch.autograd.grad(mean_kl(theta), list(theta.values()), create_graph=True)
     ref = torch.autograd.grad(torch.cat([g.reshape(-1) for g in grads]) @ v, list(theta.values()))
@@ -131,14 +143,16 @@ def test_trpo_hessian_vector_product_equals_double_backward():
     original = maml_module.conjugate_gradient
 
     def spy(avp, b, iters):
+        captured["g"] = -b
         captured["hvp"] = avp(v) - lrn.cfg.cg_damping * v
         return original(avp, b, iters)
 
     maml_module.conjugate_gradient = spy
     try:
-        lrn._trpo([pre], post)
+        lrn._trpo(steps, post)
     finally:
         maml_module.conjugate_gradient = original
+    torch.testing.assert_close(captured["g"], ref_g, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(captured["hvp"], ref, atol=1e-5, rtol=1e-4)
 
 

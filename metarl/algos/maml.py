@@ -227,6 +227,25 @@ class MamlLearner:
         mean, std = functional_call(self.policy, phi, (data.obs,))
         return (gaussian_kl(old[0], old[1], mean, std) * data.weight).sum()
 
+    def _fisher_product(self, phi: Params, post: TaskData) -> Callable[[Params], Params]:
+        """u -> F_i u per task: the Hessian of each task's KL(old || new) at ``phi`` = old.
+
+        There the KL's gradient w.r.t. the policy's outputs is zero, so its Hessian is the
+        Gauss-Newton product J_out^T H_out J_out with H_out = diag(1/std^2, 2/std^2) over
+        (mean, std) per sample (times its weight). One JVP and one VJP of the network
+        (its graph kept across conjugate-gradient iterations) instead of a
+        forward-over-reverse pass through the KL.
+        """
+        outputs = partial(self.forward_all, obs=post.obs)
+        (_, std), out_vjp = vjp(outputs, phi)
+        w = post.weight.unsqueeze(-1) / (std.detach() ** 2)
+
+        def fisher(u: Params) -> Params:
+            d_mean, d_std = jvp(outputs, (phi,), (u,))[1]
+            return out_vjp((w * d_mean, 2 * w * d_std))[0]
+
+        return fisher
+
     def evaluate_objectives(self, theta: dict[str, Tensor], steps: list[TaskData], post: TaskData,
                             old: tuple[Tensor, Tensor]) -> tuple[float, float]:
         """(surrogate loss, KL from the old adapted policies) at ``theta``, means over tasks."""
@@ -251,12 +270,12 @@ class MamlLearner:
         g = _flat(vjp_fn(vmap(grad(self._surrogate))(phi, post, old))[0]) / n
         with torch.no_grad():
             loss_before = vmap(self._surrogate)(phi, post, old).mean().item()
-        fisher = vmap(lambda p, d, o, t: jvp(grad(partial(self._kl, data=d, old=o)), (p,), (t,))[1])
+        fisher = self._fisher_product(phi, post)
 
         def hessian_vector_product(v_flat: Tensor) -> Tensor:
             """(J^T F J / N + damping) v: the Hessian of the mean KL at theta_old."""
             jv = jvp(adapt, (theta,), (_unflat(v_flat, theta),))[1]
-            return _flat(vjp_fn(fisher(phi, post, old, jv))[0]) / n + cfg.cg_damping * v_flat
+            return _flat(vjp_fn(fisher(jv))[0]) / n + cfg.cg_damping * v_flat
 
         step_dir = conjugate_gradient(hessian_vector_product, -g, cfg.cg_iters)
         shs = 0.5 * (step_dir @ hessian_vector_product(step_dir))
