@@ -3,24 +3,24 @@
 Meta-World's ``step`` spends most of its time in Python around the physics: a list
 comprehension over every contact (``touching_object``), scipy's ``Rotation.from_matrix``
 for each object quaternion, ``np.hstack``/``np.split`` to build the observation, named
-look-ups (``data.body("hand")``) and ``reward_utils.tolerance``'s ``np.where``/``np.isclose``
-on scalars. This module builds, for each stock env class, a subclass that
+look-ups (``data.body("hand")``), and ``reward_utils.tolerance``/``np.linalg.norm`` on
+scalars and 3-vectors. This module builds, for each stock env class, a subclass that
 
 - replaces a few base-class methods (``SawyerXYZEnv`` / ``SawyerMocapBase`` /
   gymnasium's ``MujocoEnv``) with versions that do the same arithmetic with less Python:
-  ids resolved once, numpy masks over the contact arrays, the observation written into
-  one array;
-- re-binds, in the env's own methods, the global names ``Rotation`` and ``reward_utils``
-  (``tolerance``) to exact re-implementations of scipy's ``from_matrix(...).as_quat()``
-  and of ``tolerance`` for scalar inputs (:data:`ROTATION`, :data:`REWARD_UTILS`). The
-  env's code itself is run unchanged.
+  ids resolved once, one pass over the contact pairs, the observation written into one
+  array, the MuJoCo calls of ``do_simulation`` made directly;
+- runs the env's own methods unchanged but with their module globals ``Rotation``,
+  ``reward_utils`` (``tolerance``) and ``np`` (``np.linalg.norm``) pointing at exact
+  re-implementations (:class:`RotationShim`, :func:`make_tolerance`, :func:`make_norm`)
+  that handle the common inputs and pass anything else to the stock function.
 
 Every substitution performs the same floating-point operations in the same order as
 the code it replaces, so observations, rewards and ``info`` are bit-for-bit those of
 the stock classes (``tests/test_metaworld_fast.py`` checks all 50 v3 environments over
 full episodes). What was verified is pinned by source fingerprints
-(:data:`VERIFIED_BASE`, :data:`VERIFIED_CLASSES`): a base method, env class or scipy
-version that was not verified is left stock, and that is logged once.
+(:data:`VERIFIED_BASE`, :data:`VERIFIED_CLASSES`, :data:`VERIFIED_SCIPY`): a method, env
+class, helper or scipy version that was not verified is left stock, and that is logged once.
 """
 
 from __future__ import annotations
@@ -262,17 +262,38 @@ def _shims() -> dict[int, Any]:
     from metaworld.utils import reward_utils
     from scipy.spatial.transform import Rotation
 
-    tolerance = make_tolerance(reward_utils.tolerance)
-    numpy = _module_copy(np, linalg=_module_copy(np.linalg, norm=make_norm(np.linalg.norm)))
-    shims: dict[int, Any] = {id(np): numpy,
-                             id(reward_utils): _module_copy(reward_utils, tolerance=tolerance),
-                             id(reward_utils.tolerance): tolerance}
+    shims: dict[int, Any] = {}
+    helpers = _stock_helpers()
+    if _verified_helper("tolerance", helpers):
+        tolerance = make_tolerance(reward_utils.tolerance)
+        shims[id(reward_utils)] = _module_copy(reward_utils, tolerance=tolerance)
+        shims[id(reward_utils.tolerance)] = tolerance
+    if _verified_helper("norm", helpers):
+        shims[id(np)] = _module_copy(np, linalg=_module_copy(np.linalg, norm=make_norm(np.linalg.norm)))
     if scipy.__version__.startswith(VERIFIED_SCIPY):
         shims[id(Rotation)] = RotationShim()
     else:
         _say_once(f"scipy {scipy.__version__} is not one whose Rotation.from_matrix was verified "
                   f"({', '.join(v + '*' for v in VERIFIED_SCIPY)}); using scipy's")
     return shims
+
+
+def _stock_helpers() -> dict[str, tuple[str, Any]]:
+    """The stock functions the shims reproduce: name -> (qualified name, function)."""
+    from metaworld.utils import reward_utils
+
+    return {"tolerance": ("metaworld.utils.reward_utils.tolerance", reward_utils.tolerance),
+            "sigmoids": ("metaworld.utils.reward_utils._sigmoids", reward_utils._sigmoids),
+            "norm": ("numpy.linalg.norm", np.linalg.norm)}
+
+
+def _verified_helper(name: str, helpers: dict[str, tuple[str, Any]]) -> bool:
+    keys = [helpers[name]] + ([helpers["sigmoids"]] if name == "tolerance" else [])
+    for key, func in keys:
+        if VERIFIED_BASE.get(key) != fingerprint(func):
+            _say_once(f"{key} differs from the verified source; the env code keeps calling it")
+            return False
+    return True
 
 
 class _Rebinder:
@@ -559,7 +580,7 @@ def current_fingerprints() -> dict[str, dict[str, str | None]]:
     """Fingerprints of the installed stock code this module depends on."""
     from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
-    base = {key: fingerprint(v) for key, v in _stock_bases().values()}
+    base = {key: fingerprint(v) for key, v in [*_stock_bases().values(), *_stock_helpers().values()]}
     classes = {cls.__name__: fingerprint(cls) for cls in ALL_V3_ENVIRONMENTS.values()}
     return {"base": base, "classes": classes}
 

@@ -175,6 +175,17 @@ def test_unverified_sources_fall_back_to_stock_and_say_so_once(monkeypatch, capl
     monkeypatch.setattr(mwf, "_fast_classes", {})
     assert not mwf.fast_class(ALL_V3_ENVIRONMENTS["pick-place-v3"])._fast_direct_sim
 
+    # An unknown reward_utils.tolerance: the env code keeps calling the stock one.
+    monkeypatch.setitem(mwf.VERIFIED_BASE, "metaworld.utils.reward_utils.tolerance", "0" * 16)
+    monkeypatch.setattr(mwf, "_fast_classes", {})
+    mwf._shims.cache_clear()
+    try:
+        fast = mwf.fast_class(ALL_V3_ENVIRONMENTS["pick-place-v3"])
+        assert fast.compute_reward.__globals__["reward_utils"] is reward_utils
+        assert fast.compute_reward.__globals__["np"] is not np  # norm is still shimmed
+    finally:
+        mwf._shims.cache_clear()
+
 
 def test_recorded_fingerprints_match_the_installed_sources():
     """A metaworld/gymnasium upgrade changes these: re-run this file's equivalence tests,
