@@ -569,7 +569,7 @@ def _stock_bases() -> dict[str, tuple[str, Any]]:
     bases = {}
     for name in names + list(_DIRECT_SIM):
         owner = owners.get(name, SawyerXYZEnv)
-        bases[name] = (f"{owner.__module__}.{owner.__qualname__}.{name}", vars(owner)[name])
+        bases[name] = (f"{owner.__module__}.{owner.__qualname__}.{name}", vars(owner).get(name))
     return bases
 
 
@@ -586,18 +586,20 @@ def current_fingerprints() -> dict[str, dict[str, str | None]]:
 
 
 def _lookup(cls: type, name: str) -> Any:
+    """The attribute ``name`` as ``cls`` resolves it (no descriptor binding); None if absent."""
     for klass in cls.__mro__:
         if name in vars(klass):
             return vars(klass)[name]
-    raise AttributeError(name)
+    return None
 
 
 _fast_classes: dict[type, type | None] = {}
 
 
 def fast_class(stock: type) -> type | None:
-    """The fast subclass of a Meta-World env class, or None when ``stock`` (or every
-    base method worth replacing) is not one that was verified."""
+    """The fast subclass of a Meta-World env class, or None when the class's source is
+    not one that was verified. Within a fast class, each replaced base method and each
+    shim is used only where its stock counterpart was verified (and not overridden)."""
     if stock in _fast_classes:
         return _fast_classes[stock]
     fast = None
@@ -607,10 +609,11 @@ def fast_class(stock: type) -> type | None:
         ns: dict[str, Any] = {}
         direct_sim = True
         for name, (key, base) in _stock_bases().items():
-            usable = _lookup(stock, name) is base  # not overridden by the env class
-            if VERIFIED_BASE.get(key) != fingerprint(base):
+            if base is None or VERIFIED_BASE.get(key) != fingerprint(base):
                 _say_once(f"{key} differs from the verified source; keeping it")
                 usable = False
+            else:
+                usable = _lookup(stock, name) is base  # not overridden by the env class
             if name in _DIRECT_SIM:
                 direct_sim = direct_sim and usable
             elif usable:
