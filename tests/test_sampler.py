@@ -1,7 +1,6 @@
 import os
 import signal
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -112,12 +111,22 @@ class CrashOnceEnv(PointNavigationEnv):
 
     marker: str = ""
 
+    always: bool = False
+
     def step(self, action):
         self._n = getattr(self, "_n", 0) + 1
-        if self._n == 5 and not Path(self.marker).exists():
-            Path(self.marker).write_text("crashed")
+        if self._n == 5 and (self.always or self._first_to_crash()):
             os.kill(os.getpid(), signal.SIGKILL)
         return super().step(action)
+
+    def _first_to_crash(self) -> bool:
+        # Atomic across worker processes: exactly one creates the marker, so exactly one
+        # worker dies even when both reach step 5 at the same moment.
+        try:
+            os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return False
+        return True
 
 
 @dataclass(frozen=True)
@@ -129,9 +138,7 @@ class CrashingNav(Navigation2D):
         import gymnasium as gym
 
         env = CrashOnceEnv()
-        env.marker = "/nonexistent/never" if self.always else self.marker
-        if self.always:
-            env.marker = "/proc/never-writable"
+        env.marker, env.always = self.marker, self.always
         return gym.wrappers.TimeLimit(env, max_episode_steps=self.horizon)
 
 
