@@ -378,10 +378,11 @@ _ID_TABLES = {"_fast_body": _BODY, "_fast_site": _SITE, "_fast_geom": _GEOM}
 _clip_ufunc = getattr(getattr(getattr(np, "_core", None), "umath", None), "clip", None)
 
 
-def _clip(a: Any, lo: Any, hi: Any) -> Any:
+def _clip(a: Any, lo: Any, hi: Any, **kwargs: Any) -> Any:
+    """``np.clip(a, lo, hi, **kwargs)``."""
     if _clip_ufunc is not None and type(a) is np.ndarray and a.dtype.kind == "f":
-        return _clip_ufunc(a, lo, hi)
-    return np.clip(a, lo, hi)
+        return _clip_ufunc(a, lo, hi, **kwargs)
+    return np.clip(a, lo, hi, **kwargs)
 
 
 class FastSawyerMixin:
@@ -446,11 +447,7 @@ class FastSawyerMixin:
         mujoco.mj_forward(self.model, self.data)
         obs = self._get_obs()
         space = self.sawyer_observation_space
-        if _clip_ufunc is not None:
-            obs = _clip_ufunc(obs, space.low, space.high, dtype=np.float64)
-        else:
-            obs = np.clip(obs, a_max=space.high, a_min=space.low, dtype=np.float64)
-        self._last_stable_obs = obs
+        obs = self._last_stable_obs = _clip(obs, space.low, space.high, dtype=np.float64)
         reward, info = self.evaluate_state(obs, action)
         truncate = self.curr_path_length == self.max_path_length
         return np.array(obs, dtype=np.float64), reward, False, truncate, info
