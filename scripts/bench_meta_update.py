@@ -8,6 +8,7 @@ reach the same step (the script checks it), so the ratio is a like-for-like spee
 
     python scripts/bench_meta_update.py                  # 20 tasks, 2x512 tanh, CPU
     python scripts/bench_meta_update.py --device cuda --json
+    python scripts/bench_meta_update.py --torch-func     # metarl without its closed-form products
 """
 
 from __future__ import annotations
@@ -108,8 +109,11 @@ def main() -> None:
     ap.add_argument("--act-dim", type=int, default=4)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--torch-func", action="store_true",
+                    help="metarl's generic torch.func products instead of the closed form for the MLP")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    MamlLearner.closed_form = not args.torch_func
 
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
@@ -150,7 +154,8 @@ def main() -> None:
     rel = ((step_ours - step_ref).norm() / step_ref.norm().clamp_min(1e-30)).item()
     result = {"device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
               "tasks": args.tasks, "steps_per_task": args.episodes * args.horizon,
-              "hidden": args.hidden, "cg_iters": cfg.cg_iters, "reference_s": t_ref, "metarl_s": t_ours,
+              "hidden": args.hidden, "cg_iters": cfg.cg_iters, "closed_form": not args.torch_func,
+              "reference_s": t_ref, "metarl_s": t_ours,
               "speedup": t_ref / t_ours, "step_norm": step_ref.norm().item(),
               "relative_step_difference": rel, "same_step": bool(rel < 1e-3 and not math.isnan(rel))}
     if args.json:

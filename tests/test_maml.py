@@ -109,11 +109,15 @@ def test_second_order_meta_gradient_matches_finite_differences():
         assert grad @ _flat(direction) == pytest.approx(fd, rel=1e-5, abs=1e-8)
 
 
-@pytest.mark.parametrize("inner_steps,meta_sgd", [(1, False), (2, False), (2, True)])
-def test_trpo_gradient_and_hessian_vector_product_equal_double_backward(inner_steps, meta_sgd):
-    """The meta-gradient and J^T F J v that TRPO uses (symmetric inner-Hessian products, or
-    the adaptation's own VJP with Meta-SGD) equal autograd through the adaptation."""
+@pytest.mark.parametrize("inner_steps,meta_sgd,closed_form",
+                         [(1, False, True), (1, False, False), (2, False, True), (2, True, True)])
+def test_trpo_gradient_and_hessian_vector_product_equal_double_backward(inner_steps, meta_sgd, closed_form):
+    """The meta-gradient and J^T F J v that TRPO uses (closed-form products for one inner
+    step, torch.func's JVP/VJP through the adaptation otherwise) equal double backward
+    through the adaptation."""
     lrn = learner(num_inner_steps=inner_steps, learn_inner_lr=meta_sgd)
+    lrn.closed_form = closed_form
+    assert lrn._closed_form_applies() == (closed_form and inner_steps == 1)
     steps = [prepare(random_batch(seed=s), lrn.cfg, lrn.device) for s in range(5, 5 + inner_steps)]
     post = prepare(random_batch(seed=9), lrn.cfg, lrn.device)
     theta = {k: v.detach().requires_grad_() for k, v in lrn.meta.items()}
@@ -142,10 +146,10 @@ def test_trpo_gradient_and_hessian_vector_product_equal_double_backward(inner_st
 
     original = maml_module.conjugate_gradient
 
-    def spy(avp, b, iters):
+    def spy(avp, b, iters, **kwargs):
         captured["g"] = -b
         captured["hvp"] = avp(v) - lrn.cfg.cg_damping * v
-        return original(avp, b, iters)
+        return original(avp, b, iters, **kwargs)
 
     maml_module.conjugate_gradient = spy
     try:
@@ -195,7 +199,8 @@ def test_meta_sgd_learns_step_sizes_and_two_inner_steps_run():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_learner_matches_cpu(monkeypatch):
+@pytest.mark.parametrize("closed_form", [True, False])
+def test_cuda_learner_matches_cpu(monkeypatch, closed_form):
     """Same meta-gradient and KL Hessian-vector products on both devices. (The CG solution
     is not compared: this tiny problem's Hessian is near-singular, so CG amplifies rounding;
     and which backtracking step is accepted may differ, as the full step's KL sits at
@@ -206,14 +211,15 @@ def test_cuda_learner_matches_cpu(monkeypatch):
     original = maml_module.conjugate_gradient
     v = torch.randn(124, generator=torch.Generator().manual_seed(0))
 
-    def spy(avp, b, iters):
+    def spy(avp, b, iters, **kwargs):
         captured.append((b.cpu(), avp(v.to(b.device)).cpu()))
-        return original(avp, b, iters)
+        return original(avp, b, iters, **kwargs)
 
     monkeypatch.setattr(maml_module, "conjugate_gradient", spy)
     cpu = learner()
     gpu = MamlLearner(cpu.cfg, GaussianMLPPolicy(3, 2, [8, 8], init_std=0.7), "cuda")
     gpu.load_state_dict(cpu.state_dict())
+    cpu.closed_form = gpu.closed_form = closed_form
     pre, post = random_batch(seed=7), random_batch(seed=8)
     a, b = cpu.update([pre], post), gpu.update([pre], post)
     assert a["loss/step_accepted"] == b["loss/step_accepted"] == 1.0

@@ -59,6 +59,10 @@ def test_conjugate_gradient_solves_spd_system():
     b = torch.randn(6, generator=g, dtype=torch.float64)
     x = conjugate_gradient(lambda v: a @ v, b, iters=20)
     torch.testing.assert_close(a @ x, b)
+    # Stopped early, the tracked product is still A x of the (inexact) solution.
+    x3, ax3 = conjugate_gradient(lambda v: a @ v, b, iters=3, return_product=True)
+    assert not torch.allclose(a @ x3, b, atol=1e-3)
+    torch.testing.assert_close(ax3, a @ x3)
 
 
 def test_normalize_ignores_padding():

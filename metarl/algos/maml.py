@@ -19,9 +19,12 @@ function is differentiated by autograd (meta-gradient) and by ``torch.func.jvp``
 TRPO's KL Hessian at theta_old is J^T F J: J the Jacobian of the adaptation, F the
 Fisher matrix of each adapted policy on its post-adaptation states (the KL's gradient
 vanishes at theta_old, so no other term remains). Each conjugate-gradient iteration does
-one forward-over-reverse JVP through the adaptation, one Fisher-vector product and one
-VJP through a graph kept from the start of the update; the per-task adaptation is not
-rebuilt and double-differentiated for every product as garage does.
+one JVP through the adaptation, one Fisher-vector product and one VJP through the
+adaptation, on passes computed once per update; the per-task adaptation is not rebuilt
+and double-differentiated for every product as garage does. For the MLP policy with one
+inner step these products are written out in closed form (:mod:`metarl.algos.maml_mlp`);
+otherwise ``torch.func`` computes them (a forward-over-reverse JVP, and a VJP through the
+adaptation's graph kept from the start of the update).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
+from metarl.algos import maml_mlp
+from metarl.algos.maml_mlp import MlpMamlProducts
 from metarl.config import MamlConfig
 from metarl.optim import (
     compute_gae,
@@ -119,6 +124,9 @@ class MamlLearner:
     """
 
     unit = "gradient_steps"
+    closed_form = True
+    """MAML-TRPO's products in closed form where :func:`maml_mlp.supports` says they apply
+    (the ``torch.func`` path otherwise; tests switch this off to compare the two)."""
 
     def __init__(self, cfg: MamlConfig, policy: nn.Module, device: str | torch.device = "cpu") -> None:
         self.cfg = cfg
@@ -249,36 +257,65 @@ class MamlLearner:
     def evaluate_objectives(self, theta: dict[str, Tensor], steps: list[TaskData], post: TaskData,
                             old: tuple[Tensor, Tensor]) -> tuple[float, float]:
         """(surrogate loss, KL from the old adapted policies) at ``theta``, means over tasks."""
-        with torch.enable_grad():
-            phi = {k: v.detach() for k, v in self.adapt_all(theta, steps).items()}
+        if self._closed_form_applies():
+            with torch.no_grad():
+                mean, std = MlpMamlProducts(self.policy, theta, steps[0], post, self.cfg.inner_lr).adapted_policy
+        else:
+            with torch.enable_grad():
+                phi = {k: v.detach() for k, v in self.adapt_all(theta, steps).items()}
+            with torch.no_grad():
+                mean, std = self.forward_all(phi, post.obs)
+        return self._objectives(mean, std, post, old)
+
+    def _objectives(self, mean: Tensor, std: Tensor, post: TaskData, old: tuple[Tensor, Tensor]) -> tuple[float, float]:
         with torch.no_grad():
-            loss = vmap(self._surrogate)(phi, post, old).mean()
-            kl = vmap(self._kl)(phi, post, old).mean()
+            loss = -(self._ratio(mean, std, post, old) * post.advantages * post.weight).sum(-1).mean()
+            kl = (gaussian_kl(old[0], old[1], mean, std) * post.weight).sum(-1).mean()
         return loss.item(), kl.item()
 
+    def _closed_form_applies(self) -> bool:
+        cfg = self.cfg
+        return self.closed_form and maml_mlp.supports(self.policy, cfg.num_inner_steps, cfg.learn_inner_lr)
+
     def _trpo(self, steps: list[TaskData], post: TaskData) -> dict[str, float]:
+        closed_form = self._closed_form_applies()
+        with torch.set_grad_enabled(not closed_form):  # the closed form needs no autograd
+            return self._trpo_step(steps, post, closed_form)
+
+    def _trpo_step(self, steps: list[TaskData], post: TaskData, closed_form: bool) -> dict[str, float]:
         cfg = self.cfg
         theta = self._theta()
-        adapt = partial(self.adapt_all, steps=steps)
-        phi, vjp_fn = vjp(adapt, theta)  # keeps the adaptation's graph for every J^T u below
-        phi = {k: v.detach() for k, v in phi.items()}
-        with torch.no_grad():
-            old = self.forward_all(phi, post.obs)
-        n = post.obs.shape[0]
+        if closed_form:
+            products = MlpMamlProducts(self.policy, theta, steps[0], post, cfg.inner_lr)
+            old = products.adapted_policy
+            surrogate_grad = products.surrogate_gradient()
+            adapt_jvp, adapt_vjp, fisher = products.jvp, products.vjp, products.fisher
+        else:
+            adapt = partial(self.adapt_all, steps=steps)
+            phi, vjp_fn = vjp(adapt, theta)  # keeps the adaptation's graph for every J^T u below
+            phi = {k: v.detach() for k, v in phi.items()}
+            with torch.no_grad():
+                old = self.forward_all(phi, post.obs)
+            surrogate_grad = vmap(grad(self._surrogate))(phi, post, old)
+            fisher = self._fisher_product(phi, post)
 
+            def adapt_jvp(v: Params) -> Params:
+                return jvp(adapt, (theta,), (v,))[1]
+
+            def adapt_vjp(u: Params) -> Params:
+                return vjp_fn(u)[0]
+
+        n = post.obs.shape[0]
         # Meta-gradient of the mean surrogate: J^T (d surrogate_i / d phi_i) / N.
-        g = _flat(vjp_fn(vmap(grad(self._surrogate))(phi, post, old))[0]) / n
-        with torch.no_grad():
-            loss_before = vmap(self._surrogate)(phi, post, old).mean().item()
-        fisher = self._fisher_product(phi, post)
+        g = _flat(adapt_vjp(surrogate_grad)) / n
+        loss_before, _ = self._objectives(*old, post, old)
 
         def hessian_vector_product(v_flat: Tensor) -> Tensor:
             """(J^T F J / N + damping) v: the Hessian of the mean KL at theta_old."""
-            jv = jvp(adapt, (theta,), (_unflat(v_flat, theta),))[1]
-            return _flat(vjp_fn(fisher(jv))[0]) / n + cfg.cg_damping * v_flat
+            return _flat(adapt_vjp(fisher(adapt_jvp(_unflat(v_flat, theta))))) / n + cfg.cg_damping * v_flat
 
-        step_dir = conjugate_gradient(hessian_vector_product, -g, cfg.cg_iters)
-        shs = 0.5 * (step_dir @ hessian_vector_product(step_dir))
+        step_dir, h_step_dir = conjugate_gradient(hessian_vector_product, -g, cfg.cg_iters, return_product=True)
+        shs = 0.5 * (step_dir @ h_step_dir)
         full_step = step_dir * torch.sqrt(cfg.max_kl / shs.clamp_min(1e-12))  # 0.5 s'Hs = max_kl
         base = _flat(theta)
         accepted, loss_after, kl_after, steps_taken = False, loss_before, 0.0, 0

@@ -71,8 +71,12 @@ def linear_baseline_values(obs: Tensor, returns: Tensor, mask: Tensor, reg: floa
 
 
 def conjugate_gradient(avp: Callable[[Tensor], Tensor], b: Tensor, iters: int,
-                       residual_tol: float = 1e-10) -> Tensor:
-    """Solve ``A x = b`` for symmetric positive-definite ``A`` given only ``v -> A v``."""
+                       residual_tol: float = 1e-10, return_product: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """Solve ``A x = b`` for symmetric positive-definite ``A`` given only ``v -> A v``.
+
+    With ``return_product``, also returns ``A x`` as the iteration tracks it (``b`` minus
+    the final residual), which saves the product a caller would otherwise spend on it.
+    """
     x = torch.zeros_like(b)
     r, p = b.clone(), b.clone()
     rr = r @ r
@@ -86,7 +90,7 @@ def conjugate_gradient(avp: Callable[[Tensor], Tensor], b: Tensor, iters: int,
             break
         p = r + (rr_new / rr) * p
         rr = rr_new
-    return x
+    return (x, b - r) if return_product else x
 
 
 def normalize(adv: Tensor, mask: Tensor, dims: tuple[int, ...] = (-2, -1), eps: float = 1e-8) -> Tensor:
