@@ -145,8 +145,10 @@ def main() -> None:
         return time.perf_counter() - t0, _flat(new).cpu()
 
     run_metarl(), run_reference()  # warm-up (allocators, kernels)
-    ours = [run_metarl() for _ in range(args.repeats)]
-    ref = [run_reference() for _ in range(args.repeats)]
+    ours, ref = [], []
+    for _ in range(args.repeats):  # alternating, so that machine load hits both alike
+        ours.append(run_metarl())
+        ref.append(run_reference())
     t_ours = sorted(t for t, _ in ours)[len(ours) // 2]
     t_ref = sorted(t for t, _ in ref)[len(ref) // 2]
     start = _flat(policy.params())

@@ -23,6 +23,7 @@ a dict like theta, either shared by all tasks (no N dim) or per task (leading N 
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 import torch
@@ -50,14 +51,17 @@ def _t(w: Tensor) -> Tensor:
     return w.transpose(-1, -2)
 
 
-def _bias(b: Tensor, per_task: bool) -> Tensor:
-    """A bias (out,) or per-task bias (N, out) broadcastable against (N, S, out)."""
-    return b.unsqueeze(-2) if per_task else b
-
-
 def _flat_steps(x: Tensor) -> Tensor:
     """(N, S, k) -> (N * S, k): a sum over steps and tasks becomes one matrix product."""
     return x.reshape(-1, x.shape[-1])
+
+
+def _linear(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """x @ w^T + b with the bias added in the product: x (N, S, in), w (out, in) and b (out,)
+    shared, or w (N, out, in) and b (N, out) per task."""
+    if w.dim() == 2:
+        return torch.addmm(b, _flat_steps(x), _t(w)).view(*x.shape[:-1], w.shape[0])
+    return torch.baddbmm(b.unsqueeze(-2), x, _t(w))
 
 
 def _add_matmul_(out: Tensor, x: Tensor, m: Tensor) -> Tensor:
@@ -80,36 +84,42 @@ class _Pass:
         self.dact: list[Tensor] = []  # activation derivative after each hidden layer
         h = obs
         for key in self.keys[:-1]:
-            z = h @ _t(params[f"{key}.weight"]) + _bias(params[f"{key}.bias"], per_task)
+            z = _linear(h, params[f"{key}.weight"], params[f"{key}.bias"])
             if self.tanh:
                 h = torch.tanh(z)
-                self.dact.append(1 - h * h)
+                self.dact.append(torch.mul(h, h).neg_().add_(1))
             else:
                 h = torch.relu(z)
                 self.dact.append((z > 0).to(z.dtype))
             self.inputs.append(h)
-        self.mean = h @ _t(params["mean.weight"]) + _bias(params["mean.bias"], per_task)
+        self.mean = _linear(h, params["mean.weight"], params["mean.bias"])
         log_std = params["log_std"]
         self.std_mask = (log_std >= policy._log_min_std).to(log_std.dtype)  # clamp_min's gradient
         self.std = log_std.clamp_min(policy._log_min_std).exp()
 
-    def log_prob_gradient(self, coef: Tensor, actions: Tensor) -> Params:
-        """Per-task gradient of -sum(coef * log N(actions; mean, std)), coef (N, S, 1); keeps
-        the backward pass for :meth:`MlpMamlProducts._adapt_product`."""
+    def log_prob_gradient(self, coef: Tensor, actions: Tensor, lr: float | None = None) -> Params:
+        """Per-task gradient of -sum(coef * log N(actions; mean, std)), coef (N, S, 1), or
+        with ``lr`` the parameters one gradient step away (params - lr * gradient, computed
+        in the same products). Keeps the backward pass for
+        :meth:`MlpMamlProducts._adapt_product`."""
         std = self.std.unsqueeze(-2) if self.per_task else self.std
         self.coef, self.diff, self.inv_var = coef, actions - self.mean, std.reciprocal().square()
-        grads, self.deltas, qs = self.backward(-coef * self.diff * self.inv_var)
-        # R{1 - h^2} = -2 h R{h} (tanh): the backward pass's R-term is this times R{h}.
-        self.dact_terms = {i: -2 * q * self.inputs[i] for i, q in qs.items()} if self.tanh else {}
-        grads["log_std"] = -(coef * (self.diff.square() * self.inv_var - 1)).sum(-2) * self.std_mask
-        return grads
+        out, self.deltas, self._qs = self.backward(-coef * self.diff * self.inv_var, lr)
+        g_log_std = -(coef * (self.diff.square() * self.inv_var - 1)).sum(-2) * self.std_mask
+        out["log_std"] = g_log_std if lr is None else self.params["log_std"] - lr * g_log_std
+        return out
 
-    def r_forward(self, v: Params, per_task: bool) -> list[Tensor]:
-        """R{input of each layer} and R{mean} (last) in direction ``v``."""
+    @functools.cached_property
+    def dact_terms(self) -> dict[int, Tensor]:
+        """R{1 - h^2} = -2 h R{h} (tanh): the backward pass's R-term is this times R{h}."""
+        return {i: (q * self.inputs[i]).mul_(-2) for i, q in self._qs.items()} if self.tanh else {}
+
+    def r_forward(self, v: Params) -> list[Tensor]:
+        """R{input of each layer} and R{mean} (last) in direction ``v`` (shared or per task)."""
         rs: list[Tensor] = []
         rh: Tensor | None = None
         for i, key in enumerate(self.keys):
-            rz = (self.inputs[i] @ _t(v[f"{key}.weight"])).add_(_bias(v[f"{key}.bias"], per_task))
+            rz = _linear(self.inputs[i], v[f"{key}.weight"], v[f"{key}.bias"])
             if rh is not None:
                 _add_matmul_(rz, rh, _t(self.params[f"{key}.weight"]))
             if i < len(self.keys) - 1:
@@ -117,18 +127,26 @@ class _Pass:
             rs.append(rz)
         return rs
 
-    def backward(self, d_mean: Tensor) -> tuple[Params, list[Tensor], dict[int, Tensor]]:
+    def backward(self, d_mean: Tensor, lr: float | None = None) -> tuple[Params, list[Tensor], dict[int, Tensor]]:
         """Gradients of the layers' parameters (per task) for the output cotangent
-        ``d_mean`` (N, S, A); the cotangents at each layer's output (index = layer), and at
-        each hidden layer's input before the activation's derivative (key = layer >= 1)."""
+        ``d_mean`` (N, S, A) (with ``lr``: params - lr * gradient); the cotangents at each
+        layer's output (index = layer), and at each hidden layer's input before the
+        activation's derivative (key = layer >= 1)."""
         grads: Params = {}
         deltas: list[Tensor] = [d_mean]
         qs: dict[int, Tensor] = {}
         delta = d_mean
         for i in range(len(self.keys) - 1, -1, -1):
             key = self.keys[i]
-            grads[f"{key}.weight"] = _t(delta) @ self.inputs[i]
-            grads[f"{key}.bias"] = delta.sum(-2)
+            w, b = self.params[f"{key}.weight"], self.params[f"{key}.bias"]
+            if lr is None:
+                grads[f"{key}.weight"] = _t(delta) @ self.inputs[i]
+                grads[f"{key}.bias"] = delta.sum(-2)
+            else:
+                if w.dim() == 2:  # shared params, per-task gradients
+                    w = w.expand(delta.shape[0], *w.shape)
+                grads[f"{key}.weight"] = torch.baddbmm(w, _t(delta), self.inputs[i], alpha=-lr)
+                grads[f"{key}.bias"] = b - lr * delta.sum(-2)
             if i > 0:
                 q = delta @ self.params[f"{key}.weight"]
                 delta = q * self.dact[i - 1]
@@ -154,8 +172,8 @@ class MlpMamlProducts:
         self.n = pre.obs.shape[0]
         with torch.no_grad():
             self.pre = _Pass(policy, theta, pre.obs, per_task=False)
-            grads = self.pre.log_prob_gradient((pre.advantages * pre.weight).unsqueeze(-1), pre.actions)
-            self.phi = {k: theta[k] - inner_lr * grads[k] for k in theta}
+            phi = self.pre.log_prob_gradient((pre.advantages * pre.weight).unsqueeze(-1), pre.actions, inner_lr)
+            self.phi = {k: phi[k] for k in theta}
             self.post = _Pass(policy, self.phi, post.obs, per_task=True)
             self.post_data = post
 
@@ -177,7 +195,7 @@ class MlpMamlProducts:
         loss's Hessian at theta (R-operator on the kept pass) and ``v`` is shared or per
         task (N, ...). The products accumulate in place, the step size folded in."""
         p, keys, lr, n = self.pre, self.pre.keys, self.lr, self.n
-        rs = p.r_forward(v, per_task)
+        rs = p.r_forward(v)
         r_mean = rs[-1]
         r_log_std = v["log_std"] * p.std_mask  # (A,) or (N, A)
         r_ls = r_log_std.unsqueeze(-2) if per_task else r_log_std
@@ -227,7 +245,7 @@ class MlpMamlProducts:
         """F_i u_i per task: the Gauss-Newton form of the Hessian of KL(old || new) at the
         adapted parameters, weighted by the post-adaptation steps' weights."""
         p = self.post
-        r_mean = p.r_forward(u, per_task=True)[-1]
+        r_mean = p.r_forward(u)[-1]
         w = self.post_data.weight.unsqueeze(-1).to(r_mean.dtype)
         grads, _, _ = p.backward(w * r_mean / p.std.unsqueeze(-2).square())
         # Through std = exp(log_std) (broadcast over steps): 2 w d_std / std^2 * std.
