@@ -39,7 +39,6 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from metarl.algos import maml_mlp
-from metarl.algos.maml_mlp import MlpMamlProducts
 from metarl.config import MamlConfig
 from metarl.optim import (
     compute_gae,
@@ -225,15 +224,16 @@ class MamlLearner:
     def _ratio(mean: Tensor, std: Tensor, data: TaskData, old: tuple[Tensor, Tensor]) -> Tensor:
         return torch.exp(gaussian_log_prob(mean, std, data.actions) - gaussian_log_prob(*old, data.actions))
 
-    def _surrogate(self, phi: Params, data: TaskData, old: tuple[Tensor, Tensor]) -> Tensor:
-        """One task's TRPO surrogate loss (negated importance-weighted advantage)."""
-        mean, std = functional_call(self.policy, phi, (data.obs,))
-        return -(self._ratio(mean, std, data, old) * data.advantages * data.weight).sum()
+    @classmethod
+    def _surrogate_loss(cls, mean: Tensor, std: Tensor, data: TaskData, old: tuple[Tensor, Tensor]) -> Tensor:
+        """TRPO surrogate loss (negated importance-weighted advantage) summed over the steps
+        (last dim): a scalar for one task, (N,) for a batch of tasks."""
+        return -(cls._ratio(mean, std, data, old) * data.advantages * data.weight).sum(-1)
 
-    def _kl(self, phi: Params, data: TaskData, old: tuple[Tensor, Tensor]) -> Tensor:
-        """One task's mean KL(old adapted policy || adapted policy under ``phi``)."""
+    def _surrogate(self, phi: Params, data: TaskData, old: tuple[Tensor, Tensor]) -> Tensor:
+        """One task's TRPO surrogate loss under ``phi``."""
         mean, std = functional_call(self.policy, phi, (data.obs,))
-        return (gaussian_kl(old[0], old[1], mean, std) * data.weight).sum()
+        return self._surrogate_loss(mean, std, data, old)
 
     def _fisher_product(self, phi: Params, post: TaskData) -> Callable[[Params], Params]:
         """u -> F_i u per task: the Hessian of each task's KL(old || new) at ``phi`` = old.
@@ -259,7 +259,7 @@ class MamlLearner:
         """(surrogate loss, KL from the old adapted policies) at ``theta``, means over tasks."""
         if self._closed_form_applies():
             with torch.no_grad():
-                mean, std = MlpMamlProducts(self.policy, theta, steps[0], post, self.cfg.inner_lr).adapted_policy
+                mean, std = maml_mlp.MlpMamlProducts(self.policy, theta, steps[0], post, self.cfg.inner_lr).adapted_policy
         else:
             with torch.enable_grad():
                 phi = {k: v.detach() for k, v in self.adapt_all(theta, steps).items()}
@@ -269,7 +269,7 @@ class MamlLearner:
 
     def _objectives(self, mean: Tensor, std: Tensor, post: TaskData, old: tuple[Tensor, Tensor]) -> tuple[float, float]:
         with torch.no_grad():
-            loss = -(self._ratio(mean, std, post, old) * post.advantages * post.weight).sum(-1).mean()
+            loss = self._surrogate_loss(mean, std, post, old).mean()
             kl = (gaussian_kl(old[0], old[1], mean, std) * post.weight).sum(-1).mean()
         return loss.item(), kl.item()
 
@@ -286,7 +286,7 @@ class MamlLearner:
         cfg = self.cfg
         theta = self._theta()
         if closed_form:
-            products = MlpMamlProducts(self.policy, theta, steps[0], post, cfg.inner_lr)
+            products = maml_mlp.MlpMamlProducts(self.policy, theta, steps[0], post, cfg.inner_lr)
             old = products.adapted_policy
             surrogate_grad = products.surrogate_gradient()
             adapt_jvp, adapt_vjp, fisher = products.jvp, products.vjp, products.fisher
