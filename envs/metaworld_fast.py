@@ -368,8 +368,10 @@ class _Ids(dict):
 
 
 _MOCAP_QUAT = np.array([1, 0, 1, 0])  # what set_xyz_action writes (copied into data)
+_MOCAP_QUAT_ROW = _MOCAP_QUAT[None].astype(np.float64)  # the same, for the one-mocap view
 _ZEROS3 = np.zeros(3)
 _GRIP_TYPES = (np.float32, np.float64, float)
+_F32_F64 = (np.dtype(np.float32), np.dtype(np.float64))
 
 _ID_TABLES = {"_fast_body": _BODY, "_fast_site": _SITE, "_fast_geom": _GEOM}
 
@@ -385,6 +387,53 @@ def _clip(a: Any, lo: Any, hi: Any, **kwargs: Any) -> Any:
     return np.clip(a, lo, hi, **kwargs)
 
 
+def _clip_float(x: float, lo: float, hi: float) -> float:
+    """numpy's clip of one float64 (``_NPY_MIN(_NPY_MAX(x, lo), hi)``: NaN passes through,
+    a bound wins a tie), on Python floats."""
+    if not (x != x or x > lo):
+        x = lo
+    if not (x != x or x < hi):
+        x = hi
+    return x
+
+
+@functools.cache
+def _scale_bound(dtype: np.dtype, scale: float) -> float:
+    """``1 * scale`` as numpy computes it for an action array of ``dtype``."""
+    return float((np.ones(1, dtype) * scale)[0])
+
+
+class _Rows(dict):
+    """name -> the row of one (n, 3) position array of an MjData (a view), found on
+    first use."""
+
+    def __init__(self, array: np.ndarray, ids: _Ids) -> None:
+        super().__init__()
+        self.array, self.ids = array, ids
+
+    def __missing__(self, name: str) -> np.ndarray:
+        row = self[name] = self.array[self.ids[name]]
+        return row
+
+
+class _Views:
+    """Numpy views of one MjData's arrays, made once: MuJoCo never moves them, and each
+    ``data.xpos`` would build a new array object."""
+
+    __slots__ = ("data", "body_xpos", "site_xpos", "mocap_pos", "mocap_quat", "ctrl")
+
+    def __init__(self, data: Any, env: Any = None) -> None:
+        self.data = data
+        if data is not None:
+            self.body_xpos = _Rows(data.xpos, env._fast_body)
+            self.site_xpos = _Rows(data.site_xpos, env._fast_site)
+            self.mocap_pos, self.mocap_quat, self.ctrl = data.mocap_pos, data.mocap_quat, data.ctrl
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A pickled or deep-copied env has a new MjData: its views are made anew.
+        return (_Views, (None,))
+
+
 class FastSawyerMixin:
     """Drop-in bodies for stock methods; each is used only where the env class inherits
     the verified stock method (see :func:`fast_class`)."""
@@ -393,27 +442,52 @@ class FastSawyerMixin:
     """Set by :func:`fast_class` where ``do_simulation`` and ``_step_mujoco_simulation``
     are the verified stock ones, so ``step`` may make their MuJoCo calls itself."""
 
+    _fast_obs_fused = False
+    """Set by :func:`fast_class` where ``_get_curr_obs_combined_no_goal`` is ours:
+    ``_get_obs`` then writes it straight into the observation."""
+
+    _fast_sites_skip = False
+    """Set by :func:`fast_class` where ``_set_pos_site`` is the verified stock one: its
+    writes to ``data.site_xpos`` in ``step`` are overwritten by the ``mj_forward`` that
+    follows (``mj_kinematics`` recomputes every site), so ``step`` only checks what its
+    asserts check."""
+
     def __getattr__(self, name: str) -> Any:
-        # Id tables are made on first use: the stock __init__ already calls the methods
-        # below before any code of ours could run.
+        # Id tables and views are made on first use: the stock __init__ already calls the
+        # methods below before any code of ours could run.
         if name in _ID_TABLES:
             table = self.__dict__[name] = _Ids(self.model, _ID_TABLES[name])
             return table
+        if name == "_fast_views":
+            return self._fast_new_views()
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _fast_new_views(self) -> _Views:
+        views = self.__dict__["_fast_views"] = _Views(self.data, self)
+        return views
 
     # gymnasium MujocoEnv.get_body_com
     def get_body_com(self, body_name: str) -> np.ndarray:
-        return self.data.xpos[self._fast_body[body_name]]
+        v = self._fast_views
+        if v.data is not self.data:
+            v = self._fast_new_views()
+        return v.body_xpos[body_name]
 
     # SawyerMocapBase.get_endeff_pos
     def get_endeff_pos(self) -> np.ndarray:
-        return self.data.xpos[self._fast_body["hand"]]
+        v = self._fast_views
+        if v.data is not self.data:
+            v = self._fast_new_views()
+        return v.body_xpos["hand"]
 
     # SawyerMocapBase.tcp_center
     @property
     def tcp_center(self) -> np.ndarray:
-        xpos, site = self.data.site_xpos, self._fast_site
-        return (xpos[site["rightEndEffector"]] + xpos[site["leftEndEffector"]]) / 2.0
+        v = self._fast_views
+        if v.data is not self.data:
+            v = self._fast_new_views()
+        site = v.site_xpos
+        return (site["rightEndEffector"] + site["leftEndEffector"]) / 2.0
 
     # SawyerXYZEnv.step
     def step(self, action: np.ndarray) -> tuple[np.ndarray, Any, bool, bool, dict[str, Any]]:
@@ -424,11 +498,14 @@ class FastSawyerMixin:
         if self.curr_path_length >= self.max_path_length:
             raise ValueError("You must reset the env manually once truncate==True")
         grip = action[-1]
-        if self._fast_direct_sim and type(grip) in _GRIP_TYPES and self.model.nu == 2:
+        model, data = self.model, self.data
+        if self._fast_direct_sim and type(grip) in _GRIP_TYPES and model.nu == 2:
             # MujocoEnv.do_simulation + _step_mujoco_simulation, minus the shape check
             # that a scalar grip and nu == 2 already pass.
-            model, data = self.model, self.data
-            ctrl = data.ctrl
+            v = self._fast_views
+            if v.data is not data:
+                v = self._fast_new_views()
+            ctrl = v.ctrl
             ctrl[0] = grip
             ctrl[1] = -grip
             mujoco.mj_step(model, data, nstep=self.frame_skip)
@@ -436,15 +513,25 @@ class FastSawyerMixin:
         else:
             self.do_simulation([grip, -grip], n_frames=self.frame_skip)
         self.curr_path_length += 1
-        for site in self._target_site_config:
-            self._set_pos_site(*site)
         if self._did_see_sim_exception:
+            for site in self._target_site_config:
+                self._set_pos_site(*site)
             assert self._last_stable_obs is not None
             return self._last_stable_obs, 0.0, False, False, {
                 "success": False, "near_object": 0.0, "grasp_success": False,
                 "grasp_reward": 0.0, "in_place_reward": 0.0, "obj_to_target": 0.0,
                 "unscaled_reward": 0.0}
-        mujoco.mj_forward(self.model, self.data)
+        if self._fast_sites_skip:
+            sites = self._fast_site
+            for site in self._target_site_config:
+                if not (type(site) is tuple and len(site) == 2 and type(site[0]) is str
+                        and site[0] in sites and isinstance(site[1], np.ndarray)
+                        and site[1].ndim == 1 and site[1].shape[0] >= 3):
+                    self._set_pos_site(*site)  # resolves the name, or raises as stock does
+        else:
+            for site in self._target_site_config:
+                self._set_pos_site(*site)
+        mujoco.mj_forward(model, data)
         obs = self._get_obs()
         space = self.sawyer_observation_space
         obs = self._last_stable_obs = _clip(obs, space.low, space.high, dtype=np.float64)
@@ -454,23 +541,40 @@ class FastSawyerMixin:
 
     # SawyerXYZEnv.set_xyz_action
     def set_xyz_action(self, action: np.ndarray) -> None:
+        v = self._fast_views
+        if v.data is not self.data:
+            v = self._fast_new_views()
+        mocap_pos, scale, low, high = v.mocap_pos, self.action_scale, self.mocap_low, self.mocap_high
+        if (type(action) is np.ndarray and action.shape == (3,) and action.dtype in _F32_F64
+                and type(scale) is float and scale > 0 and mocap_pos.shape == (1, 3)
+                and type(low) is np.ndarray and low.shape == (3,) and low.dtype in _F32_F64
+                and type(high) is np.ndarray and high.shape == (3,) and high.dtype in _F32_F64):
+            # clip(action, -1, 1) * scale is clip(action * scale, -b, b) with b = 1 * scale
+            # in the action's dtype (rounding is monotone, and exact at +-1): one numpy
+            # operation, then the float64 rest on Python floats.
+            b = _scale_bound(action.dtype, scale)
+            dx, dy, dz = (action * scale).tolist()
+            x, y, z = mocap_pos[0].tolist()
+            lx, ly, lz = low.tolist()
+            hx, hy, hz = high.tolist()
+            mocap_pos[0] = (_clip_float(x + _clip_float(dx, -b, b), lx, hx),
+                            _clip_float(y + _clip_float(dy, -b, b), ly, hy),
+                            _clip_float(z + _clip_float(dz, -b, b), lz, hz))
+            v.mocap_quat[...] = _MOCAP_QUAT_ROW
+            return
         action = _clip(action, -1, 1)
-        pos_delta = action * self.action_scale
-        data = self.data
-        mocap_pos = data.mocap_pos
-        if mocap_pos.shape[0] == 1 and pos_delta.shape == (3,):
-            # The stock code's (1, 3) arrays, as one row.
-            new = mocap_pos[0] + pos_delta
-            mocap_pos[0] = _clip(new, self.mocap_low, self.mocap_high)
-        else:
-            new_mocap_pos = mocap_pos + pos_delta[None]
-            new_mocap_pos[0, :] = _clip(new_mocap_pos[0, :], self.mocap_low, self.mocap_high)
-            data.mocap_pos = new_mocap_pos
-        data.mocap_quat = _MOCAP_QUAT
+        pos_delta = action * scale
+        new_mocap_pos = mocap_pos + pos_delta[None]
+        new_mocap_pos[0, :] = _clip(new_mocap_pos[0, :], low, high)
+        self.data.mocap_pos = new_mocap_pos
+        self.data.mocap_quat = _MOCAP_QUAT
 
     # SawyerXYZEnv._get_site_pos
     def _get_site_pos(self, site_name: str) -> np.ndarray:
-        return self.data.site_xpos[self._fast_site[site_name]].copy()
+        v = self._fast_views
+        if v.data is not self.data:
+            v = self._fast_new_views()
+        return v.site_xpos[site_name].copy()
 
     # SawyerXYZEnv._set_pos_site
     def _set_pos_site(self, name: str, pos: np.ndarray) -> None:
@@ -502,18 +606,28 @@ class FastSawyerMixin:
 
     # SawyerXYZEnv._get_curr_obs_combined_no_goal
     def _get_curr_obs_combined_no_goal(self) -> np.ndarray:
+        out = np.empty(4 + self._obs_obj_max_len)
+        if self._fast_fill_curr_obs(out):
+            return out
+        return _stock_curr_obs(self)  # its asserts and errors, unchanged
+
+    def _fast_fill_curr_obs(self, out: np.ndarray) -> bool:
+        """Writes what ``_get_curr_obs_combined_no_goal`` returns into ``out[:n]``; False
+        (``out`` unused) for object arrays the stock code would reject."""
         pos_hand = self.get_endeff_pos()
-        xpos, body = self.data.xpos, self._fast_body
-        apart = xpos[body["rightclaw"]] - xpos[body["leftclaw"]]
+        v = self._fast_views
+        if v.data is not self.data:
+            v = self._fast_new_views()
+        body = v.body_xpos
+        apart = body["rightclaw"] - body["leftclaw"]
         # np.linalg.norm of a 1-D float vector is sqrt(x.dot(x)); np.clip(., 0.0, 1.0)
         gripper = min(max(math.sqrt(apart.dot(apart)) / 0.1, 0.0), 1.0)
         obj_pos = self._get_pos_objects()
         obj_quat = self._get_quat_objects()
-        n_pos, n_quat = len(obj_pos), len(obj_quat)
+        n_pos, n_quat, n = len(obj_pos), len(obj_quat), 4 + self._obs_obj_max_len
         if (n_pos == 0 or n_pos % 3 or n_quat % 4 or n_pos // 3 != n_quat // 4
-                or n_pos + n_quat > self._obs_obj_max_len):
-            return _stock_curr_obs(self)  # its asserts and errors, unchanged
-        out = np.empty(4 + self._obs_obj_max_len)
+                or n_pos + n_quat > n - 4):
+            return False
         out[0:3] = pos_hand
         out[3] = gripper
         if n_pos == 3:
@@ -526,14 +640,26 @@ class FastSawyerMixin:
                 out[k:k + 3] = obj_pos[3 * j:3 * j + 3]
                 out[k + 3:k + 7] = obj_quat[4 * j:4 * j + 4]
                 k += 7
-        out[k:] = 0.0
-        return out
+        out[k:n] = 0.0
+        return True
 
     # SawyerXYZEnv._get_obs
     def _get_obs(self) -> np.ndarray:
         pos_goal = self._get_pos_goal()
-        curr_obs = self._get_curr_obs_combined_no_goal()
         prev_obs = self._prev_obs
+        if (self._fast_obs_fused and type(prev_obs) is np.ndarray and prev_obs.ndim == 1
+                and prev_obs.dtype in _F32_F64 and type(pos_goal) is np.ndarray
+                and pos_goal.ndim == 1 and pos_goal.dtype in _F32_F64):
+            # np.hstack((curr_obs, prev_obs, pos_goal)) of float64/float32 vectors, with
+            # curr_obs written in place: one array instead of two and a concatenation.
+            n, m = 4 + self._obs_obj_max_len, len(prev_obs)
+            obs = np.empty(n + m + len(pos_goal))
+            if self._fast_fill_curr_obs(obs):
+                obs[n:n + m] = prev_obs
+                obs[n + m:] = 0.0 if self._partially_observable else pos_goal
+                self._prev_obs = obs[:n].copy()
+                return obs
+        curr_obs = self._get_curr_obs_combined_no_goal()
         if self._partially_observable:
             # np.zeros_like(pos_goal): whatever its dtype, it joins float arrays as 0.0
             pos_goal = _ZEROS3 if np.shape(pos_goal) == (3,) else np.zeros_like(pos_goal)
@@ -562,7 +688,7 @@ def _stock_bases() -> dict[str, tuple[str, Any]]:
     owners = {"get_body_com": MujocoEnv, "get_endeff_pos": SawyerMocapBase,
               "tcp_center": SawyerMocapBase, **dict.fromkeys(_DIRECT_SIM, MujocoEnv)}
     names = [k for k, v in vars(FastSawyerMixin).items()
-             if isinstance(v, (types.FunctionType, property)) and not k.startswith("__")]
+             if isinstance(v, (types.FunctionType, property)) and not k.startswith(("__", "_fast"))]
     bases = {}
     for name in names + list(_DIRECT_SIM):
         owner = owners.get(name, SawyerXYZEnv)
@@ -616,6 +742,8 @@ def fast_class(stock: type) -> type | None:
             elif usable:
                 ns[name] = vars(FastSawyerMixin)[name]
         ns["_fast_direct_sim"] = direct_sim
+        ns["_fast_sites_skip"] = "_set_pos_site" in ns
+        ns["_fast_obs_fused"] = "_get_curr_obs_combined_no_goal" in ns
         rebound = _Rebinder(stock)
         for klass in stock.__mro__:
             if not klass.__module__.startswith("metaworld."):
@@ -626,7 +754,9 @@ def fast_class(stock: type) -> type | None:
                 new = rebound(attr)
                 if new is not attr:
                     ns[name] = new
-        ns["__getattr__"] = FastSawyerMixin.__getattr__  # the id tables
+        ns["__getattr__"] = FastSawyerMixin.__getattr__  # the id tables and views
+        ns["_fast_new_views"] = FastSawyerMixin._fast_new_views
+        ns["_fast_fill_curr_obs"] = FastSawyerMixin._fast_fill_curr_obs
         ns["__module__"] = __name__
         ns["__qualname__"] = f"Fast{stock.__name__}"
         ns["__doc__"] = f"{stock.__name__} on metarl's bit-identical fast step path."

@@ -21,6 +21,10 @@ import metarl.envs
 from metarl.envs import metaworld_fast as mwf
 
 ENV_NAMES = list(ALL_V3_ENVIRONMENTS)
+# What the next step reads (state, controls, mocap targets, the solver's warm start) and
+# what the fast step writes differently from stock (sites: mj_forward recomputes them).
+MJDATA_FIELDS = ("qpos", "qvel", "act", "ctrl", "mocap_pos", "mocap_quat", "qacc_warmstart",
+                 "xpos", "xquat", "site_xpos")
 
 
 def assert_identical(a, b, where="value"):
@@ -92,6 +96,8 @@ def run_side_by_side(name, seed):
                 action = action.astype(np.float32) if t % 2 else action
             out = [env.step(action.copy()) for env in envs]
             assert_identical(out[0], out[1], f"{name} {mode} step {t}")
+            for field in MJDATA_FIELDS:  # the simulator state too, not only what step returns
+                assert_identical(*(getattr(env.data, field) for env in envs), f"{name} {mode} step {t} {field}")
             obs = out[0][0]
             if mode == "scripted":
                 succeeded |= bool(out[0][4]["success"])
