@@ -90,6 +90,7 @@ def _say_once(msg: str) -> None:
 # --------------------------------------------------------------------------------------
 
 _FLOATS = (float, np.float64)
+_F64 = np.dtype(np.float64)
 _NUMBERS = (float, int, np.float64)
 
 
@@ -235,7 +236,7 @@ def make_norm(stock: Callable[..., Any]) -> Callable[..., Any]:
 
     def norm(x: Any, ord: Any = None, axis: Any = None, keepdims: bool = False) -> Any:
         if axis is None and not keepdims:
-            if (type(x) is np.ndarray and x.dtype == np.float64
+            if (type(x) is np.ndarray and (x.dtype is _F64 or x.dtype == np.float64)
                     and (ord is None or (ord == 2 and x.ndim == 1))):
                 x = x.ravel(order="K")
                 return np.sqrt(x.dot(x))
@@ -385,16 +386,6 @@ def _clip(a: Any, lo: Any, hi: Any, **kwargs: Any) -> Any:
     if _clip_ufunc is not None and type(a) is np.ndarray and a.dtype.kind == "f":
         return _clip_ufunc(a, lo, hi, **kwargs)
     return np.clip(a, lo, hi, **kwargs)
-
-
-def _clip_float(x: float, lo: float, hi: float) -> float:
-    """numpy's clip of one float64 (``_NPY_MIN(_NPY_MAX(x, lo), hi)``: NaN passes through,
-    a bound wins a tie), on Python floats."""
-    if not (x != x or x > lo):
-        x = lo
-    if not (x != x or x < hi):
-        x = hi
-    return x
 
 
 @functools.cache
@@ -551,17 +542,20 @@ class FastSawyerMixin:
                 and type(high) is np.ndarray and high.shape == (3,) and high.dtype in _F32_F64):
             # clip(action, -1, 1) * scale is clip(action * scale, -b, b) with b = 1 * scale
             # in the action's dtype (rounding is monotone, and exact at +-1): one numpy
-            # operation, then the float64 rest on Python floats.
+            # operation, then the float64 rest on Python floats. Without NaNs, numpy's
+            # clip (t = x if x > lo else lo; t if t < hi else hi) is Python's
+            # min(hi, max(lo, x)): both keep the bound unless x is strictly inside.
             b = _scale_bound(action.dtype, scale)
             dx, dy, dz = (action * scale).tolist()
             x, y, z = mocap_pos[0].tolist()
-            lx, ly, lz = low.tolist()
-            hx, hy, hz = high.tolist()
-            mocap_pos[0] = (_clip_float(x + _clip_float(dx, -b, b), lx, hx),
-                            _clip_float(y + _clip_float(dy, -b, b), ly, hy),
-                            _clip_float(z + _clip_float(dz, -b, b), lz, hz))
-            v.mocap_quat[...] = _MOCAP_QUAT_ROW
-            return
+            if dx == dx and dy == dy and dz == dz and x == x and y == y and z == z:
+                lx, ly, lz = low.tolist()
+                hx, hy, hz = high.tolist()
+                mocap_pos[0] = (min(hx, max(lx, x + min(b, max(-b, dx)))),
+                                min(hy, max(ly, y + min(b, max(-b, dy)))),
+                                min(hz, max(lz, z + min(b, max(-b, dz)))))
+                v.mocap_quat[...] = _MOCAP_QUAT_ROW
+                return
         action = _clip(action, -1, 1)
         pos_delta = action * scale
         new_mocap_pos = mocap_pos + pos_delta[None]

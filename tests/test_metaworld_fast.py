@@ -308,3 +308,34 @@ def test_norm_shim_matches_numpy_bitwise():
     for other in (np.arange(3), np.ones(3, np.float32), [3.0, 4.0]):
         assert_identical(fast(other), np.linalg.norm(other))
     assert_identical(fast(np.ones((2, 2)), axis=0), np.linalg.norm(np.ones((2, 2)), axis=0))
+
+
+def test_set_xyz_action_matches_stock_on_edge_values():
+    """The mocap update on Python floats: NaN, infinities, signed zeros, exactly +-1, far
+    out of range, both float widths, and a hand pushed against its bounds."""
+    from metaworld.sawyer_xyz_env import SawyerXYZEnv
+
+    name = "reach-v3"
+    envs = _pair(name)
+    for env in envs:
+        env.set_task(_task(name, 0, observable=False))
+        env.reset()
+    specials = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 1.0000001, -0.9999999, 7.5, -1e30, 1e-45]
+    rng = np.random.default_rng(3)
+    for k in range(600):
+        action = rng.choice(specials, 3) if k % 3 else rng.uniform(-3, 3, 3)
+        action = action.astype(np.float32 if k % 2 else np.float64)
+        start = envs[0].data.mocap_pos.copy()
+        if k % 50 == 0:  # at a bound
+            start[0, k // 50 % 3] = envs[0].mocap_high[k // 50 % 3] if k % 100 else envs[0].mocap_low[k % 3]
+        if k % 97 == 0:
+            start[0, 1] = np.nan
+        for env in envs:
+            env.data.mocap_pos[:] = start
+            env.data.mocap_quat[:] = 0.5
+        SawyerXYZEnv.set_xyz_action(envs[0], action.copy())
+        envs[1].set_xyz_action(action.copy())
+        for field in ("mocap_pos", "mocap_quat"):
+            assert_identical(getattr(envs[0].data, field), getattr(envs[1].data, field), f"{action!r} {field}")
+        if np.isnan(envs[0].data.mocap_pos).any():
+            envs[0].reset(), envs[1].reset()
