@@ -8,8 +8,10 @@ scalars and 3-vectors. This module builds, for each stock env class, a subclass 
 
 - replaces a few base-class methods (``SawyerXYZEnv`` / ``SawyerMocapBase`` /
   gymnasium's ``MujocoEnv``) with versions that do the same arithmetic with less Python:
-  ids resolved once, one pass over the contact pairs, the observation written into one
-  array, the MuJoCo calls of ``do_simulation`` made directly;
+  ids and numpy views of the MjData arrays made once, one pass over the contact pairs,
+  the observation written into one array, the mocap update on Python floats, the MuJoCo
+  calls of ``do_simulation`` made directly, and the target-site writes that the
+  following ``mj_forward`` overwrites left out;
 - runs the env's own methods unchanged but with their module globals ``Rotation``,
   ``reward_utils`` (``tolerance``) and ``np`` (``np.linalg.norm``) pointing at exact
   re-implementations (:class:`RotationShim`, :func:`make_tolerance`, :func:`make_norm`)
@@ -17,10 +19,11 @@ scalars and 3-vectors. This module builds, for each stock env class, a subclass 
 
 Every substitution performs the same floating-point operations in the same order as
 the code it replaces, so observations, rewards and ``info`` are bit-for-bit those of
-the stock classes (``tests/test_metaworld_fast.py`` checks all 50 v3 environments over
-full episodes). What was verified is pinned by source fingerprints
-(:data:`VERIFIED_BASE`, :data:`VERIFIED_CLASSES`, :data:`VERIFIED_SCIPY`): a method, env
-class, helper or scipy version that was not verified is left stock, and that is logged once.
+the stock classes, and so is the simulator state after each step
+(``tests/test_metaworld_fast.py`` checks all 50 v3 environments over full episodes).
+What was verified is pinned by source fingerprints (:data:`VERIFIED_BASE`,
+:data:`VERIFIED_CLASSES`, :data:`VERIFIED_SCIPY`): a method, env class, helper or scipy
+version that was not verified is left stock, and that is logged once.
 """
 
 from __future__ import annotations
