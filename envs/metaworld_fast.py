@@ -566,6 +566,62 @@ class FastSawyerMixin:
         self.data.mocap_pos = new_mocap_pos
         self.data.mocap_quat = _MOCAP_QUAT
 
+    # SawyerXYZEnv._gripper_caging_reward
+    def _gripper_caging_reward(self, action: Any, obj_pos: Any, obj_radius: float,
+                               pad_success_thresh: float, object_reach_radius: float,
+                               xz_thresh: float, desired_gripper_effort: float = 1.0,
+                               high_density: bool = False, medium_density: bool = False) -> float:
+        init, init_tcp = self.obj_init_pos, self.init_tcp
+        if not (_is_vec3(obj_pos) and _is_vec3(init) and _is_vec3(init_tcp)
+                and type(pad_success_thresh) is float):
+            return _stock_caging(self, action, obj_pos, obj_radius, pad_success_thresh,
+                                 object_reach_radius, xz_thresh, desired_gripper_effort,
+                                 high_density, medium_density)
+        if high_density and medium_density:
+            raise ValueError("Can only be either high_density or medium_density")
+        tolerance, norm, hamacher = _caging_helpers()
+        # np.hstack of the pads' y, then np.abs of differences: the same float64 operations
+        # element by element, on Python floats; tolerance gets the np.float64 elements.
+        left_y = self.get_body_com("leftpad").item(1)
+        right_y = self.get_body_com("rightpad").item(1)
+        obj_y, init_y = obj_pos.item(1), init.item(1)
+        caging_lr = [
+            tolerance(np.float64(abs(pad_y - obj_y)), bounds=(obj_radius, pad_success_thresh),
+                      margin=np.float64(abs(abs(pad_y - init_y) - pad_success_thresh)),
+                      sigmoid="long_tail")
+            for pad_y in (left_y, right_y)
+        ]
+        caging_y = hamacher(*caging_lr)
+        tcp = self.tcp_center
+        # a[[0, 2]] - b[[0, 2]], built from the same two differences
+        i0, _, i2 = init.tolist()
+        t0, _, t2 = init_tcp.tolist()
+        caging_xz_margin = norm(np.array([i0 - t0, i2 - t2]))
+        caging_xz_margin -= xz_thresh
+        o0, _, o2 = obj_pos.tolist()
+        if _is_vec3(tcp):
+            c0, _, c2 = tcp.tolist()
+            tcp_to_obj_xz = norm(np.array([c0 - o0, c2 - o2]))
+        else:
+            tcp_to_obj_xz = norm(tcp[[0, 2]] - obj_pos[[0, 2]])
+        caging_xz = tolerance(tcp_to_obj_xz, bounds=(0, xz_thresh), margin=caging_xz_margin,
+                              sigmoid="long_tail")
+        gripper_closed = min(max(0, action[-1]), desired_gripper_effort) / desired_gripper_effort
+        caging = hamacher(caging_y, float(caging_xz))
+        gripping = gripper_closed if caging > 0.97 else 0.0
+        caging_and_gripping = hamacher(caging, gripping)
+        if high_density:
+            caging_and_gripping = (caging_and_gripping + caging) / 2
+        if medium_density:  # as stock
+            tcp = self.tcp_center
+            tcp_to_obj = norm(obj_pos - tcp)
+            tcp_to_obj_init = norm(init - init_tcp)
+            reach_margin = abs(tcp_to_obj_init - object_reach_radius)
+            reach = tolerance(tcp_to_obj, bounds=(0, object_reach_radius), margin=reach_margin,
+                              sigmoid="long_tail")
+            caging_and_gripping = (caging_and_gripping + float(reach)) / 2
+        return caging_and_gripping
+
     # SawyerXYZEnv._get_site_pos
     def _get_site_pos(self, site_name: str) -> np.ndarray:
         v = self._fast_views
@@ -673,6 +729,38 @@ def _stock_curr_obs(self: Any) -> np.ndarray:
     from metaworld.sawyer_xyz_env import SawyerXYZEnv
 
     return SawyerXYZEnv._get_curr_obs_combined_no_goal(self)
+
+
+def _is_vec3(x: Any) -> bool:
+    """A float64 3-vector (dtype compared by number: unpickled task data carries its own
+    float64 dtype instance)."""
+    return type(x) is np.ndarray and x.shape == (3,) and x.dtype.num == _F64.num
+
+
+def _stock_caging(self: Any, *args: Any) -> float:
+    from metaworld.sawyer_xyz_env import SawyerXYZEnv
+
+    return _rebound_stock_caging(SawyerXYZEnv._gripper_caging_reward)(self, *args)
+
+
+@functools.cache
+def _rebound_stock_caging(stock: Callable[..., Any]) -> Callable[..., Any]:
+    """The stock method on the same shims as the env code around it."""
+    from metaworld.sawyer_xyz_env import SawyerXYZEnv
+
+    return _Rebinder(SawyerXYZEnv)(stock)
+
+
+@functools.cache
+def _caging_helpers() -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
+    """tolerance, norm and hamacher_product as the stock method sees them (shims where
+    verified)."""
+    from metaworld.utils import reward_utils
+
+    shims = _shims()
+    tolerance = shims.get(id(reward_utils.tolerance), reward_utils.tolerance)
+    norm = shims[id(np)].linalg.norm if id(np) in shims else np.linalg.norm
+    return tolerance, norm, reward_utils.hamacher_product
 
 
 @functools.cache

@@ -339,3 +339,35 @@ def test_set_xyz_action_matches_stock_on_edge_values():
             assert_identical(getattr(envs[0].data, field), getattr(envs[1].data, field), f"{action!r} {field}")
         if np.isnan(envs[0].data.mocap_pos).any():
             envs[0].reset(), envs[1].reset()
+
+
+def test_gripper_caging_reward_matches_stock_off_the_common_inputs():
+    """The caging reward's fallback and flag branches, which the episodes above (float64
+    vectors, one density flag) do not reach."""
+    name = "basketball-v3"
+    envs = _pair(name)
+    policy = ENV_POLICY_MAP[name]()
+    for env in envs:  # the scripted policy, until it holds the ball: every factor non-zero
+        env.set_task(_task(name, 0, observable=True))
+        obs, _ = env.reset()
+        for _ in range(60):
+            obs = env.step(policy.get_action(obs).astype(np.float32))[0]
+    action = np.array([0.1, 0.2, 0.3, 0.7], dtype=np.float32)
+    obj = obs[4:7]
+    checked = []
+    for pos in (obj, obj.astype(np.float32), obj + 0.003):
+        for flags in (dict(), dict(medium_density=True), dict(high_density=True),
+                      dict(desired_gripper_effort=0.5)):
+            for thresh in (0.06, 6):
+                out = [env._gripper_caging_reward(action, pos, 0.025, thresh, 0.01, 0.01, **flags)
+                       for env in envs]
+                assert_identical(out[0], out[1], f"{pos.dtype} {flags} {thresh}")
+                checked.append(out[0])
+    assert min(checked) > 0 and len(set(checked)) > 10, checked
+    for env in envs:
+        with pytest.raises(TypeError):  # obj_pos[[0, 2]] on a list
+            env._gripper_caging_reward(action, list(obj), 0.025, 0.06, 0.01, 0.01)
+    for env in envs:
+        with pytest.raises(ValueError, match="either high_density or medium_density"):
+            env._gripper_caging_reward(action, obj, 0.025, 0.06, 0.01, 0.01,
+                                       high_density=True, medium_density=True)
