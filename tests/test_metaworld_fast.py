@@ -326,8 +326,9 @@ def test_set_xyz_action_matches_stock_on_edge_values():
         action = rng.choice(specials, 3) if k % 3 else rng.uniform(-3, 3, 3)
         action = action.astype(np.float32 if k % 2 else np.float64)
         start = envs[0].data.mocap_pos.copy()
-        if k % 50 == 0:  # at a bound
-            start[0, k // 50 % 3] = envs[0].mocap_high[k // 50 % 3] if k % 100 else envs[0].mocap_low[k % 3]
+        if k % 50 == 0:  # one axis exactly at its upper or lower bound
+            axis = k // 50 % 3
+            start[0, axis] = (envs[0].mocap_high if k % 100 else envs[0].mocap_low)[axis]
         if k % 97 == 0:
             start[0, 1] = np.nan
         for env in envs:
@@ -338,7 +339,8 @@ def test_set_xyz_action_matches_stock_on_edge_values():
         for field in ("mocap_pos", "mocap_quat"):
             assert_identical(getattr(envs[0].data, field), getattr(envs[1].data, field), f"{action!r} {field}")
         if np.isnan(envs[0].data.mocap_pos).any():
-            envs[0].reset(), envs[1].reset()
+            for env in envs:
+                env.reset()
 
 
 def test_gripper_caging_reward_matches_stock_off_the_common_inputs():
