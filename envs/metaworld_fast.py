@@ -9,13 +9,17 @@ scalars and 3-vectors. This module builds, for each stock env class, a subclass 
 - replaces a few base-class methods (``SawyerXYZEnv`` / ``SawyerMocapBase`` /
   gymnasium's ``MujocoEnv``) with versions that do the same arithmetic with less Python:
   ids and numpy views of the MjData arrays made once, one pass over the contact pairs,
-  the observation written into one array, the mocap update on Python floats, the MuJoCo
-  calls of ``do_simulation`` made directly, and the target-site writes that the
-  following ``mj_forward`` overwrites left out;
+  the observation written into one array, the action read once and the mocap update
+  on Python floats, the MuJoCo calls of ``do_simulation`` made directly, and the
+  target-site writes that the following ``mj_forward`` overwrites left out;
+- where an env's ``_get_pos_objects``/``_get_quat_objects`` is a single named look-up
+  (``self.data.body("obj").xquat`` and the like), resolves the name once
+  (:func:`resolve_lookups`);
 - runs the env's own methods unchanged but with their module globals ``Rotation``,
-  ``reward_utils`` (``tolerance``) and ``np`` (``np.linalg.norm``) pointing at exact
-  re-implementations (:class:`RotationShim`, :func:`make_tolerance`, :func:`make_norm`)
-  that handle the common inputs and pass anything else to the stock function.
+  ``reward_utils`` (``tolerance``, ``hamacher_product``) and ``np`` (``np.linalg.norm``)
+  pointing at exact re-implementations (:class:`RotationShim`, :func:`make_tolerance`,
+  :func:`make_hamacher_product`, :func:`make_norm`) that handle the common inputs and
+  pass anything else to the stock function.
 
 Every substitution performs the same floating-point operations in the same order as
 the code it replaces, so observations, rewards and ``info`` are bit-for-bit those of
@@ -23,17 +27,24 @@ the stock classes, and so is the simulator state after each step
 (``tests/test_metaworld_fast.py`` checks all 50 v3 environments over full episodes).
 What was verified is pinned by source fingerprints (:data:`VERIFIED_BASE`,
 :data:`VERIFIED_CLASSES`, :data:`VERIFIED_SCIPY`): a method, env class, helper or scipy
-version that was not verified is left stock, and that is logged once.
+version that was not verified is left stock, and that is logged once. Two things are
+checked on the installed code instead: the method bodies :func:`resolve_lookups`
+rewrites (matched on their source) and whether numpy's dot product of a 3-vector is a
+sequential sum on this machine's BLAS (:func:`dot_is_sequential`).
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import inspect
 import json
 import logging
 import math
+import re
+import struct
+import textwrap
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -201,46 +212,122 @@ def make_tolerance(stock: Callable[..., Any]) -> Callable[..., Any]:
     The stock version runs ``np.where`` on 0-d arrays; every arithmetic step there works
     on float64 scalars, whose ``+ - * /`` round like Python's and whose ``** 2`` calls the
     C ``pow`` as Python's does, and ``np.exp`` is still what computes the exponential.
-    Where Python would raise (overflow) instead of returning inf, the stock path runs.
+    The comparisons are made on the arguments as given, as the stock code makes them.
+    The sigmoid's scale is computed once per ``value_at_margin``. Where Python would
+    raise (overflow) instead of returning inf, the stock path runs.
     """
+
+    scales: dict[str, dict[float, float]] = {"long_tail": {}, "gaussian": {}}
+
+    def slow(x: Any, bounds: Any, margin: Any, sigmoid: Any, value_at_margin: Any) -> Any:
+        return stock(x, bounds=bounds, margin=margin, sigmoid=sigmoid, value_at_margin=value_at_margin)
 
     def tolerance(x: Any, bounds: tuple[float, float] = (0.0, 0.0), margin: Any = 0.0,
                   sigmoid: str = "gaussian", value_at_margin: float = 0.1) -> Any:
         lower, upper = bounds
-        if (type(x) not in _FLOATS or type(margin) not in _NUMBERS or type(lower) not in _NUMBERS
-                or type(upper) not in _NUMBERS or sigmoid not in ("long_tail", "gaussian")
-                or type(value_at_margin) not in _FLOATS or not 0 < value_at_margin < 1
-                or margin < 0 or lower > upper):
-            return stock(x, bounds=bounds, margin=margin, sigmoid=sigmoid,
-                         value_at_margin=value_at_margin)
+        tx = type(x)
+        table = scales.get(sigmoid) if type(sigmoid) is str else None
+        if (table is None or not (tx is float or tx is np.float64) or type(margin) not in _NUMBERS
+                or type(lower) not in _NUMBERS or type(upper) not in _NUMBERS
+                or type(value_at_margin) not in _FLOATS):
+            return slow(x, bounds, margin, sigmoid, value_at_margin)
+        scale = table.get(value_at_margin)
+        if scale is None:
+            if not 0 < value_at_margin < 1:
+                return slow(x, bounds, margin, sigmoid, value_at_margin)  # its ValueError
+            scale = table[value_at_margin] = _sigmoid_scale(sigmoid, float(value_at_margin))
+        # The comparisons on the objects as given, as stock makes them (a Python float
+        # and an int compare exactly; an np.float64 converts the int); the arithmetic
+        # on float64, which is what numpy and Python both do with these.
+        if margin < 0 or lower > upper:
+            return slow(x, bounds, margin, sigmoid, value_at_margin)  # its ValueError
         in_bounds = lower <= x and x <= upper
         if margin == 0:
             return 1.0 if in_bounds else 0.0
         if in_bounds:
             return 1.0
         try:
-            d = float((lower - x if x < lower else x - upper) / margin)
-            scale = _sigmoid_scale(sigmoid, float(value_at_margin))
+            if x < lower:
+                d = (float(lower) - float(x)) / float(margin)
+            else:
+                d = (float(x) - float(upper)) / float(margin)
             if sigmoid == "long_tail":
                 return 1 / ((d * scale) ** 2 + 1)
             return float(np.exp(-0.5 * (d * scale) ** 2))
-        except (OverflowError, ZeroDivisionError):
-            return stock(x, bounds=bounds, margin=margin, sigmoid=sigmoid,
-                         value_at_margin=value_at_margin)
+        except OverflowError:  # an int beyond float64, or a square past it: numpy gives inf
+            return slow(x, bounds, margin, sigmoid, value_at_margin)
 
     tolerance.__doc__ = stock.__doc__
     return tolerance
 
 
+def make_hamacher_product(stock: Callable[..., Any]) -> Callable[..., Any]:
+    """``reward_utils.hamacher_product`` for two floats (Python or np.float64) in [0, 1],
+    on Python floats: the same operations in the same order, and the result an np.float64
+    where either argument is one, as numpy's scalar arithmetic gives; anything else, and
+    every input that would raise, goes to ``stock``."""
+
+    def hamacher_product(a: Any, b: Any) -> Any:
+        ta, tb = type(a), type(b)
+        if (ta is float or ta is np.float64) and (tb is float or tb is np.float64):
+            x, y = float(a), float(b)
+            if 0.0 <= x <= 1.0 and 0.0 <= y <= 1.0:
+                denominator = x + y - (x * y)
+                if not denominator > 0:
+                    return 0
+                h = (x * y) / denominator
+                if 0.0 <= h <= 1.0:
+                    return np.float64(h) if ta is np.float64 or tb is np.float64 else h
+        return stock(a, b)
+
+    hamacher_product.__doc__ = stock.__doc__
+    return hamacher_product
+
+
+def _sum_of_squares(values: list[float]) -> float:
+    """``x.dot(x)`` of a float64 vector as numpy computes it here (BLAS ``ddot``, one
+    product after the other from 0.0); only used where :func:`dot_is_sequential` holds."""
+    total = 0.0
+    for value in values:
+        total += value * value
+    return total
+
+
+@functools.cache
+def dot_is_sequential() -> bool:
+    """Whether numpy's ``x.dot(x)`` for float64 vectors of 1 to 3 elements equals
+    :func:`_sum_of_squares` on this machine, bit for bit. numpy hands these to the BLAS
+    its wheel ships, whose kernel is picked for the CPU at run time: one with fused
+    multiply-adds or another order gives other roundings, so this is checked, on
+    vectors where those differ, rather than assumed."""
+    rng = np.random.default_rng(12345)
+    for n in (1, 2, 3):
+        x = rng.normal(size=(4000, n)) * 10.0 ** rng.integers(-6, 4, size=(4000, 1))
+        for row in x:
+            if row.dot(row) != _sum_of_squares(row.tolist()):
+                _say_once("numpy's dot differs from a sequential sum of squares here; using it")
+                return False
+    return True
+
+
 def make_norm(stock: Callable[..., Any]) -> Callable[..., Any]:
     """``np.linalg.norm`` for a float64 array or scalar with the default order and no
     axis: the branch numpy itself takes there (``sqrt(x.dot(x))`` of the raveled array),
-    without its argument handling; anything else goes to ``stock``."""
+    without its argument handling; anything else goes to ``stock``. A contiguous vector
+    of up to 3 elements is summed in Python where :func:`dot_is_sequential` (the square
+    root is IEEE's in both)."""
+    sequential = dot_is_sequential()
 
     def norm(x: Any, ord: Any = None, axis: Any = None, keepdims: bool = False) -> Any:
         if axis is None and not keepdims:
             if (type(x) is np.ndarray and (x.dtype is _F64 or x.dtype == np.float64)
                     and (ord is None or (ord == 2 and x.ndim == 1))):
+                if sequential and x.strides == (8,) and x.shape[0] <= 3:  # 1-D, contiguous
+                    values = x.tolist()
+                    if len(values) == 3:
+                        a, b, c = values
+                        return np.float64(math.sqrt(a * a + b * b + c * c))
+                    return np.float64(math.sqrt(_sum_of_squares(values)))
                 x = x.ravel(order="K")
                 return np.sqrt(x.dot(x))
             if type(x) in _FLOATS and ord is None:  # a one-element dot product: x * x
@@ -268,10 +355,15 @@ def _shims() -> dict[int, Any]:
 
     shims: dict[int, Any] = {}
     helpers = _stock_helpers()
+    replaced = {}
     if _verified_helper("tolerance", helpers):
-        tolerance = make_tolerance(reward_utils.tolerance)
-        shims[id(reward_utils)] = _module_copy(reward_utils, tolerance=tolerance)
-        shims[id(reward_utils.tolerance)] = tolerance
+        replaced["tolerance"] = make_tolerance(reward_utils.tolerance)
+    if _verified_helper("hamacher_product", helpers):
+        replaced["hamacher_product"] = make_hamacher_product(reward_utils.hamacher_product)
+    if replaced:
+        shims[id(reward_utils)] = _module_copy(reward_utils, **replaced)
+        for name, shim in replaced.items():
+            shims[id(getattr(reward_utils, name))] = shim
     if _verified_helper("norm", helpers):
         shims[id(np)] = _module_copy(np, linalg=_module_copy(np.linalg, norm=make_norm(np.linalg.norm)))
     if scipy.__version__.startswith(VERIFIED_SCIPY):
@@ -288,6 +380,8 @@ def _stock_helpers() -> dict[str, tuple[str, Any]]:
 
     return {"tolerance": ("metaworld.utils.reward_utils.tolerance", reward_utils.tolerance),
             "sigmoids": ("metaworld.utils.reward_utils._sigmoids", reward_utils._sigmoids),
+            "hamacher_product": ("metaworld.utils.reward_utils.hamacher_product",
+                                 reward_utils.hamacher_product),
             "norm": ("numpy.linalg.norm", np.linalg.norm)}
 
 
@@ -372,10 +466,12 @@ class _Ids(dict):
 
 
 _MOCAP_QUAT = np.array([1, 0, 1, 0])  # what set_xyz_action writes (copied into data)
-_MOCAP_QUAT_ROW = _MOCAP_QUAT[None].astype(np.float64)  # the same, for the one-mocap view
 _ZEROS3 = np.zeros(3)
 _GRIP_TYPES = (np.float32, np.float64, float)
 _F32_F64 = (np.dtype(np.float32), np.dtype(np.float64))
+_F32_NUM, _F64_NUM = np.dtype(np.float32).num, np.dtype(np.float64).num
+_FLOAT_NUMS = (_F32_NUM, _F64_NUM)  # dtype.num: also matches non-canonical dtype instances
+_ROUND3_F32 = struct.Struct("3f")  # packing a double as "f" rounds it to float32 (C cast)
 
 _ID_TABLES = {"_fast_body": _BODY, "_fast_site": _SITE, "_fast_geom": _GEOM}
 
@@ -392,9 +488,20 @@ def _clip(a: Any, lo: Any, hi: Any, **kwargs: Any) -> Any:
 
 
 @functools.cache
-def _scale_bound(dtype: np.dtype, scale: float) -> float:
-    """``1 * scale`` as numpy computes it for an action array of ``dtype``."""
-    return float((np.ones(1, dtype) * scale)[0])
+def _float32_scale(scale: float) -> float | None:
+    """``scale`` as numpy converts it to multiply a float32 array (``float32 * Python
+    float`` is a float32 product), or None where that is not a finite float32."""
+    with np.errstate(over="ignore"):
+        s32 = float(np.float32(scale))
+    return s32 if math.isfinite(s32) else None
+
+
+def _flat(array: np.ndarray) -> memoryview | None:
+    """A flat memoryview of a C-contiguous float64 array: reading or writing one element
+    costs a tenth of numpy indexing, and stores the same double."""
+    if array.dtype != np.float64 or not array.flags.c_contiguous:
+        return None
+    return memoryview(array).cast("B").cast("d")
 
 
 class _Rows(dict):
@@ -412,16 +519,30 @@ class _Rows(dict):
 
 class _Views:
     """Numpy views of one MjData's arrays, made once: MuJoCo never moves them, and each
-    ``data.xpos`` would build a new array object."""
+    ``data.xpos`` would build a new array object. ``mocap``, ``mocap_quat`` and ``ctrl``
+    are flat memoryviews (``mocap`` only for the single mocap body the Sawyer has)."""
 
-    __slots__ = ("data", "body_xpos", "site_xpos", "mocap_pos", "mocap_quat", "ctrl")
+    __slots__ = ("data", "model", "nu", "body_xpos", "site_xpos", "mocap_pos", "mocap",
+                 "mocap_quat", "ctrl", "xpos_flat", "site_flat", "tcp_sites",
+                 "claws", "accessors")
 
     def __init__(self, data: Any, env: Any = None) -> None:
         self.data = data
         if data is not None:
+            self.model, self.nu = env.model, env.model.nu
             self.body_xpos = _Rows(data.xpos, env._fast_body)
             self.site_xpos = _Rows(data.site_xpos, env._fast_site)
-            self.mocap_pos, self.mocap_quat, self.ctrl = data.mocap_pos, data.mocap_quat, data.ctrl
+            self.mocap_pos = data.mocap_pos
+            one = self.mocap_pos.shape == (1, 3) and data.mocap_quat.shape == (1, 4)
+            self.mocap = _flat(self.mocap_pos) if one else None
+            self.mocap_quat = _flat(data.mocap_quat) if one else None
+            self.ctrl = _flat(data.ctrl)
+            self.xpos_flat, self.site_flat = _flat(data.xpos), _flat(data.site_xpos)
+            self.tcp_sites: tuple[int, int] | None = None  # 3 * site id of the two end effectors
+            self.claws: tuple[int, int] | None = None  # 3 * body id of the two claws
+            self.accessors: dict[tuple[str, str], tuple[np.ndarray, int]] = {}  # see _Accessor
+            if self.mocap is None or self.mocap_quat is None:
+                self.mocap = None
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A pickled or deep-copied env has a new MjData: its views are made anew.
@@ -439,6 +560,10 @@ class FastSawyerMixin:
     _fast_obs_fused = False
     """Set by :func:`fast_class` where ``_get_curr_obs_combined_no_goal`` is ours:
     ``_get_obs`` then writes it straight into the observation."""
+
+    _fast_fused_action = False
+    """Set by :func:`fast_class` where ``set_xyz_action`` is ours: ``step`` then reads the
+    whole action with one ``tolist()``."""
 
     _fast_sites_skip = False
     """Set by :func:`fast_class` where ``_set_pos_site`` is the verified stock one: its
@@ -480,25 +605,43 @@ class FastSawyerMixin:
         v = self._fast_views
         if v.data is not self.data:
             v = self._fast_new_views()
-        site = v.site_xpos
-        return (site["rightEndEffector"] + site["leftEndEffector"]) / 2.0
+        s = v.site_flat
+        if s is None:
+            site = v.site_xpos
+            return (site["rightEndEffector"] + site["leftEndEffector"]) / 2.0
+        if v.tcp_sites is None:
+            v.tcp_sites = (3 * self._fast_site["rightEndEffector"], 3 * self._fast_site["leftEndEffector"])
+        i, j = v.tcp_sites
+        # (right + left) / 2.0, element by element
+        return np.array([(s[i] + s[j]) / 2.0, (s[i + 1] + s[j + 1]) / 2.0, (s[i + 2] + s[j + 2]) / 2.0])
 
     # SawyerXYZEnv.step
     def step(self, action: np.ndarray) -> tuple[np.ndarray, Any, bool, bool, dict[str, Any]]:
         if not self._set_task_called:  # SawyerXYZEnv._Decorators.assert_task_is_set
             raise RuntimeError("You must call env.set_task before using env.step")
-        assert len(action) == 4, f"Actions should be size 4, got {len(action)}"
-        self.set_xyz_action(action[:3])
+        v = self._fast_views
+        if v.data is not self.data:
+            v = self._fast_new_views()
+        model, data = self.model, self.data
+        # set_xyz_action(action[:3]) and the grip action[-1], from one tolist() when the
+        # action is a float vector and set_xyz_action is ours
+        if (self._fast_fused_action and type(action) is np.ndarray and action.shape == (4,)
+                and action.dtype.num in _FLOAT_NUMS):
+            ax, ay, az, grip = action.tolist()
+            moved = self._fast_move_mocap(v, ax, ay, az, action.dtype.num == _F32_NUM)
+        else:
+            moved = False
+        if not moved:
+            assert len(action) == 4, f"Actions should be size 4, got {len(action)}"
+            self.set_xyz_action(action[:3])
+            grip = action[-1]
         if self.curr_path_length >= self.max_path_length:
             raise ValueError("You must reset the env manually once truncate==True")
-        grip = action[-1]
-        model, data = self.model, self.data
-        if self._fast_direct_sim and type(grip) in _GRIP_TYPES and model.nu == 2:
+        if (self._fast_direct_sim and type(grip) in _GRIP_TYPES and v.model is model and v.nu == 2
+                and v.ctrl is not None):
             # MujocoEnv.do_simulation + _step_mujoco_simulation, minus the shape check
-            # that a scalar grip and nu == 2 already pass.
-            v = self._fast_views
-            if v.data is not data:
-                v = self._fast_new_views()
+            # that a scalar grip and nu == 2 already pass: ctrl[:] = [grip, -grip] stores
+            # the same doubles (a float32 grip and its negation are exact in float64).
             ctrl = v.ctrl
             ctrl[0] = grip
             ctrl[1] = -grip
@@ -531,40 +674,70 @@ class FastSawyerMixin:
         obs = self._last_stable_obs = _clip(obs, space.low, space.high, dtype=np.float64)
         reward, info = self.evaluate_state(obs, action)
         truncate = self.curr_path_length == self.max_path_length
-        return np.array(obs, dtype=np.float64), reward, False, truncate, info
+        # np.array(obs, dtype=np.float64) of what clip(..., dtype=np.float64) returned
+        return obs.copy() if type(obs) is np.ndarray else np.array(obs, dtype=np.float64), \
+            reward, False, truncate, info
 
     # SawyerXYZEnv.set_xyz_action
     def set_xyz_action(self, action: np.ndarray) -> None:
         v = self._fast_views
         if v.data is not self.data:
             v = self._fast_new_views()
-        mocap_pos, scale, low, high = v.mocap_pos, self.action_scale, self.mocap_low, self.mocap_high
-        if (type(action) is np.ndarray and action.shape == (3,) and action.dtype in _F32_F64
-                and type(scale) is float and scale > 0 and mocap_pos.shape == (1, 3)
-                and type(low) is np.ndarray and low.shape == (3,) and low.dtype in _F32_F64
-                and type(high) is np.ndarray and high.shape == (3,) and high.dtype in _F32_F64):
-            # clip(action, -1, 1) * scale is clip(action * scale, -b, b) with b = 1 * scale
-            # in the action's dtype (rounding is monotone, and exact at +-1): one numpy
-            # operation, then the float64 rest on Python floats. Without NaNs, numpy's
-            # clip (t = x if x > lo else lo; t if t < hi else hi) is Python's
-            # min(hi, max(lo, x)): both keep the bound unless x is strictly inside.
-            b = _scale_bound(action.dtype, scale)
-            dx, dy, dz = (action * scale).tolist()
-            x, y, z = mocap_pos[0].tolist()
-            if dx == dx and dy == dy and dz == dz and x == x and y == y and z == z:
-                lx, ly, lz = low.tolist()
-                hx, hy, hz = high.tolist()
-                mocap_pos[0] = (min(hx, max(lx, x + min(b, max(-b, dx)))),
-                                min(hy, max(ly, y + min(b, max(-b, dy)))),
-                                min(hz, max(lz, z + min(b, max(-b, dz)))))
-                v.mocap_quat[...] = _MOCAP_QUAT_ROW
+        if type(action) is np.ndarray and action.shape == (3,) and action.dtype.num in _FLOAT_NUMS:
+            ax, ay, az = action.tolist()
+            if self._fast_move_mocap(v, ax, ay, az, action.dtype.num == _F32_NUM):
                 return
         action = _clip(action, -1, 1)
-        pos_delta = action * scale
-        new_mocap_pos = mocap_pos + pos_delta[None]
-        new_mocap_pos[0, :] = _clip(new_mocap_pos[0, :], low, high)
+        pos_delta = action * self.action_scale
+        new_mocap_pos = self.data.mocap_pos + pos_delta[None]
+        new_mocap_pos[0, :] = _clip(new_mocap_pos[0, :], self.mocap_low, self.mocap_high)
         self.data.mocap_pos = new_mocap_pos
         self.data.mocap_quat = _MOCAP_QUAT
+
+    def _fast_move_mocap(self, v: _Views, ax: float, ay: float, az: float, f32: bool) -> bool:
+        """``set_xyz_action`` for the action ``(ax, ay, az)`` (the values of a float32
+        array if ``f32``, else of a float64 one), on Python floats. False, with nothing
+        written, where the stock numpy path must run: a NaN anywhere, a scale or bounds
+        of other types, more than one mocap body.
+
+        Stock: ``clip(clip(a, -1, 1) * scale + mocap, low, high)``. Without NaNs numpy's
+        clip is ``t = x if x > lo else lo; t if t < hi else hi``, written out below. A
+        float32 array times a Python float is the float32 product of the array and
+        ``float32(scale)``: the exact double product of two float32 values, rounded once
+        to float32, which packing it as "f" does. The rest is float64 arithmetic.
+        """
+        scale, low, high, m = self.action_scale, self.mocap_low, self.mocap_high, v.mocap
+        if (m is None or type(scale) is not float or type(low) is not np.ndarray
+                or type(high) is not np.ndarray or low.shape != (3,) or high.shape != (3,)
+                or low.dtype.num not in _FLOAT_NUMS or high.dtype.num not in _FLOAT_NUMS):
+            return False
+        if f32:
+            scale = _float32_scale(scale)
+            if scale is None:
+                return False
+        lx, ly, lz = low.tolist()
+        hx, hy, hz = high.tolist()
+        x, y, z = m[0], m[1], m[2]
+        if not (ax == ax and ay == ay and az == az and x == x and y == y and z == z
+                and lx == lx and ly == ly and lz == lz and hx == hx and hy == hy and hz == hz):
+            return False
+        ax = ax if ax > -1.0 else -1.0
+        ay = ay if ay > -1.0 else -1.0
+        az = az if az > -1.0 else -1.0
+        dx, dy, dz = (ax if ax < 1.0 else 1.0) * scale, (ay if ay < 1.0 else 1.0) * scale, \
+            (az if az < 1.0 else 1.0) * scale
+        if f32:
+            dx, dy, dz = _ROUND3_F32.unpack(_ROUND3_F32.pack(dx, dy, dz))
+        x, y, z = x + dx, y + dy, z + dz
+        x = x if x > lx else lx
+        y = y if y > ly else ly
+        z = z if z > lz else lz
+        m[0] = x if x < hx else hx
+        m[1] = y if y < hy else hy
+        m[2] = z if z < hz else hz
+        q = v.mocap_quat
+        q[0], q[1], q[2], q[3] = 1.0, 0.0, 1.0, 0.0
+        return True
 
     # SawyerXYZEnv._gripper_caging_reward
     def _gripper_caging_reward(self, action: Any, obj_pos: Any, obj_radius: float,
@@ -671,10 +844,20 @@ class FastSawyerMixin:
         v = self._fast_views
         if v.data is not self.data:
             v = self._fast_new_views()
-        body = v.body_xpos
-        apart = body["rightclaw"] - body["leftclaw"]
-        # np.linalg.norm of a 1-D float vector is sqrt(x.dot(x)); np.clip(., 0.0, 1.0)
-        gripper = min(max(math.sqrt(apart.dot(apart)) / 0.1, 0.0), 1.0)
+        x = v.xpos_flat
+        if x is not None and dot_is_sequential():
+            if v.claws is None:
+                v.claws = (3 * self._fast_body["rightclaw"], 3 * self._fast_body["leftclaw"])
+            r, c = v.claws
+            # np.linalg.norm(right - left): sqrt of the dot product, summed as numpy does
+            dx, dy, dz = x[r] - x[c], x[r + 1] - x[c + 1], x[r + 2] - x[c + 2]
+            apart = math.sqrt(dx * dx + dy * dy + dz * dz)
+        else:
+            body = v.body_xpos
+            diff = body["rightclaw"] - body["leftclaw"]
+            apart = math.sqrt(diff.dot(diff))
+        # np.clip(apart / 0.1, 0.0, 1.0)
+        gripper = min(max(apart / 0.1, 0.0), 1.0)
         obj_pos = self._get_pos_objects()
         obj_quat = self._get_quat_objects()
         n_pos, n_quat, n = len(obj_pos), len(obj_quat), 4 + self._obs_obj_max_len
@@ -725,6 +908,114 @@ class FastSawyerMixin:
         return obs
 
 
+# --------------------------------------------------------------------------------------
+# Env methods of a known one-statement shape, with their named look-ups made once.
+# --------------------------------------------------------------------------------------
+
+_OBJECT_METHODS = ("_get_pos_objects", "_get_quat_objects")
+"""Env methods ``_get_obs`` calls every step; most are one named look-up."""
+
+_ACCESSOR_ARRAYS = {("body", "xpos"): "xpos", ("body", "xquat"): "xquat", ("body", "xmat"): "xmat",
+                    ("geom", "xpos"): "geom_xpos", ("geom", "xmat"): "geom_xmat",
+                    ("site", "xpos"): "site_xpos", ("site", "xmat"): "site_xmat"}
+"""``data.<kind>(name).<attr>`` is the row ``data.<array>[id]`` (a view, as the accessor's)."""
+
+_NAME = r"'([A-Za-z0-9_\-]+)'"
+_ROW = re.compile(rf"return self\.data\.(body|geom|site)\({_NAME}\)\.(xpos|xquat)")
+_QUAT = (re.compile(rf"geom_xmat = self\.data\.(body|geom|site)\({_NAME}\)\.xmat\.reshape\(3, 3\) "
+                    r"\| return Rotation\.from_matrix\(geom_xmat\)\.as_quat\(\)"),
+         re.compile(rf"return Rotation\.from_matrix\(self\.data\.(body|geom|site)\({_NAME}\)"
+                    r"\.xmat\.reshape\(3, 3\)\)\.as_quat\(\)"))
+_OFFSET = re.compile(rf"return self\.(get_body_com|_get_site_pos)\({_NAME}\) \+ np\.array\((\[[^\]]*\])\)")
+
+
+def _statements(func: Any) -> str | None:
+    """The body of ``func`` (a method taking only ``self``) as ``ast.unparse`` writes it,
+    statements joined by " | "; None for anything else."""
+    if not isinstance(func, types.FunctionType):
+        return None
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
+    except (OSError, TypeError, SyntaxError):
+        return None
+    node = tree.body[0] if len(tree.body) == 1 else None
+    if (not isinstance(node, ast.FunctionDef) or node.decorator_list
+            or ast.unparse(node.args) != "self"):
+        return None
+    body = [b for b in node.body if not (isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant))]
+    return " | ".join(ast.unparse(b) for b in body)
+
+
+class _Accessor:
+    """``data.<kind>(name).<attr>``: the same row view, its id looked up once per MjData."""
+
+    def __init__(self, kind: str, name: str, attr: str) -> None:
+        self.key = (_ACCESSOR_ARRAYS[kind, attr], name)
+        self.table = {"body": "_fast_body", "geom": "_fast_geom", "site": "_fast_site"}[kind]
+
+    def __call__(self, env: Any) -> np.ndarray:
+        v = env._fast_views
+        if v.data is not env.data:
+            v = env._fast_new_views()
+        found = v.accessors.get(self.key)
+        if found is None:
+            array_name, name = self.key
+            found = v.accessors[self.key] = (getattr(v.data, array_name), getattr(env, self.table)[name])
+        array, i = found
+        return array[i]
+
+
+def resolve_lookups(stock: Any, current: Any = None) -> Callable[..., Any] | None:
+    """A replacement for an env's ``_get_pos_objects``/``_get_quat_objects`` whose whole
+    body is one of these shapes, or None:
+
+    - ``return self.data.<body|geom|site>('name').<xpos|xquat>``: the same row of the
+      same MjData array, without the named accessor;
+    - ``Rotation.from_matrix(self.data.<...>('name').xmat.reshape(3, 3)).as_quat()``
+      (in one or two statements): :func:`quat_from_matrix` on that row, and the method
+      ``current`` (the stock one on the shims) where that declines;
+    - ``return self.<get_body_com|_get_site_pos>('name') + np.array([...])``: the
+      constant made once (``+`` makes a new array either way).
+
+    Matching the installed source, not a recorded fingerprint, is what makes it safe:
+    any other body keeps the env's own method.
+    """
+    text = _statements(stock)
+    if text is None:
+        return None
+    g = stock.__globals__
+    match = _ROW.fullmatch(text)
+    if match and (match[1], match[3]) in _ACCESSOR_ARRAYS:
+        row = _Accessor(match[1], match[2], match[3])
+
+        def method(self: Any) -> np.ndarray:
+            return row(self)
+    elif (match := _QUAT[0].fullmatch(text) or _QUAT[1].fullmatch(text)) and current is not None:
+        from scipy.spatial.transform import Rotation
+
+        if g.get("Rotation") is not Rotation or not isinstance(current.__globals__.get("Rotation"), RotationShim):
+            return None
+        row, fallback = _Accessor(match[1], match[2], "xmat"), current
+
+        def method(self: Any) -> np.ndarray:
+            m = row(self).tolist()
+            quat = quat_from_matrix((m[0:3], m[3:6], m[6:9]))
+            return np.array(quat) if quat is not None else fallback(self)
+    elif match := _OFFSET.fullmatch(text):
+        if g.get("np") is not np:
+            return None
+        getter, name, offset = match[1], match[2], np.array(ast.literal_eval(match[3]))
+        if offset.dtype != np.float64:
+            return None
+
+        def method(self: Any) -> np.ndarray:
+            return getattr(self, getter)(name) + offset
+    else:
+        return None
+    method.__name__, method.__qualname__, method.__doc__ = stock.__name__, stock.__qualname__, stock.__doc__
+    return method
+
+
 def _stock_curr_obs(self: Any) -> np.ndarray:
     from metaworld.sawyer_xyz_env import SawyerXYZEnv
 
@@ -760,7 +1051,8 @@ def _caging_helpers() -> tuple[Callable[..., Any], Callable[..., Any], Callable[
     shims = _shims()
     tolerance = shims.get(id(reward_utils.tolerance), reward_utils.tolerance)
     norm = shims[id(np)].linalg.norm if id(np) in shims else np.linalg.norm
-    return tolerance, norm, reward_utils.hamacher_product
+    hamacher = shims.get(id(reward_utils.hamacher_product), reward_utils.hamacher_product)
+    return tolerance, norm, hamacher
 
 
 @functools.cache
@@ -828,6 +1120,7 @@ def fast_class(stock: type) -> type | None:
                 ns[name] = vars(FastSawyerMixin)[name]
         ns["_fast_direct_sim"] = direct_sim
         ns["_fast_sites_skip"] = "_set_pos_site" in ns
+        ns["_fast_fused_action"] = "set_xyz_action" in ns
         ns["_fast_obs_fused"] = "_get_curr_obs_combined_no_goal" in ns
         rebound = _Rebinder(stock)
         for klass in stock.__mro__:
@@ -839,9 +1132,14 @@ def fast_class(stock: type) -> type | None:
                 new = rebound(attr)
                 if new is not attr:
                     ns[name] = new
+        for name in _OBJECT_METHODS:
+            resolved = resolve_lookups(_lookup(stock, name), ns.get(name))
+            if resolved is not None:
+                ns[name] = resolved
         ns["__getattr__"] = FastSawyerMixin.__getattr__  # the id tables and views
         ns["_fast_new_views"] = FastSawyerMixin._fast_new_views
         ns["_fast_fill_curr_obs"] = FastSawyerMixin._fast_fill_curr_obs
+        ns["_fast_move_mocap"] = FastSawyerMixin._fast_move_mocap
         ns["__module__"] = __name__
         ns["__qualname__"] = f"Fast{stock.__name__}"
         ns["__doc__"] = f"{stock.__name__} on metarl's bit-identical fast step path."

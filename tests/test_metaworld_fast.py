@@ -188,8 +188,10 @@ def test_unverified_sources_fall_back_to_stock_and_say_so_once(monkeypatch, capl
     mwf._shims.cache_clear()
     try:
         fast = mwf.fast_class(ALL_V3_ENVIRONMENTS["pick-place-v3"])
-        assert fast.compute_reward.__globals__["reward_utils"] is reward_utils
-        assert fast.compute_reward.__globals__["np"] is not np  # norm is still shimmed
+        helpers = fast.compute_reward.__globals__["reward_utils"]
+        assert helpers.tolerance is reward_utils.tolerance
+        assert helpers.hamacher_product is not reward_utils.hamacher_product  # still shimmed
+        assert fast.compute_reward.__globals__["np"] is not np  # so is norm
     finally:
         mwf._shims.cache_clear()
 
@@ -273,6 +275,14 @@ def _tolerance_cases(rng):
             yield x, (lower, upper), margin, sigmoid
 
 
+def _outcome(f, *args, **kwargs):
+    """What ``f`` returns, or the type of what it raises."""
+    try:
+        return f(*args, **kwargs)
+    except Exception as e:
+        return type(e)
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_tolerance_shim_matches_reward_utils_bitwise():
     fast = mwf.make_tolerance(reward_utils.tolerance)
@@ -288,6 +298,17 @@ def test_tolerance_shim_matches_reward_utils_bitwise():
     assert_identical(fast(arr, bounds=(0, 0.1), margin=0.5), reward_utils.tolerance(arr, bounds=(0, 0.1), margin=0.5))
     assert_identical(fast(0.3, bounds=(0, 0.1), margin=0.5, sigmoid="linear"),
                      reward_utils.tolerance(0.3, bounds=(0, 0.1), margin=0.5, sigmoid="linear"))
+    # int margins and bounds (numpy compares them as float64), other values at the margin,
+    # bounds past 2**53, a margin so small that the square overflows
+    for x in (0.3, np.float64(-0.7), 2.0**60 + 256, 1e-300):
+        for kw in ({"bounds": (0, 1), "margin": 2}, {"bounds": (-(2**60) - 1, 2**60 + 200), "margin": 0},
+                   {"bounds": (0.5, 0.6), "margin": 0.25, "value_at_margin": 0.3},
+                   {"bounds": (0.5, 0.6), "margin": np.float64(0.25), "value_at_margin": np.float64(0.7)},
+                   {"bounds": (0.5, 0.6), "margin": 1e-300, "sigmoid": "long_tail"},
+                   {"bounds": (2**1100, 2**1100), "margin": 1.0}):
+            for sigmoid in ("long_tail", "gaussian"):
+                kw = {"sigmoid": sigmoid, **kw}
+                assert_identical(*(_outcome(f, x, **kw) for f in (fast, reward_utils.tolerance)), f"{x!r} {kw}")
     for kw in ({"bounds": (1.0, 0.0)}, {"margin": -1.0}, {"margin": 1.0, "value_at_margin": 1.5}):
         with pytest.raises(ValueError):
             fast(0.5, **kw)
@@ -308,6 +329,115 @@ def test_norm_shim_matches_numpy_bitwise():
     for other in (np.arange(3), np.ones(3, np.float32), [3.0, 4.0]):
         assert_identical(fast(other), np.linalg.norm(other))
     assert_identical(fast(np.ones((2, 2)), axis=0), np.linalg.norm(np.ones((2, 2)), axis=0))
+
+
+def test_hamacher_product_shim_matches_reward_utils_bitwise():
+    fast = mwf.make_hamacher_product(reward_utils.hamacher_product)
+    rng = np.random.default_rng(4)
+    values = [0.0, -0.0, 1.0, 1e-300, 5e-324, 0.5, 1 - 2**-53] + list(rng.uniform(0, 1, 400))
+    values += list(rng.uniform(0, 1e-6, 50))
+    for i, a in enumerate(values):
+        for b in values[i % 7::7]:
+            for ta in (float, np.float64):
+                for tb in (float, np.float64):
+                    assert_identical(fast(ta(a), tb(b)), reward_utils.hamacher_product(ta(a), tb(b)),
+                                     f"{ta.__name__}({a!r}) {tb.__name__}({b!r})")
+    for a, b in ((1, 0.5), (np.float32(0.5), 0.25), (True, 0.5)):  # other types: the stock function
+        assert_identical(fast(a, b), reward_utils.hamacher_product(a, b))
+    for a, b in ((1.5, 0.5), (0.5, -0.1), (np.nan, 0.5), (0.5, np.float64(np.inf))):
+        with pytest.raises(ValueError):
+            fast(a, b)
+
+
+def test_dot_of_small_vectors_is_a_sequential_sum_here():
+    """What the norm shim and the gripper distance rely on. If this fails on a machine,
+    the fast path still agrees with stock (it checks the same and falls back to numpy's
+    dot); this test only says that the faster branch is not in use there."""
+    assert mwf.dot_is_sequential()
+
+
+def test_resolved_lookups_return_what_the_stock_methods_return():
+    """_get_pos_objects/_get_quat_objects of every env whose body is one named look-up:
+    the same arrays as the stock method, also views of the same MjData memory, on a
+    state away from the reset one, and (for the rotations) on a matrix scipy must
+    orthogonalise, where the fast method hands over to the stock one."""
+    resolved = 0
+    for name, stock_cls in ALL_V3_ENVIRONMENTS.items():
+        fast_cls = mwf.env_class(name, fast=True)
+        methods = [m for m in mwf._OBJECT_METHODS
+                   if getattr(vars(fast_cls).get(m), "__code__", None) is not None
+                   and vars(fast_cls)[m].__code__.co_filename == mwf.__file__]
+        if not methods:
+            continue
+        resolved += len(methods)
+        envs = stock_cls(), fast_cls()
+        for env in envs:
+            env.set_task(_task(name, 0, observable=False))
+            env.reset()
+            for _ in range(5):
+                env.step(np.array([0.5, -0.4, 0.3, 1.0], dtype=np.float32))
+        for m in methods:
+            out = [getattr(env, m)() for env in envs]
+            assert_identical(out[0], out[1], f"{name}.{m}")
+            shared = [any(np.shares_memory(o, getattr(env.data, f)) for f in
+                          ("xpos", "xquat", "geom_xpos", "site_xpos")) for o, env in zip(out, envs, strict=True)]
+            assert shared[0] == shared[1], f"{name}.{m}: a view in one and a copy in the other"
+        if "_get_quat_objects" in methods:
+            for env in envs:  # scaled: not a rotation to within scipy's tolerance
+                env.data.geom_xmat[:] *= 1.01
+                env.data.xmat[:] *= 1.01
+                env.data.site_xmat[:] *= 1.01
+            assert_identical(envs[0]._get_quat_objects(), envs[1]._get_quat_objects(), f"{name} scaled")
+        for env in envs:
+            env.close()
+    assert resolved >= 50, resolved  # 39 + 17 with metaworld 3.0
+
+
+def test_resolver_keeps_other_bodies():
+    class Other:
+        def _get_pos_objects(self):
+            return self.data.geom("handle").xpos.copy()
+
+        def _get_quat_objects(self):
+            """A docstring does not count."""
+            return self.data.body("obj").xquat
+
+        def with_arg(self, name="obj"):
+            return self.data.body(name).xquat
+
+    assert mwf.resolve_lookups(Other._get_pos_objects) is None
+    assert mwf.resolve_lookups(Other._get_quat_objects) is not None
+    assert mwf.resolve_lookups(Other.with_arg) is None
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_step_matches_stock_on_unusual_actions():
+    """Actions the fused action path hands to the stock code: NaN, infinities, float16,
+    int, a list, a tuple; and the errors for a wrong size and a finished episode."""
+    name = "reach-v3"
+    envs = _pair(name)
+    for env in envs:
+        env.set_task(_task(name, 0, observable=False))
+        env.reset()
+    actions = [np.array([np.nan, 0.1, 0.2, 0.3]), np.array([0.1, 0.2, 0.3, np.nan], np.float32),
+               np.array([np.inf, -np.inf, 0.5, -np.inf]), np.array([0.5, -0.25, 1, 0.125], np.float16),
+               np.array([1, -1, 0, 1]), [0.2, -0.3, 0.4, 0.5], (0.1, 0.1, -0.1, -1.0),
+               np.array([[0.1, 0.2, 0.3, 0.4]])[0], np.array([0.1, 0.2, 0.3, 0.4, 0.5])[::1][:4]]
+    for t in range(40):
+        action = actions[t % len(actions)]
+        out = [env.step(action) for env in envs]
+        assert_identical(out[0], out[1], f"step {t} {action!r}")
+        for field in MJDATA_FIELDS:
+            assert_identical(*(getattr(env.data, field) for env in envs), f"step {t} {field}")
+        if np.isnan(out[0][0]).any():
+            for env in envs:
+                env.reset()
+    for env in envs:
+        with pytest.raises(AssertionError, match="size 4"):
+            env.step(np.zeros(3, np.float32))
+        env.curr_path_length = env.max_path_length
+        with pytest.raises(ValueError, match="reset the env manually"):
+            env.step(np.zeros(4, np.float32))
 
 
 def test_set_xyz_action_matches_stock_on_edge_values():
