@@ -524,7 +524,7 @@ class _Views:
 
     __slots__ = ("data", "model", "nu", "body_xpos", "site_xpos", "mocap_pos", "mocap",
                  "mocap_quat", "ctrl", "xpos_flat", "site_flat", "tcp_sites",
-                 "claws", "accessors")
+                 "claws", "accessors", "pads")
 
     def __init__(self, data: Any, env: Any = None) -> None:
         self.data = data
@@ -540,6 +540,7 @@ class _Views:
             self.xpos_flat, self.site_flat = _flat(data.xpos), _flat(data.site_xpos)
             self.tcp_sites: tuple[int, int] | None = None  # 3 * site id of the two end effectors
             self.claws: tuple[int, int] | None = None  # 3 * body id of the two claws
+            self.pads: tuple[int, int] | None = None  # y of the two pads in xpos_flat
             self.accessors: dict[tuple[str, str], tuple[np.ndarray, int]] = {}  # see _Accessor
             if self.mocap is None or self.mocap_quat is None:
                 self.mocap = None
@@ -564,6 +565,12 @@ class FastSawyerMixin:
     _fast_fused_action = False
     """Set by :func:`fast_class` where ``set_xyz_action`` is ours: ``step`` then reads the
     whole action with one ``tolist()``."""
+
+    _fast_body_com = False
+    """Set by :func:`fast_class` where ``get_body_com`` is ours (the row of ``data.xpos``)."""
+
+    _fast_tcp = False
+    """Set by :func:`fast_class` where ``tcp_center`` is ours."""
 
     _fast_sites_skip = False
     """Set by :func:`fast_class` where ``_set_pos_site`` is the verified stock one: its
@@ -671,7 +678,14 @@ class FastSawyerMixin:
         mujoco.mj_forward(model, data)
         obs = self._get_obs()
         space = self.sawyer_observation_space
-        obs = self._last_stable_obs = _clip(obs, space.low, space.high, dtype=np.float64)
+        low, high = space.low, space.high
+        if (_clip_ufunc is not None and type(obs) is np.ndarray and type(low) is np.ndarray
+                and type(high) is np.ndarray and obs.dtype is _F64 and low.dtype is _F64
+                and high.dtype is _F64):
+            obs = _clip_ufunc(obs, low, high)  # all float64: the loop dtype=np.float64 picks
+        else:
+            obs = _clip(obs, low, high, dtype=np.float64)
+        self._last_stable_obs = obs
         reward, info = self.evaluate_state(obs, action)
         truncate = self.curr_path_length == self.max_path_length
         # np.array(obs, dtype=np.float64) of what clip(..., dtype=np.float64) returned
@@ -752,11 +766,20 @@ class FastSawyerMixin:
                                  high_density, medium_density)
         if high_density and medium_density:
             raise ValueError("Can only be either high_density or medium_density")
-        tolerance, norm, hamacher = _caging_helpers()
+        tolerance, norm, hamacher, python_norm = _caging_helpers()
+        v = self._fast_views
+        if v.data is not self.data:
+            v = self._fast_new_views()
+        x, site = v.xpos_flat, v.site_flat
         # np.hstack of the pads' y, then np.abs of differences: the same float64 operations
         # element by element, on Python floats; tolerance gets the np.float64 elements.
-        left_y = self.get_body_com("leftpad").item(1)
-        right_y = self.get_body_com("rightpad").item(1)
+        if self._fast_body_com and x is not None:
+            if v.pads is None:
+                v.pads = (3 * self._fast_body["leftpad"] + 1, 3 * self._fast_body["rightpad"] + 1)
+            left_y, right_y = x[v.pads[0]], x[v.pads[1]]
+        else:
+            left_y = self.get_body_com("leftpad").item(1)
+            right_y = self.get_body_com("rightpad").item(1)
         obj_y, init_y = obj_pos.item(1), init.item(1)
         caging_lr = [
             tolerance(np.float64(abs(pad_y - obj_y)), bounds=(obj_radius, pad_success_thresh),
@@ -765,16 +788,31 @@ class FastSawyerMixin:
             for pad_y in (left_y, right_y)
         ]
         caging_y = hamacher(*caging_lr)
-        tcp = self.tcp_center
-        # a[[0, 2]] - b[[0, 2]], built from the same two differences
+        # a[[0, 2]] - b[[0, 2]], built from the same two differences; its norm summed as
+        # the norm shim sums it where that is what the env code calls
         i0, _, i2 = init.tolist()
         t0, _, t2 = init_tcp.tolist()
-        caging_xz_margin = norm(np.array([i0 - t0, i2 - t2]))
-        caging_xz_margin -= xz_thresh
         o0, _, o2 = obj_pos.tolist()
-        if _is_vec3(tcp):
-            c0, _, c2 = tcp.tolist()
-            tcp_to_obj_xz = norm(np.array([c0 - o0, c2 - o2]))
+        if self._fast_tcp and site is not None:
+            if v.tcp_sites is None:
+                v.tcp_sites = (3 * self._fast_site["rightEndEffector"], 3 * self._fast_site["leftEndEffector"])
+            r, c = v.tcp_sites  # tcp_center, the two elements used
+            tcp = [(site[r] + site[c]) / 2.0, None, (site[r + 2] + site[c + 2]) / 2.0]
+        else:
+            tcp = self.tcp_center
+        if python_norm:
+            d0, d2 = i0 - t0, i2 - t2
+            caging_xz_margin = np.float64(math.sqrt(d0 * d0 + d2 * d2))
+        else:
+            caging_xz_margin = norm(np.array([i0 - t0, i2 - t2]))
+        caging_xz_margin -= xz_thresh
+        if type(tcp) is list or _is_vec3(tcp):
+            c0, _, c2 = tcp if type(tcp) is list else tcp.tolist()
+            if python_norm:
+                d0, d2 = c0 - o0, c2 - o2
+                tcp_to_obj_xz = np.float64(math.sqrt(d0 * d0 + d2 * d2))
+            else:
+                tcp_to_obj_xz = norm(np.array([c0 - o0, c2 - o2]))
         else:
             tcp_to_obj_xz = norm(tcp[[0, 2]] - obj_pos[[0, 2]])
         caging_xz = tolerance(tcp_to_obj_xz, bounds=(0, xz_thresh), margin=caging_xz_margin,
@@ -1043,16 +1081,17 @@ def _rebound_stock_caging(stock: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @functools.cache
-def _caging_helpers() -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
+def _caging_helpers() -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any], bool]:
     """tolerance, norm and hamacher_product as the stock method sees them (shims where
-    verified)."""
+    verified), and whether that norm sums a 2-vector in Python (our shim, on a machine
+    where :func:`dot_is_sequential`)."""
     from metaworld.utils import reward_utils
 
     shims = _shims()
     tolerance = shims.get(id(reward_utils.tolerance), reward_utils.tolerance)
     norm = shims[id(np)].linalg.norm if id(np) in shims else np.linalg.norm
     hamacher = shims.get(id(reward_utils.hamacher_product), reward_utils.hamacher_product)
-    return tolerance, norm, hamacher
+    return tolerance, norm, hamacher, id(np) in shims and dot_is_sequential()
 
 
 @functools.cache
@@ -1121,6 +1160,8 @@ def fast_class(stock: type) -> type | None:
         ns["_fast_direct_sim"] = direct_sim
         ns["_fast_sites_skip"] = "_set_pos_site" in ns
         ns["_fast_fused_action"] = "set_xyz_action" in ns
+        ns["_fast_body_com"] = "get_body_com" in ns
+        ns["_fast_tcp"] = "tcp_center" in ns
         ns["_fast_obs_fused"] = "_get_curr_obs_combined_no_goal" in ns
         rebound = _Rebinder(stock)
         for klass in stock.__mro__:

@@ -473,10 +473,18 @@ def test_set_xyz_action_matches_stock_on_edge_values():
                 env.reset()
 
 
-def test_gripper_caging_reward_matches_stock_off_the_common_inputs():
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "via-methods"])
+def test_gripper_caging_reward_matches_stock_off_the_common_inputs(direct, monkeypatch):
     """The caging reward's fallback and flag branches, which the episodes above (float64
-    vectors, one density flag) do not reach."""
+    vectors, one density flag) do not reach; also with the pads, tcp and norms taken
+    through the methods (where get_body_com, tcp_center or the norm shim are not ours)."""
     name = "basketball-v3"
+    if not direct:
+        fast_cls = mwf.env_class(name, fast=True)
+        monkeypatch.setattr(fast_cls, "_fast_body_com", False)
+        monkeypatch.setattr(fast_cls, "_fast_tcp", False)
+        tolerance, norm, hamacher, _ = mwf._caging_helpers()
+        monkeypatch.setattr(mwf, "_caging_helpers", lambda: (tolerance, norm, hamacher, False))
     envs = _pair(name)
     policy = ENV_POLICY_MAP[name]()
     for env in envs:  # the scripted policy, until it holds the ball: every factor non-zero
