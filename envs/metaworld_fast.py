@@ -711,8 +711,8 @@ class FastSawyerMixin:
     def _fast_move_mocap(self, v: _Views, ax: float, ay: float, az: float, f32: bool) -> bool:
         """``set_xyz_action`` for the action ``(ax, ay, az)`` (the values of a float32
         array if ``f32``, else of a float64 one), on Python floats. False, with nothing
-        written, where the stock numpy path must run: a NaN anywhere, a scale or bounds
-        of other types, more than one mocap body.
+        written, where the stock numpy path must run: a NaN anywhere, a scale that is not
+        a finite float, bounds of other types, more than one mocap body.
 
         Stock: ``clip(clip(a, -1, 1) * scale + mocap, low, high)``. Without NaNs numpy's
         clip is ``t = x if x > lo else lo; t if t < hi else hi``, written out below. A
@@ -729,6 +729,8 @@ class FastSawyerMixin:
             scale = _float32_scale(scale)
             if scale is None:
                 return False
+        elif not scale - scale == 0.0:  # inf or NaN: products that may be NaN
+            return False
         lx, ly, lz = low.tolist()
         hx, hy, hz = high.tolist()
         x, y, z = m[0], m[1], m[2]

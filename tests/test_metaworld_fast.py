@@ -440,9 +440,11 @@ def test_step_matches_stock_on_unusual_actions():
             env.step(np.zeros(4, np.float32))
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_set_xyz_action_matches_stock_on_edge_values():
     """The mocap update on Python floats: NaN, infinities, signed zeros, exactly +-1, far
-    out of range, both float widths, and a hand pushed against its bounds."""
+    out of range, both float widths, a hand pushed against its bounds, and scales that
+    are negative, zero, huge, infinite, NaN or below float32's range."""
     from metaworld.sawyer_xyz_env import SawyerXYZEnv
 
     name = "reach-v3"
@@ -461,9 +463,11 @@ def test_set_xyz_action_matches_stock_on_edge_values():
             start[0, axis] = (envs[0].mocap_high if k % 100 else envs[0].mocap_low)[axis]
         if k % 97 == 0:
             start[0, 1] = np.nan
+        scale = [0.01, 0.01, 0.01, -0.02, 0.0, 1e300, np.inf, np.nan, 1e-40][k % 9]
         for env in envs:
             env.data.mocap_pos[:] = start
             env.data.mocap_quat[:] = 0.5
+            env.action_scale = scale
         SawyerXYZEnv.set_xyz_action(envs[0], action.copy())
         envs[1].set_xyz_action(action.copy())
         for field in ("mocap_pos", "mocap_quat"):
