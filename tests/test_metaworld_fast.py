@@ -477,6 +477,7 @@ def test_set_xyz_action_matches_stock_on_edge_values():
                 env.reset()
 
 
+@pytest.mark.filterwarnings("ignore:Constant")
 @pytest.mark.parametrize("direct", [True, False], ids=["direct", "via-methods"])
 def test_gripper_caging_reward_matches_stock_off_the_common_inputs(direct, monkeypatch):
     """The caging reward's fallback and flag branches, which the episodes above (float64
