@@ -412,8 +412,9 @@ def test_resolver_keeps_other_bodies():
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_step_matches_stock_on_unusual_actions():
-    """Actions the fused action path hands to the stock code: NaN, infinities, float16,
-    int, a list, a tuple; and the errors for a wrong size and a finished episode."""
+    """Actions off the common float32/float64 vector: NaN and infinities (handed to the
+    numpy code), float16, int, a list, a tuple (never fused), views into other arrays;
+    and the errors for a wrong size and a finished episode."""
     name = "reach-v3"
     envs = _pair(name)
     for env in envs:
