@@ -468,7 +468,6 @@ class _Ids(dict):
 _MOCAP_QUAT = np.array([1, 0, 1, 0])  # what set_xyz_action writes (copied into data)
 _ZEROS3 = np.zeros(3)
 _GRIP_TYPES = (np.float32, np.float64, float)
-_F32_F64 = (np.dtype(np.float32), np.dtype(np.float64))
 _F32_NUM, _F64_NUM = np.dtype(np.float32).num, np.dtype(np.float64).num
 _FLOAT_NUMS = (_F32_NUM, _F64_NUM)  # dtype.num: also matches non-canonical dtype instances
 _ROUND3_F32 = struct.Struct("3f")  # packing a double as "f" rounds it to float32 (C cast)
@@ -485,6 +484,15 @@ def _clip(a: Any, lo: Any, hi: Any, **kwargs: Any) -> Any:
     if _clip_ufunc is not None and type(a) is np.ndarray and a.dtype.kind == "f":
         return _clip_ufunc(a, lo, hi, **kwargs)
     return np.clip(a, lo, hi, **kwargs)
+
+
+def _clip_float64(a: Any, lo: Any, hi: Any) -> Any:
+    """``np.clip(a, lo, hi, dtype=np.float64)``; for three float64 arrays, the ufunc
+    without the ``dtype`` argument (the same loop, less argument handling)."""
+    if (_clip_ufunc is not None and type(a) is np.ndarray and type(lo) is np.ndarray
+            and type(hi) is np.ndarray and a.dtype is _F64 and lo.dtype is _F64 and hi.dtype is _F64):
+        return _clip_ufunc(a, lo, hi)
+    return _clip(a, lo, hi, dtype=np.float64)
 
 
 @functools.cache
@@ -505,8 +513,8 @@ def _flat(array: np.ndarray) -> memoryview | None:
 
 
 class _Rows(dict):
-    """name -> the row of one (n, 3) position array of an MjData (a view), found on
-    first use."""
+    """name -> the row of one per-object array of an MjData (a view), found on first
+    use."""
 
     def __init__(self, array: np.ndarray, ids: _Ids) -> None:
         super().__init__()
@@ -517,14 +525,19 @@ class _Rows(dict):
         return row
 
 
+_PAIRS = {"tcp": ("_fast_site", "rightEndEffector", "leftEndEffector"),
+          "claws": ("_fast_body", "rightclaw", "leftclaw"),
+          "pads": ("_fast_body", "leftpad", "rightpad")}
+"""The named pairs the fast methods read off the flat views: (id table, first, second)."""
+
+
 class _Views:
     """Numpy views of one MjData's arrays, made once: MuJoCo never moves them, and each
     ``data.xpos`` would build a new array object. ``mocap``, ``mocap_quat`` and ``ctrl``
     are flat memoryviews (``mocap`` only for the single mocap body the Sawyer has)."""
 
-    __slots__ = ("data", "model", "nu", "body_xpos", "site_xpos", "mocap_pos", "mocap",
-                 "mocap_quat", "ctrl", "xpos_flat", "site_flat", "tcp_sites",
-                 "claws", "accessors", "pads")
+    __slots__ = ("data", "model", "nu", "body_xpos", "site_xpos", "rows", "mocap_pos", "mocap",
+                 "mocap_quat", "ctrl", "xpos_flat", "site_flat", "pairs")
 
     def __init__(self, data: Any, env: Any = None) -> None:
         self.data = data
@@ -532,18 +545,25 @@ class _Views:
             self.model, self.nu = env.model, env.model.nu
             self.body_xpos = _Rows(data.xpos, env._fast_body)
             self.site_xpos = _Rows(data.site_xpos, env._fast_site)
+            # MjData array name -> its _Rows (see _Accessor)
+            self.rows: dict[str, _Rows] = {"xpos": self.body_xpos, "site_xpos": self.site_xpos}
             self.mocap_pos = data.mocap_pos
             one = self.mocap_pos.shape == (1, 3) and data.mocap_quat.shape == (1, 4)
-            self.mocap = _flat(self.mocap_pos) if one else None
             self.mocap_quat = _flat(data.mocap_quat) if one else None
+            self.mocap = _flat(self.mocap_pos) if self.mocap_quat is not None else None
             self.ctrl = _flat(data.ctrl)
             self.xpos_flat, self.site_flat = _flat(data.xpos), _flat(data.site_xpos)
-            self.tcp_sites: tuple[int, int] | None = None  # 3 * site id of the two end effectors
-            self.claws: tuple[int, int] | None = None  # 3 * body id of the two claws
-            self.pads: tuple[int, int] | None = None  # y of the two pads in xpos_flat
-            self.accessors: dict[tuple[str, str], tuple[np.ndarray, int]] = {}  # see _Accessor
-            if self.mocap is None or self.mocap_quat is None:
-                self.mocap = None
+            self.pairs: dict[str, tuple[int, int]] = {}  # see pair()
+
+    def pair(self, env: Any, which: str) -> tuple[int, int]:
+        """Where the rows of one of :data:`_PAIRS` start in ``xpos_flat``/``site_flat``
+        (3 * id), looked up on first use."""
+        found = self.pairs.get(which)
+        if found is None:
+            table, first, second = _PAIRS[which]
+            ids = getattr(env, table)
+            found = self.pairs[which] = (3 * ids[first], 3 * ids[second])
+        return found
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A pickled or deep-copied env has a new MjData: its views are made anew.
@@ -616,9 +636,7 @@ class FastSawyerMixin:
         if s is None:
             site = v.site_xpos
             return (site["rightEndEffector"] + site["leftEndEffector"]) / 2.0
-        if v.tcp_sites is None:
-            v.tcp_sites = (3 * self._fast_site["rightEndEffector"], 3 * self._fast_site["leftEndEffector"])
-        i, j = v.tcp_sites
+        i, j = v.pair(self, "tcp")
         # (right + left) / 2.0, element by element
         return np.array([(s[i] + s[j]) / 2.0, (s[i + 1] + s[j + 1]) / 2.0, (s[i + 2] + s[j + 2]) / 2.0])
 
@@ -678,14 +696,7 @@ class FastSawyerMixin:
         mujoco.mj_forward(model, data)
         obs = self._get_obs()
         space = self.sawyer_observation_space
-        low, high = space.low, space.high
-        if (_clip_ufunc is not None and type(obs) is np.ndarray and type(low) is np.ndarray
-                and type(high) is np.ndarray and obs.dtype is _F64 and low.dtype is _F64
-                and high.dtype is _F64):
-            obs = _clip_ufunc(obs, low, high)  # all float64: the loop dtype=np.float64 picks
-        else:
-            obs = _clip(obs, low, high, dtype=np.float64)
-        self._last_stable_obs = obs
+        obs = self._last_stable_obs = _clip_float64(obs, space.low, space.high)
         reward, info = self.evaluate_state(obs, action)
         truncate = self.curr_path_length == self.max_path_length
         # np.array(obs, dtype=np.float64) of what clip(..., dtype=np.float64) returned
@@ -768,7 +779,7 @@ class FastSawyerMixin:
                                  high_density, medium_density)
         if high_density and medium_density:
             raise ValueError("Can only be either high_density or medium_density")
-        tolerance, norm, hamacher, python_norm = _caging_helpers()
+        tolerance, norm, norm2, hamacher = _caging_helpers()
         v = self._fast_views
         if v.data is not self.data:
             v = self._fast_new_views()
@@ -776,9 +787,8 @@ class FastSawyerMixin:
         # np.hstack of the pads' y, then np.abs of differences: the same float64 operations
         # element by element, on Python floats; tolerance gets the np.float64 elements.
         if self._fast_body_com and x is not None:
-            if v.pads is None:
-                v.pads = (3 * self._fast_body["leftpad"] + 1, 3 * self._fast_body["rightpad"] + 1)
-            left_y, right_y = x[v.pads[0]], x[v.pads[1]]
+            left, right = v.pair(self, "pads")
+            left_y, right_y = x[left + 1], x[right + 1]
         else:
             left_y = self.get_body_com("leftpad").item(1)
             right_y = self.get_body_com("rightpad").item(1)
@@ -796,25 +806,15 @@ class FastSawyerMixin:
         t0, _, t2 = init_tcp.tolist()
         o0, _, o2 = obj_pos.tolist()
         if self._fast_tcp and site is not None:
-            if v.tcp_sites is None:
-                v.tcp_sites = (3 * self._fast_site["rightEndEffector"], 3 * self._fast_site["leftEndEffector"])
-            r, c = v.tcp_sites  # tcp_center, the two elements used
+            r, c = v.pair(self, "tcp")  # tcp_center, the two elements used
             tcp = [(site[r] + site[c]) / 2.0, None, (site[r + 2] + site[c + 2]) / 2.0]
         else:
             tcp = self.tcp_center
-        if python_norm:
-            d0, d2 = i0 - t0, i2 - t2
-            caging_xz_margin = np.float64(math.sqrt(d0 * d0 + d2 * d2))
-        else:
-            caging_xz_margin = norm(np.array([i0 - t0, i2 - t2]))
+        caging_xz_margin = norm2(i0 - t0, i2 - t2)
         caging_xz_margin -= xz_thresh
         if type(tcp) is list or _is_vec3(tcp):
             c0, _, c2 = tcp if type(tcp) is list else tcp.tolist()
-            if python_norm:
-                d0, d2 = c0 - o0, c2 - o2
-                tcp_to_obj_xz = np.float64(math.sqrt(d0 * d0 + d2 * d2))
-            else:
-                tcp_to_obj_xz = norm(np.array([c0 - o0, c2 - o2]))
+            tcp_to_obj_xz = norm2(c0 - o0, c2 - o2)
         else:
             tcp_to_obj_xz = norm(tcp[[0, 2]] - obj_pos[[0, 2]])
         caging_xz = tolerance(tcp_to_obj_xz, bounds=(0, xz_thresh), margin=caging_xz_margin,
@@ -886,9 +886,7 @@ class FastSawyerMixin:
             v = self._fast_new_views()
         x = v.xpos_flat
         if x is not None and dot_is_sequential():
-            if v.claws is None:
-                v.claws = (3 * self._fast_body["rightclaw"], 3 * self._fast_body["leftclaw"])
-            r, c = v.claws
+            r, c = v.pair(self, "claws")
             # np.linalg.norm(right - left): sqrt of the dot product, summed as numpy does
             dx, dy, dz = x[r] - x[c], x[r + 1] - x[c + 1], x[r + 2] - x[c + 2]
             apart = math.sqrt(dx * dx + dy * dy + dz * dz)
@@ -924,8 +922,8 @@ class FastSawyerMixin:
         pos_goal = self._get_pos_goal()
         prev_obs = self._prev_obs
         if (self._fast_obs_fused and type(prev_obs) is np.ndarray and prev_obs.ndim == 1
-                and prev_obs.dtype in _F32_F64 and type(pos_goal) is np.ndarray
-                and pos_goal.ndim == 1 and pos_goal.dtype in _F32_F64):
+                and prev_obs.dtype.num in _FLOAT_NUMS and type(pos_goal) is np.ndarray
+                and pos_goal.ndim == 1 and pos_goal.dtype.num in _FLOAT_NUMS):
             # np.hstack((curr_obs, prev_obs, pos_goal)) of float64/float32 vectors, with
             # curr_obs written in place: one array instead of two and a concatenation.
             n, m = 4 + self._obs_obj_max_len, len(prev_obs)
@@ -990,19 +988,17 @@ class _Accessor:
     """``data.<kind>(name).<attr>``: the same row view, its id looked up once per MjData."""
 
     def __init__(self, kind: str, name: str, attr: str) -> None:
-        self.key = (_ACCESSOR_ARRAYS[kind, attr], name)
+        self.array, self.name = _ACCESSOR_ARRAYS[kind, attr], name
         self.table = {"body": "_fast_body", "geom": "_fast_geom", "site": "_fast_site"}[kind]
 
     def __call__(self, env: Any) -> np.ndarray:
         v = env._fast_views
         if v.data is not env.data:
             v = env._fast_new_views()
-        found = v.accessors.get(self.key)
-        if found is None:
-            array_name, name = self.key
-            found = v.accessors[self.key] = (getattr(v.data, array_name), getattr(env, self.table)[name])
-        array, i = found
-        return array[i]
+        rows = v.rows.get(self.array)
+        if rows is None:
+            rows = v.rows[self.array] = _Rows(getattr(v.data, self.array), getattr(env, self.table))
+        return rows[self.name]
 
 
 def resolve_lookups(stock: Any, current: Any = None) -> Callable[..., Any] | None:
@@ -1065,7 +1061,7 @@ def _stock_curr_obs(self: Any) -> np.ndarray:
 def _is_vec3(x: Any) -> bool:
     """A float64 3-vector (dtype compared by number: unpickled task data carries its own
     float64 dtype instance)."""
-    return type(x) is np.ndarray and x.shape == (3,) and x.dtype.num == _F64.num
+    return type(x) is np.ndarray and x.shape == (3,) and x.dtype.num == _F64_NUM
 
 
 def _stock_caging(self: Any, *args: Any) -> float:
@@ -1083,17 +1079,24 @@ def _rebound_stock_caging(stock: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @functools.cache
-def _caging_helpers() -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any], bool]:
-    """tolerance, norm and hamacher_product as the stock method sees them (shims where
-    verified), and whether that norm sums a 2-vector in Python (our shim, on a machine
-    where :func:`dot_is_sequential`)."""
+def _caging_helpers() -> tuple[Callable[..., Any], ...]:
+    """(tolerance, norm, norm2, hamacher_product): the helpers as the stock method sees
+    them (shims where verified), and norm2(a, b), that norm of the 2-vector [a, b],
+    summed in Python where the norm is our shim on a machine where
+    :func:`dot_is_sequential`."""
     from metaworld.utils import reward_utils
 
     shims = _shims()
     tolerance = shims.get(id(reward_utils.tolerance), reward_utils.tolerance)
     norm = shims[id(np)].linalg.norm if id(np) in shims else np.linalg.norm
     hamacher = shims.get(id(reward_utils.hamacher_product), reward_utils.hamacher_product)
-    return tolerance, norm, hamacher, id(np) in shims and dot_is_sequential()
+    if id(np) in shims and dot_is_sequential():
+        def norm2(a: float, b: float) -> Any:
+            return np.float64(math.sqrt(a * a + b * b))
+    else:
+        def norm2(a: float, b: float) -> Any:
+            return norm(np.array([a, b]))
+    return tolerance, norm, norm2, hamacher
 
 
 @functools.cache

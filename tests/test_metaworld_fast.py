@@ -411,10 +411,11 @@ def test_resolver_keeps_other_bodies():
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
-def test_step_matches_stock_on_unusual_actions():
+def test_step_matches_stock_on_unusual_actions(tmp_path, monkeypatch):
     """Actions off the common float32/float64 vector: NaN and infinities (handed to the
     numpy code), float16, int, a list, a tuple (never fused), views into other arrays;
     and the errors for a wrong size and a finished episode."""
+    monkeypatch.chdir(tmp_path)  # MuJoCo writes its instability warnings to MUJOCO_LOG.TXT here
     name = "reach-v3"
     envs = _pair(name)
     for env in envs:
@@ -489,8 +490,9 @@ def test_gripper_caging_reward_matches_stock_off_the_common_inputs(direct, monke
         fast_cls = mwf.env_class(name, fast=True)
         monkeypatch.setattr(fast_cls, "_fast_body_com", False)
         monkeypatch.setattr(fast_cls, "_fast_tcp", False)
-        tolerance, norm, hamacher, _ = mwf._caging_helpers()
-        monkeypatch.setattr(mwf, "_caging_helpers", lambda: (tolerance, norm, hamacher, False))
+        tolerance, norm, _, hamacher = mwf._caging_helpers()
+        monkeypatch.setattr(mwf, "_caging_helpers",
+                            lambda: (tolerance, norm, lambda a, b: norm(np.array([a, b])), hamacher))
     envs = _pair(name)
     policy = ENV_POLICY_MAP[name]()
     for env in envs:  # the scripted policy, until it holds the ball: every factor non-zero
