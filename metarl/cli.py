@@ -70,19 +70,23 @@ def _train_one(cfg) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from metarl.envs.metaworld import MetaWorld
     from metarl.trainer import format_table, load_run
 
     cfg, trainer = load_run(Path(args.run_dir))
     protocol = None
     if args.protocol == "metaworld":
-        from metarl.metaworld_protocol import run_protocol
+        from metarl.metaworld_protocol import protocol_settings, run_protocol
 
-        if not trainer.dist.name.startswith("ml"):
-            raise ConfigError(f"--protocol metaworld needs a Meta-World run; this one is on {trainer.dist.name}")
-        protocol = run_protocol(trainer.learner, trainer.dist.name, cfg.tasks.options.get("seed", 0),
-                                args.meta_batch_size, args.max_episode_steps, args.seed,
-                                num_evals=args.num_evals, adaptation_episodes=args.adaptation_episodes,
-                                evaluation_episodes=args.evaluation_episodes)
+        dist = trainer.dist
+        if not isinstance(dist, MetaWorld):
+            raise ConfigError(f"--protocol metaworld needs a Meta-World run; this one is on {dist.name}")
+        settings = protocol_settings(dist.benchmark, len(dist.classes("test")), args.meta_batch_size,
+                                     args.goals_per_class, args.num_evals,
+                                     adaptation_episodes=args.adaptation_episodes,
+                                     evaluation_episodes=args.evaluation_episodes)
+        protocol = run_protocol(trainer.learner, dist, settings, args.seed, args.max_episode_steps,
+                                cfg.sampler.num_workers)
     sampler = trainer.make_sampler()
     try:
         result = trainer.evaluate(sampler, args.tasks, args.adapt_steps, args.seed, args.split,
@@ -126,10 +130,15 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--protocol", choices=["adaptation", "metaworld"], default="adaptation",
                    help="metaworld: also run metaworld.evaluation.metalearning_evaluation and "
                         "record its numbers in eval.json")
-    e.add_argument("--num-evals", type=int, default=10, help="Meta-World protocol rounds (default 10)")
-    e.add_argument("--adaptation-episodes", type=int, default=10)
-    e.add_argument("--evaluation-episodes", type=int, default=3)
-    e.add_argument("--meta-batch-size", type=int, default=20, help="envs of the protocol's vector env")
+    proto = "Meta-World protocol (default: Meta-World+'s setting for the benchmark)"
+    e.add_argument("--meta-batch-size", type=int, default=None,
+                   help=f"{proto}: envs of the test vector env (ML1 10, ML10 20, ML45 45)")
+    e.add_argument("--goals-per-class", type=int, default=None,
+                   help=f"{proto}: test goals used per test class (ML1 50, ML10 40, ML45 45)")
+    e.add_argument("--num-evals", type=int, default=None,
+                   help=f"{proto}: rounds (default: every goal once)")
+    e.add_argument("--adaptation-episodes", type=int, default=None, help=f"{proto}: 10")
+    e.add_argument("--evaluation-episodes", type=int, default=None, help=f"{proto}: 3")
     e.add_argument("--max-episode-steps", type=int, default=None, help="shorten episodes (tests only)")
     e.set_defaults(func=_evaluate)
     pl = sub.add_parser("plot", help="learning curves (and adaptation curves) to a PNG")

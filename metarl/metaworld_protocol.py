@@ -1,25 +1,254 @@
 """Meta-World's own meta-learning evaluation (``metaworld.evaluation.metalearning_evaluation``)
 run on a metarl learner, so results compare with published ML1/ML10/ML45 numbers.
 
-The protocol: for each of ``num_evals`` rounds, sample test tasks, let the agent act for
-``adaptation_episodes`` episodes per env and adapt (``adaptation_steps`` times), then
-measure success over ``evaluation_episodes`` episodes with terminate-on-success.
+The protocol: Meta-World's test vector env holds ``meta_batch_size`` envs; the test goals
+of each test class (the first ``goals_per_class`` of its 50) are dealt out among that
+class's envs. In each of ``num_evals`` rounds every env moves to its next goal, the agent
+acts for ``adaptation_episodes`` episodes per env and adapts (``adaptation_steps`` times),
+then success is measured over ``evaluation_episodes`` episodes per test class with
+terminate-on-success. With ``num_evals = classes * goals_per_class / meta_batch_size`` (the
+default) every test goal is visited exactly once.
+
+Defaults are Meta-World+'s settings for each benchmark (:data:`PROTOCOL_DEFAULTS`). The
+envs are metarl's bit-identical fast classes (``tasks.options.fast``), stepped by
+:class:`ShardedVectorEnv` on all cores; its results equal a ``SyncVectorEnv``'s, so the
+numbers do not depend on the number of workers.
+
+Note what Meta-World's ``evaluation`` counts: the first ``evaluation_episodes`` episodes
+*to end* per test class, across all of the class's envs. Episodes end early on success, so
+with more envs per class than counted episodes, successes are counted first (ML1: 10 envs,
+3 counted episodes per round). That is the protocol as published; metarl's own
+``metarl evaluate`` (the ``adaptation`` rows of eval.json) counts every episode.
 """
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from metarl.config import ConfigError
 from metarl.envs import Task
 from metarl.policies import gaussian_log_prob
 from metarl.sampling import EpisodeBatch
 
-PROTOCOL_DEFAULTS = {"num_evals": 10, "adaptation_steps": 1, "adaptation_episodes": 10,
-                     "evaluation_episodes": 3}
+PROTOCOL_SOURCE = ("Meta-World+ (arXiv 2505.11289), Farama metaworld-algorithms: "
+                   "envs/metaworld.py MetaworldMetaLearningConfig and "
+                   "examples/meta_learning/{maml_trpo_ml1,rl2_ml10,maml_trpo_ml45_v1}.py")
+PROTOCOL_DEFAULTS: dict[str, dict[str, int]] = {
+    # meta-batch 10, 50 test goals: 5 rounds, each of the 50 goals once (maml_trpo_ml1.py).
+    "ml1": {"meta_batch_size": 10, "goals_per_class": 50},
+    # meta-batch 20, 40 goals per test class (the config's default; metalearning_evaluation's
+    # own comment "40 goals per test task and meta batch size of 20"): 10 rounds.
+    "ml10": {"meta_batch_size": 20, "goals_per_class": 40},
+    "ml25": {"meta_batch_size": 20, "goals_per_class": 40},
+    # meta-batch 45, 45 goals per test class (maml_trpo_ml45_v1.py): 5 rounds.
+    "ml45": {"meta_batch_size": 45, "goals_per_class": 45},
+}
+EPISODE_DEFAULTS = {"adaptation_steps": 1, "adaptation_episodes": 10, "evaluation_episodes": 3}
+GOALS_PER_CLASS = 50  # metaworld._N_GOALS
+
+
+def protocol_settings(benchmark: str, num_test_classes: int, meta_batch_size: int | None = None,
+                      goals_per_class: int | None = None, num_evals: int | None = None,
+                      **episodes: int | None) -> dict[str, int]:
+    """The protocol's settings for ``benchmark`` (``ml1``, ``ml10``, ...): Meta-World+'s
+    defaults where an argument is None, checked so that Meta-World's vector env can be built.
+
+    Raises ConfigError (one line, naming the valid values) for a combination Meta-World
+    would reject or one that does not visit the goals evenly.
+    """
+    if benchmark not in PROTOCOL_DEFAULTS:
+        raise ConfigError(f"--protocol metaworld needs a Meta-World benchmark; got {benchmark!r}, "
+                          f"valid: {', '.join(PROTOCOL_DEFAULTS)}")
+    base = PROTOCOL_DEFAULTS[benchmark]
+    mbs = base["meta_batch_size"] if meta_batch_size is None else meta_batch_size
+    goals = base["goals_per_class"] if goals_per_class is None else goals_per_class
+    if not 1 <= goals <= GOALS_PER_CLASS:
+        raise ConfigError(f"--goals-per-class must be in 1..{GOALS_PER_CLASS}, got {goals}")
+    valid = [m for m in range(num_test_classes, num_test_classes * goals + 1, num_test_classes)
+             if goals % (m // num_test_classes) == 0]
+    if mbs not in valid:
+        raise ConfigError(f"--meta-batch-size {mbs} does not deal {goals} goals per class evenly over "
+                          f"{num_test_classes} test class(es); valid: {', '.join(map(str, valid))}")
+    rounds = num_test_classes * goals // mbs
+    out = {"meta_batch_size": mbs, "goals_per_class": goals,
+           "num_evals": rounds if num_evals is None else num_evals}
+    for key, default in EPISODE_DEFAULTS.items():
+        out[key] = default if episodes.get(key) is None else int(episodes[key])  # type: ignore[arg-type]
+    for key in ("num_evals", *EPISODE_DEFAULTS):
+        if out[key] < 1:
+            raise ConfigError(f"--{key.replace('_', '-')} must be >= 1, got {out[key]}")
+    return out
+
+
+def env_layout(test_tasks: dict[str, list[Any]], meta_batch_size: int,
+               goals_per_class: int) -> list[tuple[str, list[Any]]]:
+    """(class name, its goals) for each env of the protocol's vector env, in Meta-World's
+    order: per test class, its first ``goals_per_class`` goals dealt round-robin over
+    ``meta_batch_size / classes`` envs (``metaworld._make_ml_envs_inner``)."""
+    per_class = meta_batch_size // len(test_tasks)
+    return [(name, tasks[:goals_per_class][i::per_class])
+            for name, tasks in test_tasks.items() for i in range(per_class)]
+
+
+def protocol_env_fns(dist: Any, settings: dict[str, int],
+                     max_episode_steps: int | None = None) -> list[Callable[[], gym.Env]]:
+    """Constructors of the protocol's test envs, as ``gym.make_vec("Meta-World/ML*-test")``
+    builds them (same goals, seeds, wrappers and settings), on ``dist``'s env classes (the
+    fast classes unless ``tasks.options.fast=false``)."""
+    import metaworld
+    from metaworld import _init_each_env
+
+    from metarl.envs.metaworld_fast import env_class
+
+    if dist.benchmark == "ml1":
+        bench = metaworld.ML1(dist.env_name, seed=dist.seed)
+    else:
+        bench = getattr(metaworld, dist.benchmark.upper())(seed=dist.seed)
+    by_class = {name: [t for t in bench.test_tasks if t.env_name == name] for name in bench.test_classes}
+    return [partial(_init_each_env, env_cls=env_class(name, dist.fast), tasks=tasks, seed=dist.seed,
+                    terminate_on_success=True, task_select="pseudorandom",
+                    reward_function_version=dist.reward_function_version,
+                    max_episode_steps=max_episode_steps)
+            for name, tasks in env_layout(by_class, settings["meta_batch_size"], settings["goals_per_class"])]
+
+
+# ----------------------------------------------------------------------------- vector env
+
+
+def _shard_main(conn: Any, env_fns: list[Callable[[], gym.Env]], autoreset_mode: Any) -> None:
+    envs = gym.vector.SyncVectorEnv(env_fns, autoreset_mode=autoreset_mode)
+    try:
+        while True:
+            msg = conn.recv()
+            if msg is None:
+                break
+            method, args, kwargs = msg
+            conn.send(getattr(envs, method)(*args, **kwargs))
+    except (EOFError, KeyboardInterrupt):
+        pass
+    finally:
+        envs.close()
+
+
+def merge_infos(parts: Sequence[dict[str, Any]], sizes: Sequence[int]) -> dict[str, Any]:
+    """The info dict a ``SyncVectorEnv`` over all envs returns, from its shards' infos
+    (each a dict of per-env arrays with ``_key`` masks, nested for ``final_info``)."""
+    total, offsets = sum(sizes), np.cumsum([0, *sizes[:-1]])
+    out: dict[str, Any] = {}
+    keys = dict.fromkeys(k for part in parts for k in part)
+    for key in keys:
+        present = [(part[key], off, n) for part, off, n in zip(parts, offsets, sizes) if key in part]
+        if isinstance(present[0][0], dict):
+            out[key] = merge_infos([part.get(key, {}) for part in parts], sizes)
+            continue
+        first = present[0][0]
+        array = (np.full(total, None, dtype=object) if first.dtype == object
+                 else np.zeros((total, *first.shape[1:]), dtype=first.dtype))
+        for value, off, n in present:
+            array[off:off + n] = value
+        out[key] = array
+    return out
+
+
+class ShardedVectorEnv(gym.vector.VectorEnv):
+    """A vector env whose sub-envs are split over worker processes, each stepping its
+    share as a ``SyncVectorEnv``; observations, rewards, flags and infos are those of one
+    ``SyncVectorEnv`` over all ``env_fns`` (same order, same autoreset), so results do
+    not depend on ``num_workers``. ``num_workers=1`` steps in this process."""
+
+    def __init__(self, env_fns: Sequence[Callable[[], gym.Env]], num_workers: int = 0,
+                 autoreset_mode: Any = gym.vector.AutoresetMode.SAME_STEP) -> None:
+        n = len(env_fns)
+        num_workers = min(num_workers or os.cpu_count() or 1, n)
+        self.num_envs = n
+        self.autoreset_mode = autoreset_mode
+        bounds = np.linspace(0, n, num_workers + 1).round().astype(int)
+        self.sizes = [int(b - a) for a, b in zip(bounds[:-1], bounds[1:])]
+        self._local = None
+        self._conns: list[Any] = []
+        self._procs: list[Any] = []
+        if num_workers == 1:
+            self._local = gym.vector.SyncVectorEnv(list(env_fns), autoreset_mode=autoreset_mode)
+            probe = self._local
+        else:
+            ctx = mp.get_context("spawn")
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(target=_shard_main, args=(child, list(env_fns[a:b]), autoreset_mode),
+                                   daemon=True)
+                proc.start()
+                child.close()
+                self._conns.append(parent)
+                self._procs.append(proc)
+            probe = None
+        first = env_fns[0]()
+        try:
+            self.single_observation_space = first.observation_space
+            self.single_action_space = first.action_space
+        finally:
+            first.close()
+        if probe is not None:
+            self.observation_space, self.action_space = probe.observation_space, probe.action_space
+        else:
+            self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, n)
+            self.action_space = gym.vector.utils.batch_space(self.single_action_space, n)
+        self.metadata = {"autoreset_mode": autoreset_mode}
+
+    def _all(self, method: str, args_per_shard: Sequence[tuple] | None = None, **kwargs: Any) -> list[Any]:
+        if self._local is not None:
+            return [getattr(self._local, method)(*(args_per_shard[0] if args_per_shard else ()), **kwargs)]
+        try:
+            for i, conn in enumerate(self._conns):
+                conn.send((method, args_per_shard[i] if args_per_shard else (), kwargs))
+            return [conn.recv() for conn in self._conns]
+        except (EOFError, OSError) as err:
+            codes = [p.exitcode for p in self._procs]
+            raise RuntimeError(f"a Meta-World protocol worker died during {method} (exit codes {codes})") from err
+
+    def reset(self, *, seed: Any = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        if seed is not None:
+            raise ValueError("ShardedVectorEnv.reset does not take a seed; seed the envs when making them")
+        parts = self._all("reset", options=options)
+        return np.concatenate([o for o, _ in parts]), merge_infos([i for _, i in parts], self.sizes)
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        offsets = np.cumsum([0, *self.sizes])
+        parts = self._all("step", [(actions[a:b],) for a, b in zip(offsets[:-1], offsets[1:])])
+        obs, rew, term, trunc, infos = zip(*parts)
+        return (np.concatenate(obs), np.concatenate(rew), np.concatenate(term), np.concatenate(trunc),
+                merge_infos(infos, self.sizes))
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        return tuple(r for part in self._all("call", [(name, *args)] * len(self.sizes), **kwargs)
+                     for r in part)
+
+    def get_attr(self, name: str) -> tuple[Any, ...]:
+        return tuple(r for part in self._all("get_attr", [(name,)] * len(self.sizes)) for r in part)
+
+    def close_extras(self, **kwargs: Any) -> None:
+        if self._local is not None:
+            self._local.close()
+        for conn in self._conns:
+            try:
+                conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        for proc in self._procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+
+
+# ----------------------------------------------------------------------------- agents
 
 
 class MamlAgent:
@@ -33,7 +262,8 @@ class MamlAgent:
         self.init()
 
     def init(self) -> None:
-        self.params = [{k: v.cpu() for k, v in self.learner.policy_params.items()}] * self.num_envs
+        theta = {k: v.cpu() for k, v in self.learner.policy_params.items()}
+        self.params = {k: v.expand(self.num_envs, *v.shape) for k, v in theta.items()}
         self.batches: list[EpisodeBatch] = []
         self._clear()
 
@@ -42,9 +272,10 @@ class MamlAgent:
         self.current = [_new_episode() for _ in range(self.num_envs)]
 
     def _dist(self, obs: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.as_tensor(obs, dtype=torch.float32)
-        out = [torch.func.functional_call(self.policy, p, (x[i:i + 1],)) for i, p in enumerate(self.params)]
-        return torch.cat([m for m, _ in out]), torch.cat([s for _, s in out])
+        """Each env's policy on its observation: (N, O) -> mean, std (N, A)."""
+        x = torch.as_tensor(obs, dtype=torch.float32).unsqueeze(1)
+        mean, std = torch.func.vmap(lambda p, o: torch.func.functional_call(self.policy, p, (o,)))(self.params, x)
+        return mean.squeeze(1), std.squeeze(1)
 
     def adapt_action(self, observations: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         with torch.no_grad():
@@ -75,7 +306,7 @@ class MamlAgent:
         batch = _to_batch(self.episodes_done, self.episodes)
         self.batches.append(batch)
         adapted = self.learner.adapt([b.to(self.learner.device) for b in self.batches])
-        self.params = [{k: v.cpu() for k, v in p.items()} for p in adapted]
+        self.params = {k: torch.stack([p[k].cpu() for p in adapted]) for k in adapted[0]}
         self._clear()
 
     def reset(self, env_mask: np.ndarray) -> None:
@@ -131,6 +362,22 @@ class Rl2Agent:
         self.new_episode = torch.maximum(self.new_episode, torch.as_tensor(env_mask, dtype=torch.float32))
 
 
+class _CountRounds:
+    """Passes everything to ``agent``; ticks ``bar`` when a protocol round begins."""
+
+    def __init__(self, agent: Any, bar: tqdm) -> None:
+        self._agent, self._bar, self._started = agent, bar, False
+
+    def init(self) -> None:
+        if self._started:
+            self._bar.update()
+        self._started = True
+        self._agent.init()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._agent, name)
+
+
 def _new_episode() -> dict[str, list]:
     return {"obs": [], "actions": [], "rewards": [], "log_probs": [], "terminated": []}
 
@@ -155,32 +402,32 @@ def _to_batch(episodes: list[list[dict[str, list]]], count: int) -> EpisodeBatch
                         tasks=[Task("metaworld-protocol", {"env": i}) for i in range(n)])
 
 
-def run_protocol(learner: Any, dist_name: str, dist_seed: int, meta_batch_size: int = 20,
-                 max_episode_steps: int | None = None, seed: int = 0, **settings: int) -> dict[str, Any]:
-    """Meta-World's metalearning_evaluation on the test split of ``dist_name`` (ml1/..., ml10, ...)."""
-    import metaworld  # noqa: F401  (registers the Meta-World/... gymnasium ids)
+def run_protocol(learner: Any, dist: Any, settings: dict[str, int], seed: int = 0,
+                 max_episode_steps: int | None = None, num_workers: int = 0) -> dict[str, Any]:
+    """Meta-World's ``metalearning_evaluation`` on the test split of ``dist`` (a Meta-World
+    task distribution) with ``settings`` from :func:`protocol_settings`.
+
+    Returns ``{"success_rate", "return", "per_task_success", "settings"}``.
+    """
     from metaworld.evaluation import metalearning_evaluation
 
-    settings = PROTOCOL_DEFAULTS | settings
-    if dist_name.startswith("ml1/"):
-        env_id, kwargs = "Meta-World/ML1-test", {"env_name": dist_name.removeprefix("ml1/")}
-    elif dist_name in ("ml10", "ml25", "ml45"):
-        env_id, kwargs = f"Meta-World/{dist_name.upper()}-test", {}
-    else:
-        raise ValueError(f"--protocol metaworld needs a Meta-World task distribution, not {dist_name!r}")
-    if max_episode_steps:
-        kwargs["max_episode_steps"] = max_episode_steps
-    envs = gym.make_vec(env_id, meta_batch_size=meta_batch_size, vector_strategy="sync",
-                        seed=dist_seed, **kwargs)
+    envs = ShardedVectorEnv(protocol_env_fns(dist, settings, max_episode_steps), num_workers)
     if learner.unit == "episodes":
         agent: Any = Rl2Agent(learner, envs.num_envs, seed)
     else:
         agent = MamlAgent(learner, envs.num_envs, settings["adaptation_episodes"], seed)
+    episode_keys = ("num_evals", *EPISODE_DEFAULTS)
+    bar = tqdm(total=settings["num_evals"], desc="Meta-World protocol", unit="round", disable=None,
+               dynamic_ncols=True)
     try:
-        success, mean_return, per_task = metalearning_evaluation(agent, envs, **settings)
+        success, mean_return, per_task = metalearning_evaluation(
+            _CountRounds(agent, bar), envs, **{k: settings[k] for k in episode_keys})
+        bar.update()
     finally:
+        bar.close()
         envs.close()
     return {"success_rate": float(success), "return": float(mean_return),
             "per_task_success": {k: float(v) for k, v in per_task.items()},
-            "settings": settings | {"meta_batch_size": meta_batch_size, "seed": seed,
-                                    "max_episode_steps": max_episode_steps}}
+            "settings": settings | {"benchmark": dist.name, "benchmark_seed": dist.seed, "seed": seed,
+                                    "max_episode_steps": max_episode_steps, "fast": dist.fast,
+                                    "source": PROTOCOL_SOURCE}}

@@ -141,7 +141,6 @@ def test_rl2_metaworld_protocol(cli, tmp_path):
                  "logger.wandb=false", f"run_dir={tmp_path}"])
     assert train.code == 0, train.stderr
     result = cli(["evaluate", str(tmp_path), "--protocol", "metaworld", "--num-evals", "1",
-                  "--adaptation-episodes", "2", "--evaluation-episodes", "1", "--meta-batch-size", "2",
                   "--max-episode-steps", "10", "--tasks", "2", "--adapt-steps", "1"])
     assert result.code == 0, result.stderr
     ev = json.loads((tmp_path / "eval.json").read_text())

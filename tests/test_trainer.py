@@ -120,10 +120,15 @@ def test_metaworld_protocol_numbers_land_in_eval_json(cli, tmp_path):
     train = cli(["train", "maml_trpo/ml1_pick_place", *TINY, "iterations=1", "max_episode_steps=10",
                  "policy.hidden_sizes=[8]", "tasks.name=ml1/reach-v3", f"run_dir={tmp_path}"])
     assert train.code == 0, train.stderr
-    result = cli(["evaluate", str(tmp_path), "--protocol", "metaworld", "--num-evals", "1",
-                  "--adaptation-episodes", "2", "--evaluation-episodes", "1", "--meta-batch-size", "2",
-                  "--max-episode-steps", "10", "--tasks", "2", "--adapt-steps", "1"])
+    # Meta-World+'s ML1 setting (10 envs, 50 goals, 5 rounds), episodes shortened.
+    result = cli(["evaluate", str(tmp_path), "--protocol", "metaworld", "--max-episode-steps", "10",
+                  "--tasks", "2", "--adapt-steps", "1"])
     assert result.code == 0, result.stderr
     protocol = json.loads((tmp_path / "eval.json").read_text())["metaworld_protocol"]
     assert 0.0 <= protocol["success_rate"] <= 1.0 and set(protocol["per_task_success"]) == {"reach-v3"}
-    assert protocol["settings"]["adaptation_episodes"] == 2
+    settings = protocol["settings"]
+    assert (settings["meta_batch_size"], settings["goals_per_class"], settings["num_evals"]) == (10, 50, 5)
+    assert (settings["adaptation_episodes"], settings["evaluation_episodes"]) == (10, 3)
+    bad = cli(["evaluate", str(tmp_path), "--protocol", "metaworld", "--meta-batch-size", "20"])
+    assert bad.code == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert "valid: 1, 2, 5, 10, 25, 50" in bad.stderr
