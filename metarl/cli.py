@@ -102,6 +102,20 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _benchmark(args: argparse.Namespace) -> int:
+    from metarl.benchmark import load_suite, run_suite
+
+    suite = load_suite(args.suite)
+    if args.summary_only:
+        from metarl.benchmark import write_summary
+
+        write_summary(suite, Path(args.results))
+    else:
+        run_suite(suite, Path(args.results), args.overrides, args.only)
+    print(f"wrote {Path(args.results) / (suite.name + '.json')} and {Path(args.results) / 'README.md'}")
+    return 0
+
+
 def _plot(args: argparse.Namespace) -> int:
     from metarl.plotting import plot_runs
 
@@ -141,6 +155,15 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--evaluation-episodes", type=int, default=None, help=f"{proto}: 3")
     e.add_argument("--max-episode-steps", type=int, default=None, help="shorten episodes (tests only)")
     e.set_defaults(func=_evaluate)
+    b = sub.add_parser("benchmark", help="train, evaluate and tabulate a suite of runs (resumable)")
+    b.add_argument("suite", help="a suite name under benchmarks/ (e.g. metaworld_ml1) or a YAML path")
+    b.add_argument("overrides", nargs="*",
+                   help="key=value overrides for every run, for how to run (sampler.num_workers=2, "
+                        "logger.wandb=false), not what to run")
+    b.add_argument("--results", default="results/metaworld", help="where run directories and the table go")
+    b.add_argument("--only", action="append", default=[], help="work on this run name only (repeatable)")
+    b.add_argument("--summary-only", action="store_true", help="rewrite the table and plot, train nothing")
+    b.set_defaults(func=_benchmark)
     pl = sub.add_parser("plot", help="learning curves (and adaptation curves) to a PNG")
     pl.add_argument("run_dirs", nargs="+")
     pl.add_argument("--out", required=True)

@@ -239,6 +239,9 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     iterations: int = 100
     """Meta-iterations (outer updates)."""
+    max_env_steps: int | None = None
+    """Env-step budget: training stops after the iteration that reaches it (None: run all
+    ``iterations``). Benchmarks set budgets this way (Meta-World+: ML1 2M, ML10 20M)."""
     meta_batch_size: int = 20
     """Tasks per meta-iteration."""
     episodes_per_task: int = 20
@@ -261,6 +264,8 @@ class RunConfig:
                     "checkpoint_keep"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.max_env_steps is not None and self.max_env_steps < 1:
+            raise ConfigError(f"max_env_steps must be >= 1 or null, got {self.max_env_steps}")
         if self.max_episode_steps is not None and self.max_episode_steps < 1:
             raise ConfigError(f"max_episode_steps must be >= 1 or null, got {self.max_episode_steps}")
         if self.device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", self.device):

@@ -146,7 +146,7 @@ def merge_infos(parts: Sequence[dict[str, Any]], sizes: Sequence[int]) -> dict[s
     out: dict[str, Any] = {}
     keys = dict.fromkeys(k for part in parts for k in part)
     for key in keys:
-        present = [(part[key], off, n) for part, off, n in zip(parts, offsets, sizes) if key in part]
+        present = [(part[key], off, n) for part, off, n in zip(parts, offsets, sizes, strict=True) if key in part]
         if isinstance(present[0][0], dict):
             out[key] = merge_infos([part.get(key, {}) for part in parts], sizes)
             continue
@@ -172,7 +172,7 @@ class ShardedVectorEnv(gym.vector.VectorEnv):
         self.num_envs = n
         self.autoreset_mode = autoreset_mode
         bounds = np.linspace(0, n, num_workers + 1).round().astype(int)
-        self.sizes = [int(b - a) for a, b in zip(bounds[:-1], bounds[1:])]
+        self.sizes = [int(b - a) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         self._local = None
         self._conns: list[Any] = []
         self._procs: list[Any] = []
@@ -181,7 +181,7 @@ class ShardedVectorEnv(gym.vector.VectorEnv):
             probe = self._local
         else:
             ctx = mp.get_context("spawn")
-            for a, b in zip(bounds[:-1], bounds[1:]):
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True):
                 parent, child = ctx.Pipe()
                 proc = ctx.Process(target=_shard_main, args=(child, list(env_fns[a:b]), autoreset_mode),
                                    daemon=True)
@@ -222,8 +222,8 @@ class ShardedVectorEnv(gym.vector.VectorEnv):
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
         offsets = np.cumsum([0, *self.sizes])
-        parts = self._all("step", [(actions[a:b],) for a, b in zip(offsets[:-1], offsets[1:])])
-        obs, rew, term, trunc, infos = zip(*parts)
+        parts = self._all("step", [(actions[a:b],) for a, b in zip(offsets[:-1], offsets[1:], strict=True)])
+        obs, rew, term, trunc, infos = zip(*parts, strict=True)
         return (np.concatenate(obs), np.concatenate(rew), np.concatenate(term), np.concatenate(trunc),
                 merge_infos(infos, self.sizes))
 

@@ -5,10 +5,24 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from metarl.logging import read_jsonl
+
+
+def steps_formatter() -> Any:
+    """Tick labels for env-step axes: 200k, 1.5M, 20M."""
+    from matplotlib.ticker import FuncFormatter
+
+    def label(x: float, _pos: int) -> str:
+        for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+            if abs(x) >= scale:
+                return f"{x / scale:g}{suffix}"
+        return f"{x:g}"
+
+    return FuncFormatter(label)
 
 
 def plot_runs(run_dirs: list[Path], out: Path) -> Path:
@@ -67,6 +81,7 @@ def plot_runs(run_dirs: list[Path], out: Path) -> Path:
         axes[1].set_title("training tasks: success")
     for ax in axes[: 1 + has_success]:
         ax.set_xlabel("environment steps")
+        ax.xaxis.set_major_formatter(steps_formatter())
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from datetime import datetime
 from pathlib import Path
@@ -106,6 +107,8 @@ class Trainer:
                    total=cfg.iterations, desc="meta-iterations", disable=None, dynamic_ncols=True)
         try:
             for iteration in bar:
+                if self.budget_spent:
+                    break
                 t0 = time.perf_counter()
                 metrics = self.train_step(iteration, sampler)
                 metrics["time/iteration_s"] = time.perf_counter() - t0
@@ -119,8 +122,13 @@ class Trainer:
                 bar.set_postfix(steps_per_s=f"{metrics['time/env_steps_per_s']:.0f}",
                                 pre=f"{metrics['train/return_pre']:.1f}",
                                 post=f"{metrics['train/return_post']:.1f}")
-                if (iteration + 1) % cfg.checkpoint_every == 0 or iteration + 1 == cfg.iterations:
+                last = iteration + 1 == cfg.iterations or self.budget_spent
+                if (iteration + 1) % cfg.checkpoint_every == 0 or last:
                     self.save(iteration + 1, row["wall_time_s"])
+                if cfg.max_env_steps and not last:  # the bar's end: iterations the budget allows
+                    per_iteration = self.env_steps / (iteration + 1)
+                    bar.total = min(cfg.iterations, iteration + 1 + math.ceil(
+                        (cfg.max_env_steps - self.env_steps) / per_iteration))
             result = self.evaluate(sampler, cfg.eval.num_tasks, cfg.eval.adapt_steps, seed=cfg.seed)
             logger.log_eval(result, self.env_steps)
         finally:
@@ -129,6 +137,11 @@ class Trainer:
                 sampler.close()
             logger.close()
         return result
+
+    @property
+    def budget_spent(self) -> bool:
+        """Whether the run has taken its ``max_env_steps``."""
+        return self.cfg.max_env_steps is not None and self.env_steps >= self.cfg.max_env_steps
 
     def make_sampler(self) -> Sampler | None:
         """The rollout workers; None for learners that roll out on their own (SB3)."""

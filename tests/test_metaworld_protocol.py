@@ -81,7 +81,7 @@ def test_protocol_envs_match_metaworlds_own_at_ml1_shape():
                          total_tasks_per_cls=settings["goals_per_class"])
     try:
         assert len(ours) == len(stock.env_fns) == 10
-        for mine, theirs in zip(ours, stock.env_fns):
+        for mine, theirs in zip(ours, stock.env_fns, strict=True):
             assert issubclass(mine.keywords["env_cls"], theirs.keywords["env_cls"])
             assert [t.data for t in mine.keywords["tasks"]] == [t.data for t in theirs.keywords["tasks"]]
             rest = {k: v for k, v in theirs.keywords.items() if k not in ("env_cls", "tasks")}
@@ -122,13 +122,13 @@ def test_sharded_vector_env_equals_a_sync_vector_env():
         for _ in range(9):
             action = rng.uniform(-1, 1, size=(3, 4))
             out_a, out_b = sync.step(action), sharded.step(action)
-            for x, y in zip(out_a[:4], out_b[:4]):
+            for x, y in zip(out_a[:4], out_b[:4], strict=True):
                 np.testing.assert_array_equal(x, y)
             info_a, info_b = _flat_info(out_a[4]), _flat_info(out_b[4])
             assert info_a.keys() == info_b.keys()
             for k in info_a:
                 if info_a[k].dtype == object:  # final_obs: one array per env that ended
-                    for x, y in zip(info_a[k], info_b[k]):
+                    for x, y in zip(info_a[k], info_b[k], strict=True):
                         np.testing.assert_array_equal(x, y, err_msg=k)
                 else:
                     np.testing.assert_array_equal(info_a[k], info_b[k], err_msg=k)

@@ -186,7 +186,8 @@ class Rl2Learner:
         if set(state.get("policy", {})) != set(self.policy.state_dict()):
             raise ValueError("checkpoint parameters do not match this RL² policy")
         self.policy.load_state_dict(state["policy"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("optimizer") is not None:  # None in a weights-only checkpoint
+            self.optimizer.load_state_dict(state["optimizer"])
         self.reward_stats, self.return_stats = state["reward_stats"], state["return_stats"]
         self.generator.set_state(state["generator"])
 

@@ -1,0 +1,96 @@
+"""`metarl benchmark`: budgets, skip finished runs, resume unfinished ones, the table."""
+
+import json
+
+import pytest
+import torch
+
+from metarl.benchmark import load_suite, run_suite
+from metarl.config import ConfigError, load_config
+from metarl.trainer import CHECKPOINT, Trainer, load_run
+
+# 2 tasks x 2 episodes x 10 steps, before and after adaptation: 80 env steps per iteration.
+SUITE = """
+name: tiny
+overrides: [sampler.backend=local, logger.wandb=false, "policy.hidden_sizes=[8]", meta_batch_size=2,
+            episodes_per_task=2, max_episode_steps=10, eval.num_tasks=2, eval.adapt_steps=1,
+            checkpoint_every=1]
+runs:
+  - name: nav-maml
+    config: maml_trpo/nav2d
+    env_steps: 200
+    seeds: [0, 1]
+  - name: reach-maml
+    config: maml_trpo/ml1_reach
+    env_steps: 80
+"""
+
+
+def metrics(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("time/") and k != "wall_time_s"} for r in rows]
+
+
+@pytest.fixture
+def suite(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(SUITE)
+    return load_suite(str(path))
+
+
+def test_suite_trains_to_budget_evaluates_and_skips_finished_runs(suite, tmp_path, capsys):
+    results = tmp_path / "results"
+    summary = run_suite(suite, results)
+    nav = summary["runs"]["nav-maml"]
+    assert nav["finished_seeds"] == 2
+    # the budget, not iterations, ends a run: 200 steps is 3 iterations of 80
+    assert [r["env_steps"] for r in metrics(results / "nav-maml-s0")] == [80, 160, 240]
+    assert metrics(results / "nav-maml-s0") != metrics(results / "nav-maml-s1")
+    reach = results / "reach-maml-s0"
+    protocol = json.loads((reach / "eval.json").read_text())["metaworld_protocol"]
+    assert protocol["settings"]["meta_batch_size"] == 10  # Meta-World+'s ML1 setting
+    assert summary["runs"]["reach-maml"]["aggregate"]["protocol_success"]["n"] == 1
+    # weights only: no optimiser state, no iteration files
+    state = torch.load(reach / CHECKPOINT, weights_only=True)
+    assert state["learner"]["optimizer"] is None and not list((reach / "checkpoints").glob("iter_*"))
+    table = (results / "README.md").read_text()
+    assert "| tiny | nav-maml | `maml_trpo/nav2d` | 240 (200) | 2/2 |" in table
+    assert (results / "tiny.png").stat().st_size > 0 and (results / "tiny.json").is_file()
+
+    # The committed checkpoint re-evaluates to the table's number.
+    from metarl.benchmark import evaluate_protocol
+
+    cfg, trainer = load_run(reach)
+    assert evaluate_protocol(trainer, cfg)["success_rate"] == protocol["success_rate"]
+
+    before = {p: p.stat().st_mtime_ns for p in results.rglob("metrics.jsonl")}
+    capsys.readouterr()
+    run_suite(suite, results)
+    assert capsys.readouterr().out.count("finished, skipped") == 3
+    assert before == {p: p.stat().st_mtime_ns for p in results.rglob("metrics.jsonl")}
+
+
+def test_suite_resumes_an_interrupted_run_exactly(suite, tmp_path):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    run_suite(suite, full, only=["nav-maml"])
+    # An interrupted run: one iteration trained with the suite's settings, then stopped.
+    run = suite.runs[0]
+    cfg = load_config(run.config, [*suite.overrides, "seed=0", f"run_dir={cut / 'nav-maml-s0'}",
+                                   "iterations=1"])
+    Trainer(cfg).run()
+    run_suite(suite, cut, only=["nav-maml"])
+    assert metrics(cut / "nav-maml-s0") == metrics(full / "nav-maml-s0")
+    marker = json.loads((cut / "nav-maml-s0" / "benchmark.json").read_text())
+    assert marker["finished"] and marker["env_steps"] == 240
+
+
+def test_bad_suites_are_one_line_errors(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: bad\nruns:\n  - name: a\n    config: maml_trpo/nav2d\n    budget: 10\n")
+    with pytest.raises(ConfigError, match="unknown key 'budget'; valid: name, config, env_steps"):
+        load_suite(str(path))
+    with pytest.raises(ConfigError, match="unknown benchmark suite 'nope'.*valid names: .*metaworld_ml1"):
+        load_suite("nope")
+    path.write_text(SUITE)
+    with pytest.raises(ConfigError, match="unknown run 'x' in suite tiny; valid: nav-maml, reach-maml"):
+        run_suite(load_suite(str(path)), tmp_path / "r", only=["x"])
