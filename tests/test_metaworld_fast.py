@@ -6,8 +6,10 @@ tolerance.
 
 import functools
 import logging
+import math
 import pickle
 import sys
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -349,11 +351,116 @@ def test_hamacher_product_shim_matches_reward_utils_bitwise():
             fast(a, b)
 
 
-def test_dot_of_small_vectors_is_a_sequential_sum_here():
-    """What the norm shim and the gripper distance rely on. If this fails on a machine,
-    the fast path still agrees with stock (it checks the same and falls back to numpy's
-    dot); this test only says that the faster branch is not in use there."""
-    assert mwf.dot_is_sequential()
+# ---- both answers of the dot probe, on every machine ---------------------------------
+# numpy's x.dot(x) of a 3-vector is a sequential sum on some machines' BLAS and not on
+# others (a kernel with fused multiply-adds rounds otherwise). The tests above take the
+# branch this machine's probe picks; these force each answer.
+
+
+def _in_order(values):
+    """The sum of squares, one product after the other from 0.0."""
+    total = 0.0
+    for v in values:
+        total += v * v
+    return total
+
+
+def _fused(values):
+    """The sum of squares as a kernel with fused multiply-adds forms it (exact fma)."""
+    total = values[0] * values[0]
+    for v in values[1:]:
+        total = float(Fraction(v) * Fraction(v) + Fraction(total))
+    return total
+
+
+@pytest.fixture
+def dot_probe(monkeypatch):
+    """``dot_probe(answer)`` forces what ``dot_is_sequential`` answers for the shims and
+    fast classes built afterwards; everything built on the forced answer is dropped at
+    the end of the test."""
+
+    def clear():
+        for cached in (mwf._shims, mwf._caging_helpers, mwf._rebound_stock_caging):
+            cached.cache_clear()
+
+    def force(answer):
+        monkeypatch.setattr(mwf, "dot_is_sequential", lambda: answer)
+        monkeypatch.setattr(mwf, "_fast_classes", {})
+        clear()
+
+    yield force
+    monkeypatch.undo()
+    clear()
+
+
+def _norm_on_an_in_order_blas(stock):
+    """``np.linalg.norm`` as it computes on a machine whose BLAS sums the squares of up to
+    3 float64 elements in order (all that the probe's "yes" assumes); the rest: ``stock``."""
+
+    def norm(x, ord=None, axis=None, keepdims=False):
+        a = np.asarray(x)
+        if (a.dtype == np.float64 and a.size <= 3 and axis is None and not keepdims
+                and (ord is None or (ord == 2 and a.ndim == 1))):
+            return np.sqrt(np.float64(_in_order(a.ravel().tolist())))
+        return stock(x, ord=ord, axis=axis, keepdims=keepdims)
+
+    return norm
+
+
+@pytest.mark.parametrize("sequential", [True, False], ids=["probe-yes", "probe-no"])
+def test_norm_shim_on_either_probe_answer(dot_probe, sequential):
+    """"yes": a contiguous vector of up to 3 elements is summed in order in Python, also
+    on vectors where a fused multiply-add kernel rounds otherwise (the two differ there, so
+    the wrong branch fails here on any machine); "no": numpy's own dot, bit for bit stock.
+    Longer, strided and 2-D arrays and scalars: stock on both answers."""
+    dot_probe(sequential)
+    fast = mwf.make_norm(np.linalg.norm)
+    rng = np.random.default_rng(5)
+    orders_differ = 0
+    for _ in range(3000):
+        n = int(rng.integers(1, 8))
+        x = rng.normal(size=n) * 10.0 ** rng.integers(-5, 5)
+        if sequential and n <= 3:
+            values = x.tolist()
+            expected = np.float64(math.sqrt(_in_order(values)))
+            orders_differ += _in_order(values) != _fused(values)
+        else:
+            expected = np.linalg.norm(x)
+        assert_identical(fast(x), expected, repr(x))
+        assert_identical(fast(x, ord=2), expected, repr(x))
+        for other in (x[::2], x.reshape(1, -1), np.float64(x[0])):
+            assert_identical(fast(other), np.linalg.norm(other), repr(other))
+    assert orders_differ > 100 or not sequential, orders_differ
+
+
+def test_probe_answers_no_where_numpy_differs_from_the_python_sum(monkeypatch):
+    """The probe's logic, on every machine: against a sum that is one ulp off numpy's
+    answer it says no; and where it says yes, numpy's dot is the in-order sum on vectors
+    of its own choosing too."""
+    try:
+        monkeypatch.setattr(mwf, "_sum_of_squares", lambda v: math.nextafter(_in_order(v), math.inf))
+        mwf.dot_is_sequential.cache_clear()
+        assert mwf.dot_is_sequential() is False
+    finally:
+        monkeypatch.undo()
+        mwf.dot_is_sequential.cache_clear()
+    rng = np.random.default_rng(6)
+    vectors = [rng.normal(size=n) * 10.0 ** rng.integers(-6, 4) for n in (1, 2, 3) for _ in range(2000)]
+    assert not mwf.dot_is_sequential() or all(v.dot(v) == _in_order(v.tolist()) for v in vectors)
+
+
+@pytest.mark.filterwarnings("ignore:Constant")
+@pytest.mark.parametrize("name", ["pick-place-v3", "basketball-v3", "button-press-topdown-v3"])
+@pytest.mark.parametrize("sequential", [True, False], ids=["probe-yes", "probe-no"])
+def test_fast_step_on_either_probe_answer(dot_probe, monkeypatch, name, sequential):
+    """Full episodes side by side with the probe forced. "no": the fast env is stock on
+    this machine. "yes": it is stock on a machine whose BLAS sums in order, simulated by
+    an ``np.linalg.norm`` that sums up to 3 squares in order (the gripper distance, the
+    caging reward's norms and the reward code's norms all take that branch)."""
+    if sequential:
+        monkeypatch.setattr(np.linalg, "norm", _norm_on_an_in_order_blas(np.linalg.norm))
+    dot_probe(sequential)
+    run_side_by_side(name, seed=0)
 
 
 def test_resolved_lookups_return_what_the_stock_methods_return():
