@@ -138,10 +138,9 @@ PARKING_SPOTS = 28  # highway-env's parking lot: 14 spots on each side
 
 @functools.cache
 def _parking_env_class() -> type:
-    try:
-        from highway_env.envs.parking_env import ParkingEnv
-    except ImportError as err:
-        raise ImportError("highway-parking needs highway-env: pip install 'metarl[highway]'") from err
+    from metarl.extras import require
+
+    ParkingEnv = require("highway_env.envs.parking_env", "highway", "highway-parking").ParkingEnv
 
     class HiddenGoalParkingEnv(ParkingEnv):
         """parking-v0 with a fixed goal spot and the goal removed from the observation."""

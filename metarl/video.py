@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from metarl.envs import Task, TaskDistribution
+from metarl.extras import require
 from metarl.policies import Params, PolicySpec
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ def record_episode(dist: TaskDistribution, task: Task, spec: PolicySpec, params:
     """
     global _warned
     try:
-        import imageio.v2 as imageio
+        imageio = require("imageio.v2", "video", "logger.video_every")
 
         env = dist.make_env(task, render_mode="rgb_array")
         cpu = {k: v.detach().cpu() for k, v in params.items()}

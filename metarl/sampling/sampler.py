@@ -213,10 +213,9 @@ class Sampler:
     # ------------------------------------------------------------------ ray backend
 
     def _start_ray(self, address: str | None) -> None:
-        try:
-            import ray
-        except ImportError as err:
-            raise ImportError("sampler.backend=ray needs Ray: pip install 'metarl[ray]'") from err
+        from metarl.extras import require
+
+        ray = require("ray", "ray", "sampler.backend=ray")
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      configure_logging=False)
