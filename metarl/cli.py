@@ -10,9 +10,11 @@ from pathlib import Path
 
 from metarl.checkpoint import CheckpointError
 from metarl.config import ConfigError
+from metarl.extras import MissingExtraError
 
-# Errors that are the user's to fix: reported in one line, without a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, CheckpointError, ImportError)
+# Errors that are the user's to fix: reported in one line, without a traceback. Of the
+# ImportErrors only a missing optional extra is one; any other keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, CheckpointError, MissingExtraError)
 
 
 def _tasks(_: argparse.Namespace) -> int:
@@ -22,7 +24,7 @@ def _tasks(_: argparse.Namespace) -> int:
     for name in metarl.envs.names():
         try:
             d = metarl.envs.make(name).describe()
-        except ImportError as err:  # an optional extra is missing
+        except MissingExtraError as err:
             print(f"{name:<38} unavailable: {err}")
             continue
         print(f"{d['name']:<38} {d['train']:>6} {d['test']:>6} {d['obs_dim']:>4} {d['act_dim']:>4} "
@@ -180,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except USER_ERRORS as err:
-        # Config, checkpoint and sampler-setup errors: one line, no traceback.
+        # Config and checkpoint errors, a missing extra: one line, no traceback.
         print(f"metarl: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
               file=sys.stderr)
         return 2

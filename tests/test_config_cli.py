@@ -35,15 +35,9 @@ def test_unknown_config_name_lists_valid():
     (["train", "tasks.name=nav3d"], "unknown task distribution 'nav3d'; valid: nav2d"),
     (["train", "tasks.name=ml1/pick-v3"], "unknown Meta-World ML1 environment 'pick-v3'; valid: "),
     (["train", "maml_trpo/nowhere"], "unknown config 'maml_trpo/nowhere'"),
-    (["train", "device=cuda"], "device=cuda but no CUDA device is available"),
     (["train", "iterations=-1"], "iterations must be >= 1"),
 ])
 def test_cli_bad_input_is_one_line(cli, tmp_path, args, message):
-    if "device=cuda" in args:
-        import torch
-
-        if torch.cuda.is_available():
-            pytest.skip("a GPU is present")
     result = cli([*args, f"run_dir={tmp_path / 'r'}"])
     assert result.code == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
