@@ -118,12 +118,14 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def run_suite(suite: Suite, results: Path = RESULTS, extra: Sequence[str] = (),
-              only: Sequence[str] = ()) -> dict[str, Any]:
+              only: Sequence[str] = (), seed_major: bool = False) -> dict[str, Any]:
     """Train, evaluate and summarise every unfinished (run, seed) of ``suite``, in order.
 
     ``extra``: overrides applied to every run after the suite's (e.g. ``logger.wandb=false``);
     they are not part of a run's identity, so use them for how to run, not what to run.
     ``only``: run names to work on (the summary still covers the whole suite).
+    ``seed_major``: every run's first seed before any run's second (one seed of each row
+    early), instead of all seeds of a run before the next run.
     """
     from metarl import checkpoint
     from metarl.config import load_config
@@ -134,6 +136,8 @@ def run_suite(suite: Suite, results: Path = RESULTS, extra: Sequence[str] = (),
         raise ConfigError(f"unknown run {unknown[0]!r} in suite {suite.name}; valid: "
                           f"{', '.join(r.name for r in suite.runs)}")
     todo = [(run, seed) for run in suite.runs for seed in run.seeds if not only or run.name in only]
+    if seed_major:
+        todo.sort(key=lambda item: item[0].seeds.index(item[1]))  # stable: runs keep their order
     for i, (run, seed) in enumerate(todo):
         run_dir = results / f"{run.name}-s{seed}"
         marker = _read_marker(run_dir)

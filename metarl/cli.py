@@ -113,7 +113,7 @@ def _benchmark(args: argparse.Namespace) -> int:
 
         write_summary(suite, Path(args.results))
     else:
-        run_suite(suite, Path(args.results), args.overrides, args.only)
+        run_suite(suite, Path(args.results), args.overrides, args.only, args.seed_major)
     print(f"wrote {Path(args.results) / (suite.name + '.json')} and {Path(args.results) / 'README.md'}")
     return 0
 
@@ -165,6 +165,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--results", default="results/metaworld", help="where run directories and the table go")
     b.add_argument("--only", action="append", default=[], help="work on this run name only (repeatable)")
     b.add_argument("--summary-only", action="store_true", help="rewrite the table and plot, train nothing")
+    b.add_argument("--seed-major", action="store_true",
+                   help="every run's first seed before any second seed (one seed of each row early)")
     b.set_defaults(func=_benchmark)
     pl = sub.add_parser("plot", help="learning curves (and adaptation curves) to a PNG")
     pl.add_argument("run_dirs", nargs="+")

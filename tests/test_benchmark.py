@@ -65,8 +65,12 @@ def test_suite_trains_to_budget_evaluates_and_skips_finished_runs(suite, tmp_pat
 
     before = {p: p.stat().st_mtime_ns for p in results.rglob("metrics.jsonl")}
     capsys.readouterr()
-    run_suite(suite, results)
-    assert capsys.readouterr().out.count("finished, skipped") == 3
+    run_suite(suite, results, seed_major=True)
+    out = capsys.readouterr().out
+    assert out.count("finished, skipped") == 3
+    # seed-major order: every run's first seed, then the second seeds
+    assert [line.split(":")[0] for line in out.splitlines() if "skipped" in line] == \
+        ["[1/3] nav-maml seed 0", "[2/3] reach-maml seed 0", "[3/3] nav-maml seed 1"]
     assert before == {p: p.stat().st_mtime_ns for p in results.rglob("metrics.jsonl")}
 
 
