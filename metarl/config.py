@@ -72,6 +72,12 @@ class MamlConfig(AlgoConfig):
     """TRPO trust region: mean KL between the old and new adapted policies."""
     cg_iters: int = 10
     cg_damping: float = 1e-5
+    hvp_subsample: float = 1.0
+    """Fraction of each task's steps (every k-th, k = round(1 / fraction)) that the conjugate
+    gradient's curvature products use, as rllab's ``subsample_factor``; 1.0 is exact. The
+    gradient and the line search's KL and surrogate checks always use every step, so an
+    accepted step keeps the exact trust region. 0.1 makes MAML-TRPO's update on ML1
+    several times faster (README, Numbers)."""
     ls_max_steps: int = 15
     ls_backtrack_ratio: float = 0.8
     outer_lr: float = 1e-3
@@ -84,6 +90,8 @@ class MamlConfig(AlgoConfig):
             raise ConfigError(f"algo.num_inner_steps must be >= 1, got {self.num_inner_steps}")
         for key in ("inner_lr", "max_kl", "outer_lr", "ppo_clip", "gamma"):
             _positive(f"algo.{key}", getattr(self, key))
+        if not 0 < self.hvp_subsample <= 1:
+            raise ConfigError(f"algo.hvp_subsample must be in (0, 1], got {self.hvp_subsample}")
         if not 0 <= self.gae_lambda <= 1:
             raise ConfigError(f"algo.gae_lambda must be in [0, 1], got {self.gae_lambda}")
         if self.cg_iters < 1 or self.ls_max_steps < 1 or self.ppo_epochs < 1:

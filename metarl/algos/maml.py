@@ -93,6 +93,18 @@ def prepare(batch: EpisodeBatch, cfg: MamlConfig, device: torch.device) -> TaskD
                     adv.reshape(n, e * t), weight)
 
 
+def subsample(data: TaskData, fraction: float) -> TaskData:
+    """Every k-th step of each task (k = round(1 / fraction)), weights renormalised so that
+    each task's losses stay means over the real steps kept. ``fraction`` 1 returns ``data``."""
+    stride = max(1, round(1 / fraction))
+    if stride == 1:
+        return data
+    keep = slice(0, None, stride)
+    weight = data.weight[:, keep]
+    weight = weight / weight.sum(-1, keepdim=True).clamp_min(torch.finfo(weight.dtype).tiny)
+    return TaskData(data.obs[:, keep], data.actions[:, keep], data.advantages[:, keep], weight)
+
+
 def _summary(batch: EpisodeBatch, tag: str) -> dict[str, float]:
     out = {f"train/return_{tag}": batch.episode_returns().mean().item()}
     success = batch.episode_success()
@@ -285,11 +297,18 @@ class MamlLearner:
     def _trpo_step(self, steps: list[TaskData], post: TaskData, closed_form: bool) -> dict[str, float]:
         cfg = self.cfg
         theta = self._theta()
+        # The curvature products of the conjugate gradient may run on a subsample of the steps.
+        exact = cfg.hvp_subsample == 1
+        cg_steps = [subsample(s, cfg.hvp_subsample) for s in steps]
+        cg_post = subsample(post, cfg.hvp_subsample)
         if closed_form:
             products = maml_mlp.MlpMamlProducts(self.policy, theta, steps[0], post, cfg.inner_lr)
             old = products.adapted_policy
             surrogate_grad = products.surrogate_gradient()
-            adapt_jvp, adapt_vjp, fisher = products.jvp, products.vjp, products.fisher
+            gradient_vjp = products.vjp
+            cg = products if exact else maml_mlp.MlpMamlProducts(
+                self.policy, theta, cg_steps[0], cg_post, cfg.inner_lr, phi=products.phi)
+            adapt_jvp, adapt_vjp, fisher = cg.jvp, cg.vjp, cg.fisher
         else:
             adapt = partial(self.adapt_all, steps=steps)
             phi, vjp_fn = vjp(adapt, theta)  # keeps the adaptation's graph for every J^T u below
@@ -297,17 +316,22 @@ class MamlLearner:
             with torch.no_grad():
                 old = self.forward_all(phi, post.obs)
             surrogate_grad = vmap(grad(self._surrogate))(phi, post, old)
-            fisher = self._fisher_product(phi, post)
+            adapt_cg = adapt if exact else partial(self.adapt_all, steps=cg_steps)
+            cg_vjp_fn = vjp_fn if exact else vjp(adapt_cg, theta)[1]
+            fisher = self._fisher_product(phi, cg_post)
+
+            def gradient_vjp(u: Params) -> Params:
+                return vjp_fn(u)[0]
 
             def adapt_jvp(v: Params) -> Params:
-                return jvp(adapt, (theta,), (v,))[1]
+                return jvp(adapt_cg, (theta,), (v,))[1]
 
             def adapt_vjp(u: Params) -> Params:
-                return vjp_fn(u)[0]
+                return cg_vjp_fn(u)[0]
 
         n = post.obs.shape[0]
         # Meta-gradient of the mean surrogate: J^T (d surrogate_i / d phi_i) / N.
-        g = _flat(adapt_vjp(surrogate_grad)) / n
+        g = _flat(gradient_vjp(surrogate_grad)) / n
         loss_before, _ = self._objectives(*old, post, old)
 
         def hessian_vector_product(v_flat: Tensor) -> Tensor:

@@ -164,16 +164,20 @@ class MlpMamlProducts:
         pre: Pre-adaptation data of the N tasks (the inner step's batch).
         post: Post-adaptation data (where the Fisher matrices are taken).
         inner_lr: The inner step size.
+        phi: Adapted parameters (N, ...) for the post-adaptation pass; by default those of
+            the inner step on ``pre``.
     """
 
     def __init__(self, policy: GaussianMLPPolicy, theta: Params, pre: TaskData, post: TaskData,
-                 inner_lr: float) -> None:
+                 inner_lr: float, phi: Params | None = None) -> None:
         self.policy, self.theta, self.lr = policy, theta, inner_lr
         self.n = pre.obs.shape[0]
         with torch.no_grad():
             self.pre = _Pass(policy, theta, pre.obs, per_task=False)
-            phi = self.pre.log_prob_gradient((pre.advantages * pre.weight).unsqueeze(-1), pre.actions, inner_lr)
-            self.phi = {k: phi[k] for k in theta}
+            adapted = self.pre.log_prob_gradient((pre.advantages * pre.weight).unsqueeze(-1), pre.actions, inner_lr)
+            # ``phi``: take the Fisher products at these adapted parameters (those of the full
+            # batch when ``pre`` and ``post`` are subsamples) instead of pre's own step.
+            self.phi = {k: adapted[k] for k in theta} if phi is None else phi
             self.post = _Pass(policy, self.phi, post.obs, per_task=True)
             self.post_data = post
 
