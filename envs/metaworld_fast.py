@@ -299,7 +299,14 @@ def dot_is_sequential() -> bool:
     :func:`_sum_of_squares` on this machine, bit for bit. numpy hands these to the BLAS
     its wheel ships, whose kernel is picked for the CPU at run time: one with fused
     multiply-adds or another order gives other roundings, so this is checked, on
-    vectors where those differ, rather than assumed."""
+    vectors where those differ, rather than assumed.
+
+    It says no with numpy 2.4's OpenBLAS on this project's AMD EPYC machines and on its
+    AVX-512 Xeon, whose kernel forms ``fma(x2, x2, fma(x1, x1, x0 * x0))`` (checked on
+    every probe vector). Python 3.11 has no ``fma``; libm's through ctypes makes a
+    3-vector norm slower than numpy's ``dot`` does (2.4 us against 1.0 us; the Python
+    sum: 0.7 us), so there the shims call numpy's ``dot``, as stock does.
+    ``scripts/bench_metaworld.py --dot-probe`` times either branch."""
     rng = np.random.default_rng(12345)
     for n in (1, 2, 3):
         x = rng.normal(size=(4000, n)) * 10.0 ** rng.integers(-6, 4, size=(4000, 1))
