@@ -17,7 +17,10 @@ $(STAMP): pyproject.toml
 	  $(BIN)/python -m pip install -q "torch==2.13.0" || \
 	  $(BIN)/python -m pip install -q "torch>=2.3" --index-url https://download.pytorch.org/whl/cpu; \
 	fi
-	$(BIN)/python -m pip install -q -e ".[dev,ray,highway,video]"
+	# setuptools tells every editable install of a package mapped from a folder of another
+	# name (envs/ -> metarl.envs) that same-named folders may shadow imports; that notice is
+	# about the layout, not a problem, so it is filtered. Anything else still prints.
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install -q -e ".[dev,ray,highway,video]"
 	touch $(STAMP)
 
 demo: setup
