@@ -6,7 +6,8 @@ For each task family, side by side in one run:
       (for Meta-World, the benchmark's own gym.make_vec("Meta-World/ML1-train", ...));
   (c) metarl's process sampler with 1 and 2 workers;
   (d) metarl's ray sampler with 2 workers (when ray is installed);
-and the raw env.step rate without any policy, for the overhead column.
+the raw env.step rate without any policy (the overhead's reference), and the ceiling: two
+independent single-env loops in two processes at once, their rates summed.
 
     python scripts/bench_sampler.py [--families ml1/pick-place-v3 halfcheetah-vel] [--metaworld-stock] [--json]
 """
@@ -47,12 +48,38 @@ def plain_loop(dist, policy, task, steps: int, with_policy: bool = True) -> floa
     return steps / (time.perf_counter() - t0)
 
 
+def _ceiling_lane(args) -> float:
+    name, fast, hidden, barrier, steps = args
+    torch.set_num_threads(1)
+    dist = metarl.envs.make(name, **({} if fast else {"fast": False}))
+    task = dist.sample(1, "train", np.random.default_rng(0))[0]
+    env = dist.make_env(task)  # built before the barrier: only the stepping is timed
+    env.close()
+    barrier.wait()
+    obs_space, act_space = dist.spaces
+    return plain_loop(dist, GaussianMLPPolicy(obs_space.shape[0], act_space.shape[0], hidden), task, steps,
+                      with_policy=False)
+
+
+def ceiling(name: str, fast: bool, hidden: list[int], steps: int, processes: int = 2) -> float:
+    """The machine's ceiling for ``processes`` workers: that many independent single-env
+    loops (env.step only) started together, their rates summed."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager:
+        barrier = manager.Barrier(processes)
+        with ctx.Pool(processes) as pool:
+            return sum(pool.map(_ceiling_lane, [(name, fast, hidden, barrier, steps)] * processes))
+
+
 def async_vector(dist, policy, tasks, num_envs: int, steps: int) -> float:
     if dist.name.startswith("ml1/"):
         import metaworld  # noqa: F401  (registers the Meta-World/... ids)
 
         envs = gym.make_vec("Meta-World/ML1-train", env_name=dist.name.removeprefix("ml1/"),
-                            meta_batch_size=num_envs, vector_strategy="async", seed=0)
+                            meta_batch_size=num_envs, vector_strategy="async", seed=0,
+                            total_tasks_per_cls=num_envs * (50 // num_envs))  # goals must divide evenly
         if hasattr(envs, "call"):
             try:  # metaworld 3.1.1: a fresh ML vector env needs sample_tasks before reset
                 envs.call("sample_tasks")
@@ -78,19 +105,60 @@ def async_vector(dist, policy, tasks, num_envs: int, steps: int) -> float:
     return rate
 
 
-def metarl_rate(dist, policy, tasks, episodes: int, backend: str, workers: int, max_steps: int) -> float:
+def metarl_rate(dist, policy, tasks, episodes: int, backend: str, workers: int, max_steps: int,
+                repeats: int = 1) -> tuple[float, float]:
+    """Median env steps/s over ``repeats`` collections, and the main process's CPU seconds
+    per wall second while the workers collect."""
     with Sampler(dist, policy.spec, backend=backend, num_workers=workers) as sampler:
         sampler.collect(tasks, policy.params(), episodes, seed=0, max_steps=5)  # start-up, env creation
-        t0 = time.perf_counter()
-        batch = sampler.collect(tasks, policy.params(), episodes, seed=1, max_steps=max_steps)
-        return batch.env_steps / (time.perf_counter() - t0)
+        rates, cpu, wall = [], 0.0, 0.0
+        for r in range(repeats):
+            t0, c0 = time.perf_counter(), time.process_time()
+            batch = sampler.collect(tasks, policy.params(), episodes, seed=1 + r, max_steps=max_steps)
+            elapsed = time.perf_counter() - t0
+            cpu, wall = cpu + time.process_time() - c0, wall + elapsed
+            rates.append(batch.env_steps / elapsed)
+        return float(np.median(rates)), cpu / wall
+
+
+def worker_overhead(dist, policy, tasks, episodes: int, max_steps: int) -> float:
+    """Share of a rollout worker's collection time spent outside ``env.step`` (the policy,
+    noise, clipping, recording), measured on the worker's own episodes in this process, so
+    machine noise hits both sides of the ratio alike."""
+    from metarl.policies import to_numpy
+    from metarl.sampling.worker import RolloutWorker, WorkItem
+
+    worker = RolloutWorker(dist, policy.spec)
+    items = [WorkItem(i, task, 0, episodes) for i, task in enumerate(tasks)]
+    params = {0: to_numpy(policy.params())}
+    worker.collect(items, params, seed=0, max_steps=5)  # builds the envs
+    in_step = [0.0]
+
+    def timed(step):
+        def wrapper(action):
+            t0 = time.perf_counter()
+            try:
+                return step(action)
+            finally:
+                in_step[0] += time.perf_counter() - t0
+        return wrapper
+
+    for pool in worker._envs.values():
+        for env in pool:
+            env.step = timed(env.step)
+    t0 = time.perf_counter()
+    worker.collect(items, params, seed=1, max_steps=max_steps)
+    total = time.perf_counter() - t0
+    worker.close()
+    return 1 - in_step[0] / total
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--families", nargs="+", default=["ml1/pick-place-v3", "halfcheetah-vel"])
     ap.add_argument("--tasks", type=int, default=2)
-    ap.add_argument("--episodes", type=int, default=5, help="per task; N envs = tasks * episodes")
+    ap.add_argument("--episodes", type=int, default=10, help="per task; N envs = tasks * episodes")
+    ap.add_argument("--repeats", type=int, default=3, help="collections per sampler rate (median)")
     ap.add_argument("--max-steps", type=int, default=200)
     ap.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
     ap.add_argument("--no-ray", action="store_true")
@@ -108,35 +176,49 @@ def main() -> None:
         tasks = dist.sample(args.tasks, "train", np.random.default_rng(0))
         num_envs = args.tasks * args.episodes
         steps = num_envs * args.max_steps
+        fast = not (args.metaworld_stock and name.startswith("ml"))
         row = {"num_envs": num_envs,
-               "env_step_only": plain_loop(dist, policy, tasks[0], min(steps, 3000), with_policy=False),
+               "env_step_only": float(np.median([plain_loop(dist, policy, tasks[0], min(steps, 3000),
+                                                            with_policy=False) for _ in range(args.repeats)])),
+               "ceiling": float(np.median([ceiling(name, fast, args.hidden, min(steps, 3000))
+                                           for _ in range(args.repeats)])),
+               "worker_overhead": float(np.median([worker_overhead(dist, policy, tasks, args.episodes,
+                                                                   args.max_steps) for _ in range(args.repeats)])),
                "plain_loop": plain_loop(dist, policy, tasks[0], min(steps, 3000)),
                "async_vector_env": async_vector(dist, policy, tasks, num_envs, steps)}
         for workers in (1, 2):
-            row[f"process_{workers}"] = metarl_rate(dist, policy, tasks, args.episodes, "process", workers, args.max_steps)
+            row[f"process_{workers}"], row[f"main_cpu_per_s_process_{workers}"] = metarl_rate(
+                dist, policy, tasks, args.episodes, "process", workers, args.max_steps, args.repeats)
         if not args.no_ray:
             try:
                 import ray
 
-                row["ray_2"] = metarl_rate(dist, policy, tasks, args.episodes, "ray", 2, args.max_steps)
+                row["ray_2"] = metarl_rate(dist, policy, tasks, args.episodes, "ray", 2, args.max_steps,
+                                           args.repeats)[0]
                 ray.shutdown()
             except ImportError:
                 row["ray_2"] = None
         row["process_2_vs_plain"] = row["process_2"] / row["plain_loop"]
         row["process_2_vs_async"] = row["process_2"] / row["async_vector_env"]
         row["overhead_1_worker"] = 1 - row["process_1"] / row["env_step_only"]
+        row["process_1_vs_env_step_only"] = row["process_1"] / row["env_step_only"]
+        row["process_2_vs_ceiling"] = row["process_2"] / row["ceiling"]
+        if row.get("ray_2"):
+            row["ray_2_vs_process_2"] = row["ray_2"] / row["process_2"]
         results[name] = row
     if args.json:
         print(json.dumps(results))
         return
-    cols = ["env_step_only", "plain_loop", "async_vector_env", "process_1", "process_2", "ray_2"]
+    cols = ["env_step_only", "ceiling", "plain_loop", "async_vector_env", "process_1", "process_2", "ray_2"]
     print(f"env steps/s ({args.tasks} tasks x {args.episodes} episodes x {args.max_steps} steps, "
           f"policy {args.hidden})")
-    print(f"{'family':<20}" + "".join(f"{c:>17}" for c in cols) + f"{'p2/plain':>10}{'p2/async':>10}{'overhead':>10}")
+    ratios = ["process_1_vs_env_step_only", "process_2_vs_ceiling", "process_2_vs_plain", "process_2_vs_async"]
+    print(f"{'family':<20}" + "".join(f"{c:>17}" for c in cols))
     for name, row in results.items():
-        cells = "".join(f"{row[c]:>17.0f}" if row.get(c) else f"{'-':>17}" for c in cols)
-        print(f"{name:<20}{cells}{row['process_2_vs_plain']:>10.2f}{row['process_2_vs_async']:>10.2f}"
-              f"{row['overhead_1_worker']:>10.1%}")
+        print(f"{name:<20}" + "".join(f"{row[c]:>17.0f}" if row.get(c) else f"{'-':>17}" for c in cols))
+        print("  " + ", ".join(f"{k} {row[k]:.2f}" for k in ratios)
+              + f"; in-worker time outside env.step {row['worker_overhead']:.1%}"
+              + f"; main-process CPU while 2 workers collect: {row['main_cpu_per_s_process_2']:.2f} s/s")
 
 
 if __name__ == "__main__":

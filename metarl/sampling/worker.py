@@ -77,9 +77,11 @@ class RolloutWorker:
                 seed: int, max_steps: int, deterministic: bool = False) -> list[dict[str, np.ndarray]]:
         """Roll every item's episodes; one dict of padded arrays (E, T, ...) per item.
 
-        A recurrent policy rolls each item as one trial: its episodes in sequence with the
-        hidden state carried across them (reset at the start of the trial); the trials of
-        all items step in lockstep.
+        A feed-forward policy rolls one item at a time, all its episodes in lockstep under
+        the item's parameters (loaded into the module once). A recurrent policy rolls each
+        item as one trial: its episodes in sequence with the hidden state carried across
+        them (reset at the start of the trial); the trials of all items sharing a parameter
+        set step in lockstep. Both go through the same lane loop (:meth:`_run_lanes`).
         """
         if self.policy.spec.recurrent:
             results: dict[int, dict[str, np.ndarray]] = {}
@@ -100,42 +102,18 @@ class RolloutWorker:
             for k, v in params.items():
                 self.policy.get_parameter(k).copy_(torch.from_numpy(v))
         n = item.episodes
-        envs, rngs, obs = [], [], []
-        for e, env in enumerate(self._lanes([item.task] * n)):
-            env_seed, rng = episode_seeds(seed, item.slot, e)
-            o, _ = env.reset(seed=env_seed)
-            envs.append(env)
-            rngs.append(rng)
-            obs.append(np.asarray(o, dtype=np.float32).ravel())
-        obs_dim = obs[0].shape[0]
-        space = envs[0].action_space
-        act_dim = int(np.prod(space.shape))
-        low, high = space.low.astype(np.float32), space.high.astype(np.float32)
+        envs = self._lanes([item.task] * n)
+        spec = self.policy.spec
+        out = _empty((1, n), max_steps, spec.obs_dim, spec.act_dim)
+        policy = self.policy
 
-        out = _empty(n, max_steps, obs_dim, act_dim)
-        has_success = False
-        active = list(range(n))
-        current = np.stack(obs)
-        for t in range(max_steps):
-            if not active:
-                break
-            batch_obs = torch.from_numpy(current[active])
-            with torch.no_grad():
-                mean, std = self.policy(batch_obs)
-                actions, logp = _sample(mean, std, [rngs[i] for i in active], deterministic)
-            actions_np, logp_np = actions.numpy(), logp.numpy()
-            still = []
-            for j, i in enumerate(active):
-                o2, _, ended, reported = _step_and_record(envs[i], out, i, t, current[i], actions_np[j],
-                                                          logp_np[j], low, high, max_steps)
-                has_success |= reported
-                if not ended:
-                    current[i] = o2
-                    still.append(i)
-            active = still
-        if not has_success:
-            del out["success"]
-        return out
+        def act(lanes: np.ndarray, obs: torch.Tensor, _new: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+            return policy(obs)
+
+        # One row (the item), lane e rolls episode e.
+        self._run_lanes(envs, [item] * n, np.zeros(n, np.int64), np.arange(n), 1, out, act, None,
+                        seed, max_steps, deterministic)
+        return {k: v[0] for k, v in out.items()}
 
     def _rollout_trials(self, items: list[WorkItem], params: dict[str, np.ndarray], seed: int,
                         max_steps: int, deterministic: bool) -> list[dict[str, np.ndarray]]:
@@ -143,58 +121,109 @@ class RolloutWorker:
         torch_params = {k: torch.from_numpy(v) for k, v in params.items()}
         n, episodes = len(items), items[0].episodes
         envs = self._lanes([item.task for item in items])
-        act_dim = policy.act_dim
+        out = _empty((n, episodes), max_steps, policy.spec.obs_dim, policy.spec.act_dim)
+        prev_action = torch.zeros(n, policy.act_dim)
+        prev_reward = torch.zeros(n)
+        h = policy.initial_state(n)
+
+        def act(lanes: np.ndarray, obs: torch.Tensor, new: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+            idx = torch.from_numpy(lanes)
+            x = policy.inputs(obs, prev_action[idx], prev_reward[idx], torch.from_numpy(new),
+                              torch_params["reward_scale"])
+            mean, std, _, h[idx] = policy.step(x, h[idx], torch_params)
+            return mean, std
+
+        def observe(lanes: np.ndarray, actions: torch.Tensor, rewards: np.ndarray) -> None:
+            idx = torch.from_numpy(lanes)
+            prev_action[idx], prev_reward[idx] = actions, torch.from_numpy(rewards)
+
+        # Row i (item i) is lane i's trial: episodes 0..E-1 in sequence.
+        self._run_lanes(envs, items, np.arange(n), np.zeros(n, np.int64), episodes, out, act, observe,
+                        seed, max_steps, deterministic)
+        return [{k: v[i] for k, v in out.items()} for i in range(n)]
+
+    def _run_lanes(self, envs: list[Any], items: list[WorkItem], rows: np.ndarray, first: np.ndarray,
+                   trial: int, out: dict[str, np.ndarray], act: Any, observe: Any, seed: int,
+                   max_steps: int, deterministic: bool) -> None:
+        """Step lanes in lockstep until each has rolled ``trial`` episodes.
+
+        Lane ``l`` rolls episodes ``first[l], first[l] + 1, ...`` of ``items[l]`` in ``envs[l]``
+        and records them in row ``rows[l]`` of ``out`` (``out[key][row, episode, t]``). ``act(lanes, obs, new)``
+        gives the policy's mean and std for the active lanes (``new``: 1 at an episode's
+        first step); ``observe(lanes, actions, rewards)`` (recurrent policies) sees what each
+        lane did. Each episode's noise is drawn from its own generator at its reset, as
+        many steps as it may take, so a lockstep's noise is one gather.
+        """
+        n = len(envs)
+        rows_l, episode, t, done = rows.tolist(), first.tolist(), [0] * n, [0] * n
+        obs_dim, act_dim = out["obs"].shape[-1], out["actions"].shape[-1]
+        current = np.zeros((n, obs_dim), np.float32)
+        new = np.ones(n, np.float32)
+        noise = np.zeros((n, max_steps, act_dim), np.float32)
         space = envs[0].action_space
         low, high = space.low.astype(np.float32), space.high.astype(np.float32)
-        outs = [_empty(episodes, max_steps, policy.obs_dim, act_dim) for _ in items]
-        episode = [0] * n
-        t = [0] * n
-        rngs: list[np.random.Generator] = [None] * n  # type: ignore[list-item]
-        current = np.zeros((n, policy.obs_dim), np.float32)
-        prev_action = np.zeros((n, act_dim), np.float32)
-        prev_reward = np.zeros(n, np.float32)
-        new_episode = np.ones(n, np.float32)
-        h = policy.initial_state(n)
+        steps = [env.step for env in envs]
+        last = max_steps - 1
         has_success = False
 
-        def start(i: int) -> None:
-            env_seed, rngs[i] = episode_seeds(seed, items[i].slot, episode[i])
-            o, _ = envs[i].reset(seed=env_seed)
-            current[i] = np.asarray(o, dtype=np.float32).ravel()
-            new_episode[i], t[i] = 1.0, 0
+        def start(lane: int) -> None:
+            env_seed, rng = episode_seeds(seed, items[lane].slot, episode[lane])
+            o, _ = envs[lane].reset(seed=env_seed)
+            current[lane] = np.ravel(o)  # cast to float32 on assignment
+            if not deterministic:
+                noise[lane] = rng.standard_normal((max_steps, act_dim), dtype=np.float32)
+            new[lane], t[lane] = 1.0, 0
 
-        for i in range(n):
-            start(i)
+        for lane in range(n):
+            start(lane)
         active = list(range(n))
         while active:
-            idx = torch.tensor(active)
-            x = policy.inputs(torch.from_numpy(current[active]), torch.from_numpy(prev_action[active]),
-                              torch.from_numpy(prev_reward[active]), torch.from_numpy(new_episode[active]),
-                              torch_params["reward_scale"])
+            lanes = np.array(active)
+            r = np.array([rows_l[i] for i in active])
+            e = np.array([episode[i] for i in active])
+            ts = np.array([t[i] for i in active])
             with torch.no_grad():
-                mean, std, _, h_new = policy.step(x, h[idx], torch_params)
-                actions, logp = _sample(mean, std, [rngs[i] for i in active], deterministic)
-            h[idx] = h_new
-            actions_np, logp_np = actions.numpy(), logp.numpy()
+                mean, std = act(lanes, torch.from_numpy(current[lanes]), new[lanes])
+                actions = mean if deterministic else mean + std * torch.from_numpy(noise[lanes, ts])
+                logp = gaussian_log_prob(mean, std, actions)
+            actions_np = actions.numpy()
+            clipped = np.clip(actions_np, low, high)
+            out["obs"][r, e, ts] = current[lanes]
+            out["actions"][r, e, ts] = actions_np
+            out["log_probs"][r, e, ts] = logp.numpy()
+            out["mask"][r, e, ts] = True
+            new[lanes] = 0.0
+            rewards = np.empty(len(active), np.float32)
+            success = np.zeros(len(active), np.float32)
             still = []
-            for j, i in enumerate(active):
-                o2, r, ended, reported = _step_and_record(envs[i], outs[i], episode[i], t[i], current[i],
-                                                          actions_np[j], logp_np[j], low, high, max_steps)
-                has_success |= reported
-                prev_action[i], prev_reward[i], new_episode[i] = actions_np[j], r, 0.0
-                if ended:
-                    episode[i] += 1
-                    if episode[i] < episodes:
-                        start(i)
-                        still.append(i)
+            for j, lane in enumerate(active):
+                o2, reward, term, trunc, info = steps[lane](clipped[j])
+                rewards[j] = reward
+                if "success" in info:
+                    has_success = True
+                    success[j] = info["success"]
+                if term or trunc or t[lane] == last:
+                    row, ep, step = rows_l[lane], episode[lane], t[lane]
+                    out["terminated"][row, ep, step] = bool(term)
+                    out["truncated"][row, ep, step] = not term
+                    out["last_obs"][row, ep] = np.ravel(o2)
+                    done[lane] += 1
+                    if done[lane] < trial:
+                        episode[lane] += 1
+                        start(lane)
+                        still.append(lane)
                 else:
-                    current[i], t[i] = o2, t[i] + 1
-                    still.append(i)
+                    current[lane] = np.ravel(o2)
+                    t[lane] += 1
+                    still.append(lane)
+            out["rewards"][r, e, ts] = rewards
+            if has_success:
+                out["success"][r, e, ts] = success
+            if observe is not None:
+                observe(lanes, actions, rewards)
             active = still
-        for out in outs:
-            if not has_success:
-                del out["success"]
-        return outs
+        if not has_success:
+            del out["success"]
 
     def close(self) -> None:
         for pool in self._envs.values():
@@ -203,51 +232,16 @@ class RolloutWorker:
         self._envs.clear()
 
 
-def _sample(mean: torch.Tensor, std: torch.Tensor, rngs: list[np.random.Generator],
-            deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Actions (the mean, or mean + std * noise from each lane's generator) and log-probs."""
-    if deterministic:
-        actions = mean
-    else:
-        noise = np.stack([rng.standard_normal(mean.shape[-1], dtype=np.float32) for rng in rngs])
-        actions = mean + std * torch.from_numpy(noise)
-    return actions, gaussian_log_prob(mean, std, actions)
-
-
-def _step_and_record(env: Any, out: dict[str, np.ndarray], e: int, t: int, obs: np.ndarray,
-                     action: np.ndarray, logp: float, low: np.ndarray, high: np.ndarray,
-                     max_steps: int) -> tuple[np.ndarray, float, bool, bool]:
-    """Step ``env`` with ``action`` (clipped to the action space) and record step ``t`` of
-    episode ``e`` in ``out``. Returns (next obs, reward, episode ended, success reported)."""
-    o2, r, term, trunc, info = env.step(np.clip(action, low, high))
-    o2 = np.asarray(o2, dtype=np.float32).ravel()
-    out["obs"][e, t] = obs
-    out["actions"][e, t] = action
-    out["rewards"][e, t] = r
-    out["log_probs"][e, t] = logp
-    out["mask"][e, t] = True
-    reported = "success" in info
-    if reported:
-        out["success"][e, t] = float(info["success"])
-    ended = bool(term) or bool(trunc) or t == max_steps - 1
-    if ended:
-        out["terminated"][e, t] = bool(term)
-        out["truncated"][e, t] = not term
-        out["last_obs"][e] = o2
-    return o2, float(r), ended, reported
-
-
-def _empty(episodes: int, steps: int, obs_dim: int, act_dim: int) -> dict[str, np.ndarray]:
-    """Zeroed per-item buffers (E, T, ...) that a rollout fills in."""
+def _empty(rows: tuple[int, int], steps: int, obs_dim: int, act_dim: int) -> dict[str, np.ndarray]:
+    """Zeroed buffers (*rows, T, ...), rows = (items, episodes), that a rollout fills in."""
     return {
-        "obs": np.zeros((episodes, steps, obs_dim), np.float32),
-        "actions": np.zeros((episodes, steps, act_dim), np.float32),
-        "rewards": np.zeros((episodes, steps), np.float32),
-        "log_probs": np.zeros((episodes, steps), np.float32),
-        "terminated": np.zeros((episodes, steps), bool),
-        "truncated": np.zeros((episodes, steps), bool),
-        "mask": np.zeros((episodes, steps), bool),
-        "success": np.zeros((episodes, steps), np.float32),
-        "last_obs": np.zeros((episodes, obs_dim), np.float32),
+        "obs": np.zeros((*rows, steps, obs_dim), np.float32),
+        "actions": np.zeros((*rows, steps, act_dim), np.float32),
+        "rewards": np.zeros((*rows, steps), np.float32),
+        "log_probs": np.zeros((*rows, steps), np.float32),
+        "terminated": np.zeros((*rows, steps), bool),
+        "truncated": np.zeros((*rows, steps), bool),
+        "mask": np.zeros((*rows, steps), bool),
+        "success": np.zeros((*rows, steps), np.float32),
+        "last_obs": np.zeros((*rows, obs_dim), np.float32),
     }
-
