@@ -98,3 +98,13 @@ def test_bad_suites_are_one_line_errors(tmp_path):
     path.write_text(SUITE)
     with pytest.raises(ConfigError, match="unknown run 'x' in suite tiny; valid: nav-maml, reach-maml"):
         run_suite(load_suite(str(path)), tmp_path / "r", only=["x"])
+
+
+def test_overrides_may_follow_flags(capsys):
+    from metarl.cli import main
+
+    assert main(["benchmark", "nope", "--seed-major", "logger.wandb=false"]) == 2
+    assert "unknown benchmark suite 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["benchmark", "nope", "--seed-major", "--no-such-flag"])
+    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
