@@ -171,12 +171,30 @@ def test_trpo_step_respects_max_kl_and_improves():
 
 
 def test_rejected_line_search_leaves_parameters_unchanged():
-    lrn = learner(ls_max_steps=2)
-    pre, post = random_batch(seed=7), random_batch(seed=8)
-    post = replace(post, rewards=torch.zeros_like(post.rewards))  # zero advantages: no improvement
+    """A step within the KL bound that does not improve the surrogate is rejected. On this
+    batch the first candidate keeps the KL at 0.008 (<= 0.01) while a few importance ratios
+    explode the surrogate; with one line-search step the update must keep theta."""
+    lrn = learner(ls_max_steps=1, max_kl=0.01)
+    pre, post = random_batch(seed=24), random_batch(seed=124)
     before = _flat(lrn._theta()).clone()
-    stats = lrn.update([pre], replace(post))
-    assert stats["loss/step_accepted"] == 0.0
+    seen = []
+    evaluate = lrn.evaluate_objectives
+    lrn.evaluate_objectives = lambda *a: seen.append(evaluate(*a)) or seen[-1]
+    stats = lrn.update([pre], post)
+    (loss, kl), = seen
+    assert kl <= lrn.cfg.max_kl and loss >= stats["loss/surrogate_before"]  # the improvement check
+    assert stats["loss/step_accepted"] == 0.0 and stats["loss/grad_norm"] > 0
+    assert torch.equal(_flat(lrn._theta()), before)
+
+
+def test_zero_advantages_give_a_zero_step_not_nan():
+    lrn = learner()
+    pre, post = random_batch(seed=7), random_batch(seed=8)
+    post = replace(post, rewards=torch.zeros_like(post.rewards))  # zero advantages, zero gradient
+    before = _flat(lrn._theta()).clone()
+    stats = lrn.update([pre], post)
+    assert stats["loss/grad_norm"] == 0 and stats["loss/step_accepted"] == 0.0
+    assert all(v == v for v in stats.values())  # no NaN anywhere
     assert torch.equal(_flat(lrn._theta()), before)
 
 

@@ -69,3 +69,9 @@ def test_normalize_ignores_padding():
     adv = torch.tensor([[1.0, 3.0, 100.0]])
     mask = torch.tensor([[True, True, False]])
     torch.testing.assert_close(normalize(adv, mask), torch.tensor([[-1.0, 1.0, 0.0]]), atol=1e-6, rtol=0)
+
+
+def test_conjugate_gradient_on_a_zero_right_hand_side_is_zero_not_nan():
+    a = torch.tensor([[2.0, 0.5], [0.5, 1.0]])
+    x, ax = conjugate_gradient(lambda v: a @ v, torch.zeros(2), 10, return_product=True)
+    assert torch.equal(x, torch.zeros(2)) and torch.equal(ax, torch.zeros(2))

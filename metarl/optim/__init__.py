@@ -80,6 +80,8 @@ def conjugate_gradient(avp: Callable[[Tensor], Tensor], b: Tensor, iters: int,
     x = torch.zeros_like(b)
     r, p = b.clone(), b.clone()
     rr = r @ r
+    if rr == 0:  # b = 0: x = 0 solves it (and p @ A p would be 0 / 0 below)
+        return (x, torch.zeros_like(b)) if return_product else x
     for _ in range(iters):
         ap = avp(p)
         alpha = rr / (p @ ap)
