@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -407,10 +408,11 @@ def run_protocol(learner: Any, dist: Any, settings: dict[str, int], seed: int = 
     """Meta-World's ``metalearning_evaluation`` on the test split of ``dist`` (a Meta-World
     task distribution) with ``settings`` from :func:`protocol_settings`.
 
-    Returns ``{"success_rate", "return", "per_task_success", "settings"}``.
+    Returns ``{"success_rate", "return", "per_task_success", "wall_time_s", "settings"}``.
     """
     from metaworld.evaluation import metalearning_evaluation
 
+    start = time.perf_counter()
     envs = ShardedVectorEnv(protocol_env_fns(dist, settings, max_episode_steps), num_workers)
     if learner.unit == "episodes":
         agent: Any = Rl2Agent(learner, envs.num_envs, seed)
@@ -428,6 +430,7 @@ def run_protocol(learner: Any, dist: Any, settings: dict[str, int], seed: int = 
         envs.close()
     return {"success_rate": float(success), "return": float(mean_return),
             "per_task_success": {k: float(v) for k, v in per_task.items()},
+            "wall_time_s": time.perf_counter() - start,
             "settings": settings | {"benchmark": dist.name, "benchmark_seed": dist.seed, "seed": seed,
                                     "max_episode_steps": max_episode_steps, "fast": dist.fast,
                                     "source": PROTOCOL_SOURCE}}
