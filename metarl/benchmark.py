@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from metarl.checkpoint import write_text
 from metarl.config import ConfigError
 from metarl.logging import read_jsonl
 
@@ -112,9 +113,7 @@ def _read_marker(run_dir: Path) -> dict[str, Any]:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def run_suite(suite: Suite, results: Path = RESULTS, extra: Sequence[str] = (),

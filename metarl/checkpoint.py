@@ -29,6 +29,13 @@ def save(state: dict[str, Any], path: Path) -> None:
         raise
 
 
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and an atomic rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def load(path: Path) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True`` (tensors and plain data only)."""
     if not path.is_file():

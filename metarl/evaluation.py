@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from metarl.checkpoint import write_text
 from metarl.envs import Task
 from metarl.sampling import EpisodeBatch, Sampler
 
@@ -67,9 +68,7 @@ def summarize(batch: EpisodeBatch) -> dict[str, float | None]:
 def write_eval(run_dir: Path, result: dict[str, Any], task_distribution: str, split: str) -> Path:
     path = run_dir / "eval.json"
     data = {"task_distribution": task_distribution, "split": split, **result}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
+    write_text(path, json.dumps(data, indent=2))
     return path
 
 

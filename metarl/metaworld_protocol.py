@@ -39,6 +39,7 @@ from metarl.config import ConfigError
 from metarl.envs import Task
 from metarl.policies import gaussian_log_prob
 from metarl.sampling import EpisodeBatch
+from metarl.sampling.sampler import stop_processes
 
 PROTOCOL_SOURCE = ("Meta-World+ (arXiv 2505.11289), Farama metaworld-algorithms: "
                    "envs/metaworld.py MetaworldMetaLearningConfig and "
@@ -238,15 +239,7 @@ class ShardedVectorEnv(gym.vector.VectorEnv):
     def close_extras(self, **kwargs: Any) -> None:
         if self._local is not None:
             self._local.close()
-        for conn in self._conns:
-            try:
-                conn.send(None)
-            except (BrokenPipeError, OSError):
-                pass
-        for proc in self._procs:
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.kill()
+        stop_processes(self._conns, self._procs, timeout=10)
 
 
 # ----------------------------------------------------------------------------- agents

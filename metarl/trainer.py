@@ -253,9 +253,7 @@ class Trainer:
         metrics = self.run_dir / "metrics.jsonl"
         if metrics.exists() and not read_only:  # lines logged after the checkpoint are redone
             kept = [row for row in read_jsonl(metrics) if row["iteration"] < self.start_iteration]
-            tmp = metrics.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
-            tmp.replace(metrics)
+            checkpoint.write_text(metrics, "".join(json.dumps(row) + "\n" for row in kept))
 
     def _logger(self) -> MultiLogger:
         loggers: list = [JsonlLogger(self.run_dir / "metrics.jsonl")]

@@ -28,6 +28,20 @@ from .batch import EpisodeBatch
 from .worker import RolloutWorker, WorkItem
 
 
+def stop_processes(conns: Sequence[Any], procs: Sequence[Any], timeout: float = 5) -> None:
+    """Ask worker processes to exit (``None`` down each pipe), wait ``timeout`` seconds for
+    each, and kill any still running."""
+    for conn in conns:
+        try:
+            conn.send(None)
+        except (BrokenPipeError, OSError):
+            pass
+    for proc in procs:
+        proc.join(timeout=timeout)
+        if proc.is_alive():
+            proc.kill()
+
+
 class SamplerError(RuntimeError):
     """Workers kept failing; the collection could not be completed."""
 
@@ -122,15 +136,7 @@ class Sampler:
         return _stack(per_slot, list(tasks))
 
     def close(self) -> None:
-        for conn in self._conns:
-            try:
-                conn.send(None)
-            except (BrokenPipeError, OSError):
-                pass
-        for proc in self._procs:
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.kill()
+        stop_processes(self._conns, self._procs)
         self._procs, self._conns = [], []
         if self._local is not None:
             self._local.close()
