@@ -204,12 +204,17 @@ class SamplerConfig:
     """``ray.init(address=...)``; None starts a local Ray instance."""
     max_retries: int = 3
     """Restarts of a dead worker within one collection before giving up."""
+    max_lanes: int = 64
+    """Most episodes a worker steps in lockstep, one env each (a Meta-World env holds
+    ~20 MB): more lanes spread the policy's per-step cost over more env steps."""
 
     def __post_init__(self) -> None:
         if self.backend not in ("local", "process", "ray"):
             raise ConfigError(f"sampler.backend must be one of local, process, ray; got {self.backend!r}")
         if self.num_workers < 0:
             raise ConfigError(f"sampler.num_workers must be >= 0, got {self.num_workers}")
+        if self.max_lanes < 1:
+            raise ConfigError(f"sampler.max_lanes must be >= 1, got {self.max_lanes}")
 
 
 @dataclass(frozen=True)

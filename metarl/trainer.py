@@ -148,7 +148,8 @@ class Trainer:
         if self.policy is None:
             return None
         s = self.cfg.sampler
-        return Sampler(self.dist, self.policy.spec, s.backend, s.num_workers, s.ray_address, s.max_retries)
+        return Sampler(self.dist, self.policy.spec, s.backend, s.num_workers, s.ray_address, s.max_retries,
+                       s.max_lanes)
 
     def _adaptation_only(self, logger: MultiLogger) -> dict[str, Any]:
         """sb3_finetune / sb3_scratch: no meta-training; the adaptation budgets are the run.

@@ -122,9 +122,10 @@ def metarl_rate(dist, policy, tasks, episodes: int, backend: str, workers: int, 
 
 
 def worker_overhead(dist, policy, tasks, episodes: int, max_steps: int) -> float:
-    """Share of a rollout worker's collection time spent outside ``env.step`` (the policy,
-    noise, clipping, recording), measured on the worker's own episodes in this process, so
-    machine noise hits both sides of the ratio alike."""
+    """The rollout worker's own time (the policy, noise, clipping, recording) as a share of
+    its envs' time (``env.step`` and ``env.reset``, which the env-only loop pays too),
+    measured on the worker's own episodes in this process, so machine noise hits both
+    sides of the ratio alike."""
     from metarl.policies import to_numpy
     from metarl.sampling.worker import RolloutWorker, WorkItem
 
@@ -132,25 +133,25 @@ def worker_overhead(dist, policy, tasks, episodes: int, max_steps: int) -> float
     items = [WorkItem(i, task, 0, episodes) for i, task in enumerate(tasks)]
     params = {0: to_numpy(policy.params())}
     worker.collect(items, params, seed=0, max_steps=5)  # builds the envs
-    in_step = [0.0]
+    in_env = [0.0]
 
-    def timed(step):
-        def wrapper(action):
+    def timed(method):
+        def wrapper(*args, **kwargs):
             t0 = time.perf_counter()
             try:
-                return step(action)
+                return method(*args, **kwargs)
             finally:
-                in_step[0] += time.perf_counter() - t0
+                in_env[0] += time.perf_counter() - t0
         return wrapper
 
     for pool in worker._envs.values():
         for env in pool:
-            env.step = timed(env.step)
+            env.step, env.reset = timed(env.step), timed(env.reset)
     t0 = time.perf_counter()
     worker.collect(items, params, seed=1, max_steps=max_steps)
     total = time.perf_counter() - t0
     worker.close()
-    return 1 - in_step[0] / total
+    return total / in_env[0] - 1
 
 
 def main() -> None:
@@ -217,7 +218,7 @@ def main() -> None:
     for name, row in results.items():
         print(f"{name:<20}" + "".join(f"{row[c]:>17.0f}" if row.get(c) else f"{'-':>17}" for c in cols))
         print("  " + ", ".join(f"{k} {row[k]:.2f}" for k in ratios)
-              + f"; in-worker time outside env.step {row['worker_overhead']:.1%}"
+              + f"; worker's own time / its envs' time {row['worker_overhead']:.1%}"
               + f"; main-process CPU while 2 workers collect: {row['main_cpu_per_s_process_2']:.2f} s/s")
 
 

@@ -65,19 +65,32 @@ def test_log_probs_match_policy():
     torch.testing.assert_close(recomputed, batch.log_probs, rtol=1e-5, atol=1e-5)
 
 
-def test_same_seed_same_batch_across_backends_and_workers():
-    dist = metarl.envs.make("halfcheetah-vel")
-    policy = GaussianMLPPolicy(17, 6, [16])
+@pytest.mark.parametrize("name, per_task", [("halfcheetah-vel", False), ("nav2d", True)])
+def test_same_seed_same_batch_across_backends_workers_and_lanes(name, per_task):
+    """Feed-forward batches do not depend on the backend, the worker count, or how many
+    items share a lockstep (max_lanes=2: one item at a time; 64: all at once), with one
+    parameter set or one per task, and with episodes ending at different steps (nav2d)."""
+    dist = metarl.envs.make(name)
+    obs_dim, act_dim = (s.shape[0] for s in dist.spaces)
+    policy = GaussianMLPPolicy(obs_dim, act_dim, [16])
     tasks = dist.sample(3, "train", np.random.default_rng(0))
+    torch.manual_seed(1)
+    params = policy.params()
+    if per_task:  # each task's own parameters: on nav2d, straight to its goal in 3, 4, 5 steps
+        policy, _ = constant_policy(obs_dim, act_dim, [0.0, 0.0], std=1e-3)
+        params = [constant_policy(obs_dim, act_dim, (np.array(task.params["goal"]) / (3 + i)).tolist(),
+                                  std=1e-3)[1] for i, task in enumerate(tasks)]
     batches = []
-    for backend, workers in (("local", 1), ("process", 2), ("process", 1)):
-        with Sampler(dist, policy.spec, backend=backend, num_workers=workers) as s:
-            batches.append(s.collect(tasks, policy.params(), episodes=2, seed=5, max_steps=30))
+    for backend, workers, lanes in (("local", 1, 64), ("local", 1, 2), ("process", 2, 64), ("process", 1, 3)):
+        with Sampler(dist, policy.spec, backend=backend, num_workers=workers, max_lanes=lanes) as s:
+            batches.append(s.collect(tasks, params, episodes=2, seed=5, max_steps=30))
+    if name == "nav2d":
+        assert len(set(batches[0].lengths.flatten().tolist())) > 1  # lanes leave the lockstep at different steps
     for b in batches[1:]:
-        assert torch.equal(b.obs, batches[0].obs) and torch.equal(b.actions, batches[0].actions)
-        assert torch.equal(b.rewards, batches[0].rewards)
+        for key in ("obs", "actions", "rewards", "log_probs", "mask", "last_obs"):
+            assert torch.equal(getattr(b, key), getattr(batches[0], key)), key
     with Sampler(dist, policy.spec, backend="local") as s:
-        other = s.collect(tasks, policy.params(), episodes=2, seed=6, max_steps=30)
+        other = s.collect(tasks, params, episodes=2, seed=6, max_steps=30)
     assert not torch.equal(other.actions, batches[0].actions)
 
 

@@ -7,7 +7,11 @@
   again, up to ``max_retries`` times; after that the collection raises ``SamplerError``.
 - ``ray``: the same workers as Ray actors (``ray.init(address=...)``), for many machines.
 
-All three give the same batch for the same seed (see :mod:`metarl.sampling.worker`).
+For the same seed a feed-forward policy's batch is the same, bit for bit, on every backend
+and any number of workers (see :mod:`metarl.sampling.worker`). A recurrent policy's is the
+same for the same number of workers: its trials sharing a parameter set go through the GRU
+as one batch per worker, and a BLAS may round a row differently when the batch has another
+size, so a different split over workers can move the last bit.
 """
 
 from __future__ import annotations
@@ -46,8 +50,8 @@ class SamplerError(RuntimeError):
     """Workers kept failing; the collection could not be completed."""
 
 
-def _process_main(conn: Any, dist: TaskDistribution, spec: PolicySpec) -> None:
-    worker = RolloutWorker(dist, spec)
+def _process_main(conn: Any, dist: TaskDistribution, spec: PolicySpec, max_lanes: int) -> None:
+    worker = RolloutWorker(dist, spec, max_lanes=max_lanes)
     try:
         while True:
             msg = conn.recv()
@@ -70,22 +74,26 @@ class Sampler:
         num_workers: Workers (0: one per CPU core). Ignored by ``local``.
         ray_address: Passed to ``ray.init``; None starts or joins a local instance.
         max_retries: Restarts of failed workers allowed within one collection.
+        max_lanes: Most episodes a worker steps in lockstep (one env each): more lanes
+            spread the policy's per-step cost over more env steps, at ~20 MB per
+            Meta-World env.
     """
 
     def __init__(self, dist: TaskDistribution, spec: PolicySpec, backend: str = "process",
-                 num_workers: int = 0, ray_address: str | None = None, max_retries: int = 3) -> None:
+                 num_workers: int = 0, ray_address: str | None = None, max_retries: int = 3,
+                 max_lanes: int = 64) -> None:
         if backend not in ("local", "process", "ray"):
             raise ValueError(f"unknown sampler backend {backend!r}; valid: local, process, ray")
         self.dist, self.spec, self.backend = dist, spec, backend
         self.num_workers = 1 if backend == "local" else (num_workers or os.cpu_count() or 1)
-        self.max_retries = max_retries
+        self.max_retries, self.max_lanes = max_retries, max_lanes
         self.restarts = 0
         self._local: RolloutWorker | None = None
         self._procs: list[Any] = []
         self._conns: list[Any] = []
         self._actors: list[Any] = []
         if backend == "local":
-            self._local = RolloutWorker(dist, spec, single_thread=False)
+            self._local = RolloutWorker(dist, spec, single_thread=False, max_lanes=max_lanes)
         elif backend == "process":
             self._ctx = mp.get_context("spawn")
             for i in range(self.num_workers):
@@ -103,7 +111,7 @@ class Sampler:
             tasks: N tasks.
             params: One parameter dict for all tasks, or N of them (per-task adapted params).
             episodes: Episodes per task (E).
-            seed: Seed of this collection (same seed, same batch, on every backend).
+            seed: Seed of this collection (same seed, same batch; see above).
             max_steps: Episode length cap; defaults to the distribution's horizon.
             deterministic: Act with the policy's mean (evaluation).
         """
@@ -160,7 +168,8 @@ class Sampler:
 
     def _start_process(self, i: int) -> None:
         parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(target=_process_main, args=(child, self.dist, self.spec), daemon=True,
+        proc = self._ctx.Process(target=_process_main, args=(child, self.dist, self.spec, self.max_lanes),
+                                 daemon=True,
                                  name=f"metarl-sampler-{i}")
         proc.start()
         child.close()
@@ -226,7 +235,7 @@ class Sampler:
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      configure_logging=False)
         self._ray_worker = ray.remote(num_cpus=1, max_restarts=self.max_retries)(RolloutWorker)
-        self._actors = [self._ray_worker.remote(self.dist, self.spec) for _ in range(self.num_workers)]
+        self._actors = [self._ray_worker.remote(self.dist, self.spec, max_lanes=self.max_lanes) for _ in range(self.num_workers)]
 
     def _collect_ray(self, messages: list[dict[str, Any]]) -> list[Any]:
         import ray

@@ -7,8 +7,10 @@ lockstep and share one batched policy forward.
 
 Randomness is per episode: episode ``e`` of task slot ``i`` in a collection with seed
 ``s`` resets its env with, and draws its action noise from, ``SeedSequence([s, i, e])``.
-Results therefore do not depend on the backend, the number of workers or which worker
-ran what.
+With a feed-forward policy, results therefore do not depend on the backend, the number
+of workers or which worker ran what; a recurrent policy's trials of one parameter set
+share a GRU batch per worker, whose rounding may depend on its size (see
+:mod:`metarl.sampling.sampler`).
 """
 
 from __future__ import annotations
@@ -45,14 +47,21 @@ def episode_seeds(seed: int, slot: int, episode: int) -> tuple[int, np.random.Ge
 class RolloutWorker:
     """Holds envs (reused across collections, re-tasked in place) and a policy module."""
 
-    def __init__(self, dist: TaskDistribution, spec: PolicySpec, single_thread: bool = True) -> None:
+    def __init__(self, dist: TaskDistribution, spec: PolicySpec, single_thread: bool = True,
+                 max_lanes: int = 64) -> None:
         """``single_thread``: one torch thread, for a worker process that shares the cores
-        with others (the ``local`` backend keeps the learner's threads instead)."""
+        with others (the ``local`` backend keeps the learner's threads instead).
+        ``max_lanes``: most episodes stepped in lockstep, hence most envs held per env
+        class (a Meta-World env holds ~20 MB)."""
         if single_thread:
             torch.set_num_threads(1)
+        if max_lanes < 1:
+            raise ValueError(f"max_lanes must be >= 1, got {max_lanes}")
         self.dist = dist
         self.policy = spec.build()
         self.policy.requires_grad_(False)
+        self.max_lanes = max_lanes
+        self._modules: list[torch.nn.Module] = [self.policy]  # feed-forward: one per item of a lockstep
         self._envs: dict[str, list[Any]] = {}
 
     def _lanes(self, tasks: list[Task]) -> list[Any]:
@@ -77,70 +86,110 @@ class RolloutWorker:
                 seed: int, max_steps: int, deterministic: bool = False) -> list[dict[str, np.ndarray]]:
         """Roll every item's episodes; one dict of padded arrays (E, T, ...) per item.
 
-        A feed-forward policy rolls one item at a time, all its episodes in lockstep under
-        the item's parameters (loaded into the module once). A recurrent policy rolls each
-        item as one trial: its episodes in sequence with the hidden state carried across
-        them (reset at the start of the trial); the trials of all items sharing a parameter
-        set step in lockstep. Both go through the same lane loop (:meth:`_run_lanes`).
+        The items step in lockstep, up to ``max_lanes`` concurrent episodes (lanes) at a
+        time, whatever their parameter sets. A feed-forward policy gives each episode of an
+        item its own lane. A recurrent policy rolls each item as one trial in one lane: its
+        episodes in sequence with the hidden state carried across them (reset at the start
+        of the trial). The policy runs once per lockstep on each forward group: for a
+        feed-forward policy an item's active lanes, for a recurrent one the active lanes of
+        all items sharing a parameter set (the GRU step costs too much to run per trial).
+        A feed-forward item's rows are therefore computed the same whichever other items
+        share the worker or the lockstep.
         """
-        if self.policy.spec.recurrent:
-            results: dict[int, dict[str, np.ndarray]] = {}
-            for key in sorted({it.param_key for it in items}):
-                group = [it for it in items if it.param_key == key]
-                for it, out in zip(group, self._rollout_trials(group, params[key], seed, max_steps,
-                                                               deterministic), strict=True):
-                    results[it.slot] = out
-            return [results[it.slot] for it in items]
-        return [self._rollout(item, params[item.param_key], seed, max_steps, deterministic)
-                for item in items]
+        per_lane = 1 if self.policy.spec.recurrent else None
+        results: list[dict[str, np.ndarray]] = []
+        chunk: list[WorkItem] = []
+        lanes = 0
+        for item in items:
+            need = per_lane or item.episodes
+            if chunk and lanes + need > self.max_lanes:
+                results += self._rollout(chunk, params, seed, max_steps, deterministic)
+                chunk, lanes = [], 0
+            chunk.append(item)
+            lanes += need
+        if chunk:
+            results += self._rollout(chunk, params, seed, max_steps, deterministic)
+        return results
 
-    def _rollout(self, item: WorkItem, params: dict[str, np.ndarray], seed: int,
-                 max_steps: int, deterministic: bool) -> dict[str, np.ndarray]:
-        # Load the item's parameters into the worker's own module once: a functional_call
-        # per step costs more than the 3-layer forward itself.
-        with torch.no_grad():
-            for k, v in params.items():
-                self.policy.get_parameter(k).copy_(torch.from_numpy(v))
-        n = item.episodes
-        envs = self._lanes([item.task] * n)
+    def _rollout(self, items: list[WorkItem], params: dict[int, dict[str, np.ndarray]], seed: int,
+                 max_steps: int, deterministic: bool) -> list[dict[str, np.ndarray]]:
+        """One lockstep over ``items``; lanes are laid out so each forward group is a
+        contiguous run of lane indices."""
         spec = self.policy.spec
-        out = _empty((1, n), max_steps, spec.obs_dim, spec.act_dim)
-        policy = self.policy
+        n = len(items)
+        episodes = max(it.episodes for it in items)
+        out = _empty((n, episodes), max_steps, spec.obs_dim, spec.act_dim)
+        keys = sorted({it.param_key for it in items})
+        if spec.recurrent:
+            # Lane l rolls the trial of item order[l]: episodes 0..E-1 in row order[l].
+            order = sorted(range(n), key=lambda i: keys.index(items[i].param_key))
+            rows = np.array(order)
+            first = np.zeros(n, np.int64)
+            lane_items = [items[i] for i in order]
+            groups = [keys.index(it.param_key) for it in lane_items]
+            act, observe = self._recurrent_actor(lane_items, [params[k] for k in keys], groups)
+            trial = episodes
+        else:
+            # Item i's episode e is a lane of its own, recorded in row i.
+            rows = np.repeat(np.arange(n), [it.episodes for it in items])
+            first = np.concatenate([np.arange(it.episodes) for it in items])
+            lane_items = [items[i] for i in rows]
+            groups = rows.tolist()
+            act, observe = self._mlp_actor([params[it.param_key] for it in items], groups), None
+            trial = 1
+        envs = self._lanes([it.task for it in lane_items])
+        self._run_lanes(envs, lane_items, rows, first, trial, out, act, observe, seed, max_steps,
+                        deterministic)
+        return [{k: v[i, :items[i].episodes] for k, v in out.items()} for i in range(n)]
+
+    def _mlp_actor(self, param_sets: list[dict[str, np.ndarray]], groups: list[int]) -> Any:
+        """``act`` for a feed-forward policy: forward group g (an item) runs module g, its
+        parameters loaded once per collection (a functional_call per step costs more than
+        the 3-layer forward itself)."""
+        while len(self._modules) < len(param_sets):
+            module = self.policy.spec.build()
+            module.requires_grad_(False)
+            self._modules.append(module)
+        with torch.no_grad():
+            for module, p in zip(self._modules, param_sets):
+                for k, v in p.items():
+                    module.get_parameter(k).copy_(torch.from_numpy(v))
+        bounds = _group_bounds(groups)
 
         def act(lanes: np.ndarray, obs: torch.Tensor, _new: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-            return policy(obs)
+            return _per_group(lanes, obs, bounds, lambda g, sel, x: self._modules[g](x))
 
-        # One row (the item), lane e rolls episode e.
-        self._run_lanes(envs, [item] * n, np.zeros(n, np.int64), np.arange(n), 1, out, act, None,
-                        seed, max_steps, deterministic)
-        return {k: v[0] for k, v in out.items()}
+        return act
 
-    def _rollout_trials(self, items: list[WorkItem], params: dict[str, np.ndarray], seed: int,
-                        max_steps: int, deterministic: bool) -> list[dict[str, np.ndarray]]:
+    def _recurrent_actor(self, lane_items: list[WorkItem], param_sets: list[dict[str, np.ndarray]],
+                         groups: list[int]) -> tuple[Any, Any]:
+        """``act`` and ``observe`` for a recurrent policy: forward group g (a parameter set)
+        steps the GRU with those parameters; each lane carries its hidden state, previous
+        action and reward across the episodes of its trial."""
         policy = self.policy
-        torch_params = {k: torch.from_numpy(v) for k, v in params.items()}
-        n, episodes = len(items), items[0].episodes
-        envs = self._lanes([item.task for item in items])
-        out = _empty((n, episodes), max_steps, policy.spec.obs_dim, policy.spec.act_dim)
+        n = len(lane_items)
+        torch_params = [{k: torch.from_numpy(v) for k, v in p.items()} for p in param_sets]
         prev_action = torch.zeros(n, policy.act_dim)
         prev_reward = torch.zeros(n)
         h = policy.initial_state(n)
+        new_t = torch.zeros(n)
+        bounds = _group_bounds(groups)
+
+        def forward(g: int, idx: torch.Tensor, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            p = torch_params[g]
+            x = policy.inputs(obs, prev_action[idx], prev_reward[idx], new_t[idx], p["reward_scale"])
+            mean, std, _, h[idx] = policy.step(x, h[idx], p)
+            return mean, std
 
         def act(lanes: np.ndarray, obs: torch.Tensor, new: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-            idx = torch.from_numpy(lanes)
-            x = policy.inputs(obs, prev_action[idx], prev_reward[idx], torch.from_numpy(new),
-                              torch_params["reward_scale"])
-            mean, std, _, h[idx] = policy.step(x, h[idx], torch_params)
-            return mean, std
+            new_t[torch.from_numpy(lanes)] = torch.from_numpy(new)
+            return _per_group(lanes, obs, bounds, forward)
 
         def observe(lanes: np.ndarray, actions: torch.Tensor, rewards: np.ndarray) -> None:
             idx = torch.from_numpy(lanes)
             prev_action[idx], prev_reward[idx] = actions, torch.from_numpy(rewards)
 
-        # Row i (item i) is lane i's trial: episodes 0..E-1 in sequence.
-        self._run_lanes(envs, items, np.arange(n), np.zeros(n, np.int64), episodes, out, act, observe,
-                        seed, max_steps, deterministic)
-        return [{k: v[i] for k, v in out.items()} for i in range(n)]
+        return act, observe
 
     def _run_lanes(self, envs: list[Any], items: list[WorkItem], rows: np.ndarray, first: np.ndarray,
                    trial: int, out: dict[str, np.ndarray], act: Any, observe: Any, seed: int,
@@ -230,6 +279,34 @@ class RolloutWorker:
             for env in pool:
                 env.close()
         self._envs.clear()
+
+
+def _group_bounds(groups: list[int]) -> list[tuple[int, int, int]]:
+    """(group, first lane, end lane) of each contiguous run of equal ``groups``."""
+    bounds, start = [], 0
+    for lane in range(1, len(groups) + 1):
+        if lane == len(groups) or groups[lane] != groups[start]:
+            bounds.append((groups[start], start, lane))
+            start = lane
+    return bounds
+
+
+def _per_group(lanes: np.ndarray, obs: torch.Tensor, bounds: list[tuple[int, int, int]],
+               forward: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``forward(group, lane indices, obs rows)`` on each group's active lanes (``lanes``
+    ascending) and gather the means and stds in ``lanes`` order."""
+    parts = []
+    for g, lo, hi in bounds:
+        a, b = np.searchsorted(lanes, (lo, hi))
+        if b > a:
+            parts.append((a, b, forward(g, torch.from_numpy(lanes[a:b]), obs[a:b])))
+    if len(parts) == 1:
+        return parts[0][2]
+    act_dim = parts[0][2][0].shape[-1]
+    mean, std = torch.empty(len(lanes), act_dim), torch.empty(len(lanes), act_dim)
+    for a, b, (m, s) in parts:
+        mean[a:b], std[a:b] = m, s
+    return mean, std
 
 
 def _empty(rows: tuple[int, int], steps: int, obs_dim: int, act_dim: int) -> dict[str, np.ndarray]:
