@@ -192,3 +192,55 @@ def test_ray_backend_matches_local():
     finally:
         ray.shutdown()
     assert torch.equal(batch.obs, reference.obs) and torch.equal(batch.log_probs, reference.log_probs)
+
+
+def _actor_nodes(sampler):
+    import ray
+
+    return ray.get([a.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id())
+                    for a in sampler._actors])
+
+
+@pytest.mark.ray
+def test_ray_cluster_spreads_workers_and_survives_a_lost_node():
+    """A real multi-node cluster on this machine (a head without CPUs and two worker nodes):
+    the sampler's actors land one per node, the batch equals the local one bit for bit, and
+    a node removed mid-collection costs a restart on the surviving node, not the batch."""
+    ray = pytest.importorskip("ray")
+    import threading
+    import time
+
+    from ray.cluster_utils import Cluster
+
+    dist = metarl.envs.make("halfcheetah-vel")
+    policy = GaussianMLPPolicy(17, 6, [16])
+    tasks = dist.sample(4, "train", np.random.default_rng(0))
+    with Sampler(dist, policy.spec, backend="local") as s:
+        reference = s.collect(tasks, policy.params(), episodes=60, seed=4)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    try:
+        nodes = [cluster.add_node(num_cpus=2) for _ in range(2)]
+        cluster.wait_for_nodes()
+        with Sampler(dist, policy.spec, backend="ray", num_workers=2, ray_address=cluster.address) as s:
+            where = _actor_nodes(s)
+            assert sorted(where) == sorted(n.node_id for n in nodes)
+            batch = s.collect(tasks, policy.params(), episodes=60, seed=4)
+            for key in ("obs", "actions", "rewards", "log_probs", "mask"):
+                assert torch.equal(getattr(batch, key), getattr(reference, key)), key
+            assert s.restarts == 0
+            out = {}
+            collecting = threading.Thread(target=lambda: out.update(
+                batch=s.collect(tasks, policy.params(), episodes=60, seed=4)))
+            collecting.start()
+            time.sleep(1.0)  # the collection takes several seconds per worker
+            cluster.remove_node(next(n for n in nodes if n.node_id == where[1]))
+            collecting.join(timeout=120)
+            assert not collecting.is_alive()
+            assert s.restarts >= 1
+            for key in ("obs", "actions", "rewards", "log_probs", "mask"):
+                assert torch.equal(getattr(out["batch"], key), getattr(reference, key)), key
+            survivor = where[0]
+            assert _actor_nodes(s) == [survivor, survivor]
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

@@ -234,7 +234,9 @@ class Sampler:
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      configure_logging=False)
-        self._ray_worker = ray.remote(num_cpus=1, max_restarts=self.max_retries)(RolloutWorker)
+        # SPREAD: one actor per node before doubling up, so a cluster's nodes share the work.
+        self._ray_worker = ray.remote(num_cpus=1, max_restarts=self.max_retries,
+                                      scheduling_strategy="SPREAD")(RolloutWorker)
         self._actors = [self._ray_worker.remote(self.dist, self.spec, max_lanes=self.max_lanes) for _ in range(self.num_workers)]
 
     def _collect_ray(self, messages: list[dict[str, Any]]) -> list[Any]:
