@@ -206,7 +206,8 @@ class SamplerConfig:
     """Restarts of a dead worker within one collection before giving up."""
     max_lanes: int = 64
     """Most episodes a worker steps in lockstep, one env each (a Meta-World env holds
-    ~20 MB): more lanes spread the policy's per-step cost over more env steps."""
+    ~20 MB; a task with more episodes still gets one lane per episode): more lanes spread
+    the policy's per-step cost over more env steps."""
 
     def __post_init__(self) -> None:
         if self.backend not in ("local", "process", "ray"):

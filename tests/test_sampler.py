@@ -224,18 +224,28 @@ def test_ray_cluster_spreads_workers_and_survives_a_lost_node():
         with Sampler(dist, policy.spec, backend="ray", num_workers=2, ray_address=cluster.address) as s:
             where = _actor_nodes(s)
             assert sorted(where) == sorted(n.node_id for n in nodes)
+            start = time.perf_counter()
             batch = s.collect(tasks, policy.params(), episodes=60, seed=4)
+            took = time.perf_counter() - start
             for key in ("obs", "actions", "rewards", "log_probs", "mask"):
                 assert torch.equal(getattr(batch, key), getattr(reference, key)), key
             assert s.restarts == 0
             out = {}
-            collecting = threading.Thread(target=lambda: out.update(
-                batch=s.collect(tasks, policy.params(), episodes=60, seed=4)))
+
+            def collect():
+                try:
+                    out["batch"] = s.collect(tasks, policy.params(), episodes=60, seed=4)
+                except BaseException as e:  # re-raised below, in the test's thread
+                    out["error"] = e
+
+            collecting = threading.Thread(target=collect)
             collecting.start()
-            time.sleep(1.0)  # the collection takes several seconds per worker
+            time.sleep(0.3 * took)  # a third into the same collection as above
             cluster.remove_node(next(n for n in nodes if n.node_id == where[1]))
             collecting.join(timeout=120)
             assert not collecting.is_alive()
+            if "error" in out:
+                raise out["error"]
             assert s.restarts >= 1
             for key in ("obs", "actions", "rewards", "log_probs", "mask"):
                 assert torch.equal(getattr(out["batch"], key), getattr(reference, key)), key

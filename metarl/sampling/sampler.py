@@ -9,9 +9,9 @@
 
 For the same seed a feed-forward policy's batch is the same, bit for bit, on every backend
 and any number of workers (see :mod:`metarl.sampling.worker`). A recurrent policy's is the
-same for the same number of workers: its trials sharing a parameter set go through the GRU
-as one batch per worker, and a BLAS may round a row differently when the batch has another
-size, so a different split over workers can move the last bit.
+same for the same number of workers and ``max_lanes``: its trials sharing a parameter set go
+through the GRU as one batch per lockstep, and a BLAS may round a row differently when the
+batch has another size, so a different split over workers can move the last bit.
 """
 
 from __future__ import annotations
@@ -74,9 +74,9 @@ class Sampler:
         num_workers: Workers (0: one per CPU core). Ignored by ``local``.
         ray_address: Passed to ``ray.init``; None starts or joins a local instance.
         max_retries: Restarts of failed workers allowed within one collection.
-        max_lanes: Most episodes a worker steps in lockstep (one env each): more lanes
-            spread the policy's per-step cost over more env steps, at ~20 MB per
-            Meta-World env.
+        max_lanes: Most episodes a worker steps in lockstep (one env each; a task with
+            more episodes than this still gets one lane per episode): more lanes spread
+            the policy's per-step cost over more env steps, at ~20 MB per Meta-World env.
     """
 
     def __init__(self, dist: TaskDistribution, spec: PolicySpec, backend: str = "process",
@@ -237,11 +237,12 @@ class Sampler:
         # SPREAD: one actor per node before doubling up, so a cluster's nodes share the work.
         self._ray_worker = ray.remote(num_cpus=1, max_restarts=self.max_retries,
                                       scheduling_strategy="SPREAD")(RolloutWorker)
-        self._actors = [self._ray_worker.remote(self.dist, self.spec, max_lanes=self.max_lanes) for _ in range(self.num_workers)]
+        self._actors = [self._ray_worker.remote(self.dist, self.spec, max_lanes=self.max_lanes)
+                        for _ in range(self.num_workers)]
 
     def _collect_ray(self, messages: list[dict[str, Any]]) -> list[Any]:
         import ray
-        from ray.exceptions import RayActorError
+        from ray.exceptions import ObjectLostError, RayActorError
 
         results: list[Any] = [None] * len(messages)
         for attempt in range(self.max_retries + 1):
@@ -250,7 +251,7 @@ class Sampler:
             for i, ref in refs.items():
                 try:
                     results[i] = ray.get(ref)
-                except RayActorError:
+                except (RayActorError, ObjectLostError):  # the actor, or its node with the result, died
                     if attempt == self.max_retries:
                         raise SamplerError(f"ray worker {i} kept failing after "
                                            f"{self.max_retries} restarts") from None

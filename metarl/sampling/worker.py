@@ -9,7 +9,7 @@ Randomness is per episode: episode ``e`` of task slot ``i`` in a collection with
 ``s`` resets its env with, and draws its action noise from, ``SeedSequence([s, i, e])``.
 With a feed-forward policy, results therefore do not depend on the backend, the number
 of workers or which worker ran what; a recurrent policy's trials of one parameter set
-share a GRU batch per worker, whose rounding may depend on its size (see
+share a GRU batch per lockstep, whose rounding may depend on its size (see
 :mod:`metarl.sampling.sampler`).
 """
 
@@ -45,14 +45,15 @@ def episode_seeds(seed: int, slot: int, episode: int) -> tuple[int, np.random.Ge
 
 
 class RolloutWorker:
-    """Holds envs (reused across collections, re-tasked in place) and a policy module."""
+    """Holds envs (reused across collections, re-tasked in place) and policy modules."""
 
     def __init__(self, dist: TaskDistribution, spec: PolicySpec, single_thread: bool = True,
                  max_lanes: int = 64) -> None:
         """``single_thread``: one torch thread, for a worker process that shares the cores
         with others (the ``local`` backend keeps the learner's threads instead).
         ``max_lanes``: most episodes stepped in lockstep, hence most envs held per env
-        class (a Meta-World env holds ~20 MB)."""
+        class (a Meta-World env holds ~20 MB); an item with more episodes than this
+        still steps as one lockstep of its own."""
         if single_thread:
             torch.set_num_threads(1)
         if max_lanes < 1:
@@ -121,6 +122,9 @@ class RolloutWorker:
         out = _empty((n, episodes), max_steps, spec.obs_dim, spec.act_dim)
         keys = sorted({it.param_key for it in items})
         if spec.recurrent:
+            if any(it.episodes != episodes for it in items):
+                raise ValueError("a recurrent policy's trials must have equal episode counts, got "
+                                 f"{sorted({it.episodes for it in items})}")
             # Lane l rolls the trial of item order[l]: episodes 0..E-1 in row order[l].
             order = sorted(range(n), key=lambda i: keys.index(items[i].param_key))
             rows = np.array(order)
@@ -144,7 +148,7 @@ class RolloutWorker:
 
     def _mlp_actor(self, param_sets: list[dict[str, np.ndarray]], groups: list[int]) -> Any:
         """``act`` for a feed-forward policy: forward group g (an item) runs module g, its
-        parameters loaded once per collection (a functional_call per step costs more than
+        parameters loaded once per lockstep (a functional_call per step costs more than
         the 3-layer forward itself)."""
         while len(self._modules) < len(param_sets):
             module = self.policy.spec.build()
