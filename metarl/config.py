@@ -204,10 +204,12 @@ class SamplerConfig:
     """``ray.init(address=...)``; None starts a local Ray instance."""
     max_retries: int = 3
     """Restarts of a dead worker within one collection before giving up."""
-    max_lanes: int = 64
-    """Most episodes a worker steps in lockstep, one env each (a Meta-World env holds
-    ~20 MB; a task with more episodes still gets one lane per episode): more lanes spread
-    the policy's per-step cost over more env steps."""
+    max_lanes: int = 16
+    """Most episodes a worker steps in lockstep, one env each (a task with more episodes
+    still gets one lane per episode). More lanes spread the policy's per-step cost over more
+    env steps, but each lane holds an env (a Meta-World env ~20 MB), and on Meta-World 60
+    lanes per worker ran no faster than 10: the envs' cache misses cost what the lockstep
+    saves. 16 keeps one task per lockstep at 10 episodes per task."""
 
     def __post_init__(self) -> None:
         if self.backend not in ("local", "process", "ray"):

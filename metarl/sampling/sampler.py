@@ -81,7 +81,7 @@ class Sampler:
 
     def __init__(self, dist: TaskDistribution, spec: PolicySpec, backend: str = "process",
                  num_workers: int = 0, ray_address: str | None = None, max_retries: int = 3,
-                 max_lanes: int = 64) -> None:
+                 max_lanes: int = 16) -> None:
         if backend not in ("local", "process", "ray"):
             raise ValueError(f"unknown sampler backend {backend!r}; valid: local, process, ray")
         self.dist, self.spec, self.backend = dist, spec, backend

@@ -48,7 +48,7 @@ class RolloutWorker:
     """Holds envs (reused across collections, re-tasked in place) and policy modules."""
 
     def __init__(self, dist: TaskDistribution, spec: PolicySpec, single_thread: bool = True,
-                 max_lanes: int = 64) -> None:
+                 max_lanes: int = 16) -> None:
         """``single_thread``: one torch thread, for a worker process that shares the cores
         with others (the ``local`` backend keeps the learner's threads instead).
         ``max_lanes``: most episodes stepped in lockstep, hence most envs held per env
