@@ -155,7 +155,7 @@ class RolloutWorker:
             module.requires_grad_(False)
             self._modules.append(module)
         with torch.no_grad():
-            for module, p in zip(self._modules, param_sets):
+            for module, p in zip(self._modules[:len(param_sets)], param_sets, strict=True):
                 for k, v in p.items():
                     module.get_parameter(k).copy_(torch.from_numpy(v))
         bounds = _group_bounds(groups)
