@@ -112,7 +112,13 @@ class Rl2Config(AlgoConfig):
     ppo_clip: float = 0.2
     ppo_epochs: int = 10
     num_minibatches: int = 1
-    """Minibatches of whole trials per epoch."""
+    """Minibatches per epoch, of whole trials (or of windows with ``bptt_window``)."""
+    bptt_window: int | None = None
+    """Truncated backpropagation through time: train on windows of this many steps of each
+    trial, each starting from the GRU state the rollout reached there (recomputed with the
+    pre-update policy), and minibatch over the windows. None: whole trials. With 500-step
+    episodes, 500 trains on episodes as metaworld-algorithms' RL² does (its update: 16
+    epochs x 20 minibatches of episodes, against 10 full-batch steps here by default)."""
     vf_coef: float = 0.5
     ent_coef: float = 0.0
     max_grad_norm: float = 1.0
@@ -125,6 +131,8 @@ class Rl2Config(AlgoConfig):
             _positive(f"algo.{key}", getattr(self, key))
         if self.gru_size < 1 or self.ppo_epochs < 1 or self.num_minibatches < 1:
             raise ConfigError("algo.gru_size, algo.ppo_epochs and algo.num_minibatches must be >= 1")
+        if self.bptt_window is not None and self.bptt_window < 1:
+            raise ConfigError(f"algo.bptt_window must be >= 1 or null, got {self.bptt_window}")
 
 
 @dataclass(frozen=True)

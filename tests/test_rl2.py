@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import metarl.envs
-from metarl.algos.rl2 import Rl2Learner, to_trials
+from metarl.algos.rl2 import Rl2Learner, to_trials, windows
 from metarl.config import Rl2Config
 from metarl.policies import RecurrentGaussianPolicy, gaussian_log_prob
 from metarl.sampling import Sampler
@@ -119,6 +119,43 @@ def test_update_changes_policy_and_is_finite():
     assert all(np.isfinite(v) for v in stats.values())
     assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters(), strict=True))
     assert learner.policy.reward_scale.item() != 0.5  # running reward statistics took over
+
+
+def test_windows_start_from_the_trials_states_and_cover_every_step():
+    """Truncated-BPTT windows (width 7 on trials of up to 30 steps: padding, and a window
+    starting mid-episode) give the same log-probs and values as the whole trials."""
+    dist, policy, learner = make()
+    tasks = dist.sample(3, "train", np.random.default_rng(0))
+    with Sampler(dist, policy.spec, backend="local") as s:
+        batch = s.collect(tasks, learner.policy_params, episodes=2, seed=2, max_steps=15)
+    trials = to_trials(batch, policy, torch.device("cpu"))
+    with torch.no_grad():
+        mean, std, values, states = policy(trials.x, policy.initial_state(3))
+        whole = gaussian_log_prob(mean, std, trials.actions)
+        h0, mask, (x, actions, logp_w, values_w) = windows(7, states, trials.mask, trials.x, trials.actions,
+                                                           whole, values)
+        mean_w, std_w, value_w, _ = policy(x, h0)
+    assert trials.mask.shape[1] == 30 and x.shape == (3 * 5, 7, trials.x.shape[-1])
+    assert int(mask.sum()) == int(trials.mask.sum())
+    torch.testing.assert_close(gaussian_log_prob(mean_w, std_w, actions)[mask], logp_w[mask],
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(value_w[mask], values_w[mask], atol=1e-5, rtol=1e-5)
+    h0_only_first, *_ = windows(30, states, trials.mask, trials.x)
+    assert h0_only_first.abs().sum() == 0  # one window per trial: each starts from the zero state
+
+
+def test_update_with_a_window_as_long_as_the_trials_equals_the_whole_trial_update():
+    params = []
+    for window in (None, 30, 20):
+        dist, policy, _ = make()
+        learner = Rl2Learner(Rl2Config(gru_size=16, bptt_window=window, ppo_epochs=2), policy)
+        tasks = dist.sample(3, "train", np.random.default_rng(0))
+        with Sampler(dist, policy.spec, backend="local") as s:
+            batch = s.collect(tasks, learner.policy_params, episodes=2, seed=0, max_steps=15)
+        learner.update(batch)
+        params.append(torch.cat([p.detach().flatten() for p in policy.parameters()]))
+    assert torch.equal(params[0], params[1])
+    assert not torch.equal(params[0], params[2])  # a shorter window is a different update
 
 
 def test_rl2_cli_run_reports_episodes(cli, tmp_path):

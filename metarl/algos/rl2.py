@@ -3,7 +3,7 @@
 A GRU policy sees (observation, previous action, previous reward, new-episode flag) and
 keeps its state across the episodes of one task (a trial); adaptation happens in that
 state. Each meta-iteration collects one trial per task and runs PPO with backpropagation
-through whole trials.
+through whole trials, or through windows of them (``algo.bptt_window``).
 
 Advantages are GAE per episode: the recursion stops at episode boundaries, with no
 bootstrap after a true termination and a bootstrap from the value of the final
@@ -75,6 +75,30 @@ def to_trials(batch: EpisodeBatch, policy: RecurrentGaussianPolicy, device: torc
                                            truncated, ends, mask, boot_x)))
 
 
+def windows(width: int, states: Tensor, mask: Tensor, *seqs: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+    """Cut trials into windows of ``width`` steps for truncated backpropagation.
+
+    ``states`` (N, L, H) is the GRU state after each step of the trials, ``mask`` (N, L)
+    their valid steps, ``seqs`` further (N, L, ...) tensors. Returns the windows' initial
+    states (M, H) (zero for a trial's first window, else the state after the step before
+    the window), their mask (M, width) and each of ``seqs`` as (M, width, ...), padded with
+    zeros past a trial's end. Windows without a valid step are dropped.
+    """
+    n, length, hidden = states.shape
+    k = -(-length // width)
+    pad = k * width - length
+    starts = torch.cat([states.new_zeros(n, 1, hidden), states[:, width - 1::width][:, :k - 1]], 1)
+
+    def cut(v: Tensor) -> Tensor:
+        if pad:
+            v = torch.cat([v, v.new_zeros(n, pad, *v.shape[2:])], 1)
+        return v.reshape(n * k, width, *v.shape[2:])
+
+    mask = cut(mask)
+    keep = mask.any(1)
+    return starts.reshape(n * k, hidden)[keep], mask[keep], tuple(cut(v)[keep] for v in seqs)
+
+
 class Rl2Learner:
     """PPO on trials of a recurrent policy.
 
@@ -131,24 +155,28 @@ class Rl2Learner:
         return adv, (adv + values) * trials.mask
 
     def update(self, batch: EpisodeBatch) -> dict[str, float]:
-        """PPO epochs over minibatches of whole trials."""
+        """PPO epochs over minibatches of whole trials (or of ``bptt_window`` windows)."""
         cfg = self.cfg
         trials = to_trials(batch, self.policy, self.device)
         h0 = self.policy.initial_state(trials.x.shape[0]).to(self.device)
         with torch.no_grad():
             _, _, values, states = self.policy(trials.x, h0)
         adv, returns = self.advantages(trials, values, states, self._value_scale(trials))
-        n = trials.x.shape[0]
+        valid, seqs = trials.mask, (trials.x, trials.actions, trials.log_probs, adv, returns)
+        if cfg.bptt_window is not None:
+            h0, valid, seqs = windows(cfg.bptt_window, states, valid, *seqs)
+        x, actions, old_logp, adv, returns = seqs
+        n = x.shape[0]
         per_mb = max(1, n // cfg.num_minibatches)
         stats: dict[str, float] = {}
         for _ in range(cfg.ppo_epochs):
             for idx in torch.randperm(n, generator=self.generator).split(per_mb):
-                mean, std, value, _ = self.policy(trials.x[idx], h0[idx])
-                mask = trials.mask[idx].float()
+                mean, std, value, _ = self.policy(x[idx], h0[idx])
+                mask = valid[idx].float()
                 count = mask.sum().clamp_min(1)
-                a = normalize(adv[idx], trials.mask[idx], dims=(0, 1)) if cfg.normalize_advantages else adv[idx]
-                logp = gaussian_log_prob(mean, std, trials.actions[idx])
-                ratio = torch.exp(logp - trials.log_probs[idx])
+                a = normalize(adv[idx], valid[idx], dims=(0, 1)) if cfg.normalize_advantages else adv[idx]
+                logp = gaussian_log_prob(mean, std, actions[idx])
+                ratio = torch.exp(logp - old_logp[idx])
                 clipped = ratio.clamp(1 - cfg.ppo_clip, 1 + cfg.ppo_clip)
                 pg_loss = -(torch.min(ratio * a, clipped * a) * mask).sum() / count
                 v_loss = (((value - returns[idx]) ** 2) * mask).sum() / count
@@ -160,7 +188,7 @@ class Rl2Learner:
                 self.optimizer.step()
                 with torch.no_grad():
                     stats = {"loss/policy": pg_loss.item(), "loss/value": v_loss.item(),
-                             "loss/approx_kl": (((ratio - 1) - (logp - trials.log_probs[idx])) * mask).sum().item() / count.item(),
+                             "loss/approx_kl": (((ratio - 1) - (logp - old_logp[idx])) * mask).sum().item() / count.item(),
                              "loss/clip_fraction": ((((ratio - 1).abs() > cfg.ppo_clip).float() * mask).sum() / count).item()}
         self._update_reward_scale(batch)
         return stats
