@@ -1,0 +1,102 @@
+"""Record, or compare against, what short training runs produce, to refactor without
+changing numbers (the meta-learner interface issue).
+
+    python scripts/behaviour_reference.py record tests/reference/behaviour
+    python scripts/behaviour_reference.py compare tests/reference/behaviour
+
+Each case is a short `metarl train` run on nav2d (seed 0, local sampler, W&B off). `record`
+keeps its metrics.jsonl without timings, its eval.json and its final checkpoint (so a
+later version can be checked to load checkpoints written by this one). `compare` runs the
+same cases and reports, per case, identical or the first differing value. Runs use one
+torch thread and floats are compared exactly: record and compare on the same machine
+(another BLAS may round differently), e.g. record at the commit before a refactor, then
+compare after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CASES = {
+    "maml_trpo": ["maml_trpo/nav2d", "iterations=3", "meta_batch_size=4", "episodes_per_task=4",
+                  "eval.num_tasks=3", "eval.adapt_steps=2"],
+    "rl2_ppo": ["rl2_ppo/nav2d", "iterations=3", "meta_batch_size=4", "episodes_per_task=3",
+                "algo.gru_size=16", "eval.num_tasks=3", "eval.adapt_steps=2"],
+    "sb3_multitask": ["sb3_multitask/nav2d", "iterations=1", "algo.steps_per_iteration=1024",
+                      "eval.num_tasks=2", "eval.adapt_steps=1"],
+}
+COMMON = ["seed=0", "sampler.backend=local", "logger.wandb=false"]
+TIMINGS = ("time/", "wall_time_s")
+
+
+def run_case(name: str, run_dir: Path) -> tuple[list[dict], dict]:
+    """Train one case into ``run_dir``; its metrics rows without timings, and eval.json."""
+    cli = "import sys; from metarl.cli import main; sys.exit(main(sys.argv[1:]))"
+    cmd = [sys.executable, "-c", cli, "train", *CASES[name], *COMMON, f"run_dir={run_dir}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # thread counts must not move the numbers
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
+    rows = [{k: v for k, v in json.loads(line).items() if not k.startswith(TIMINGS)}
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evaluation = json.loads((run_dir / "eval.json").read_text())
+    evaluation.pop("wall_time_s", None)
+    return rows, evaluation
+
+
+def first_difference(ref: list[dict] | dict, new: list[dict] | dict, where: str = "") -> str | None:
+    """Path of the first value that differs between two JSON values, or None."""
+    if type(ref) is not type(new):
+        return where or "(top)"
+    if isinstance(ref, dict):
+        for key in sorted(set(ref) | set(new)):
+            if key not in ref or key not in new:
+                return f"{where}.{key}"
+            found = first_difference(ref[key], new[key], f"{where}.{key}")
+            if found:
+                return found
+        return None
+    if isinstance(ref, list):
+        if len(ref) != len(new):
+            return f"{where} (length {len(ref)} vs {len(new)})"
+        for i, (a, b) in enumerate(zip(ref, new, strict=True)):
+            found = first_difference(a, b, f"{where}[{i}]")
+            if found:
+                return found
+        return None
+    return None if ref == new else f"{where}: {ref!r} vs {new!r}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("mode", choices=["record", "compare"])
+    ap.add_argument("dir", type=Path)
+    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    args = ap.parse_args()
+    failed = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.cases:
+            run_dir = Path(tmp) / name
+            rows, evaluation = run_case(name, run_dir)
+            if args.mode == "record":
+                args.dir.mkdir(parents=True, exist_ok=True)
+                (args.dir / f"{name}.metrics.json").write_text(json.dumps(rows, indent=1))
+                (args.dir / f"{name}.eval.json").write_text(json.dumps(evaluation, indent=1))
+                shutil.copy(run_dir / "checkpoints" / "latest.pt", args.dir / f"{name}.latest.pt")
+                print(f"{name}: recorded {len(rows)} iterations")
+                continue
+            ref_rows = json.loads((args.dir / f"{name}.metrics.json").read_text())
+            ref_eval = json.loads((args.dir / f"{name}.eval.json").read_text())
+            diff = first_difference(ref_rows, rows, "metrics") or first_difference(ref_eval, evaluation, "eval")
+            failed += diff is not None
+            print(f"{name}: {'identical' if diff is None else 'differs at ' + diff}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
