@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -64,6 +64,8 @@ class TaskDistribution(ABC):
     name: str
     horizon: int
     """Episode length limit (the env is wrapped in a ``TimeLimit`` of this many steps)."""
+    reports_success: ClassVar[bool] = False
+    """Whether the envs report ``info["success"]`` (Meta-World): success rates are measured."""
 
     def sample(self, n: int, split: Split = "train",
                rng: np.random.Generator | None = None) -> list[Task]:

@@ -16,7 +16,7 @@ import functools
 import logging
 import pickle
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -65,6 +65,7 @@ class MetaWorld(TaskDistribution):
     fast: bool = True
     reward_function_version: str = "v2"
     horizon: int = HORIZON
+    reports_success: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if self.benchmark not in BENCHMARKS:

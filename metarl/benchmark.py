@@ -26,8 +26,9 @@ import numpy as np
 import yaml
 
 from metarl.checkpoint import write_text
-from metarl.config import ConfigError
+from metarl.errors import ConfigError
 from metarl.logging import read_jsonl
+from metarl.rundir import RunDir
 
 SUITE_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 RESULTS = Path("results/metaworld")
@@ -128,7 +129,7 @@ def run_suite(suite: Suite, results: Path = RESULTS, extra: Sequence[str] = (),
     """
     from metarl import checkpoint
     from metarl.config import load_config
-    from metarl.trainer import CHECKPOINT, Trainer
+    from metarl.trainer import Trainer
 
     unknown = [n for n in only if n not in {r.name for r in suite.runs}]
     if unknown:
@@ -139,14 +140,15 @@ def run_suite(suite: Suite, results: Path = RESULTS, extra: Sequence[str] = (),
         todo.sort(key=lambda item: item[0].seeds.index(item[1]))  # stable: runs keep their order
     for i, (run, seed) in enumerate(todo):
         run_dir = results / f"{run.name}-s{seed}"
+        paths = RunDir(run_dir)
         marker = _read_marker(run_dir)
         if marker.get("finished"):
             print(f"[{i + 1}/{len(todo)}] {run.name} seed {seed}: finished, skipped")
             continue
-        resume = (run_dir / CHECKPOINT).is_file()
+        resume = paths.latest_checkpoint.is_file()
         if not resume:  # nothing to continue from: a clean start
-            for name in ("metrics.jsonl", "config.yaml", "eval.json"):
-                (run_dir / name).unlink(missing_ok=True)
+            for path in (paths.metrics, paths.config, paths.eval, paths.eval_history):
+                path.unlink(missing_ok=True)
         overrides = [*suite.overrides, *run.overrides, *extra, f"seed={seed}", f"run_dir={run_dir}",
                      f"max_env_steps={run.env_steps}", f"resume={str(resume).lower()}"]
         cfg = load_config(run.config, overrides)
@@ -163,10 +165,9 @@ def run_suite(suite: Suite, results: Path = RESULTS, extra: Sequence[str] = (),
         t0 = time.perf_counter()
         protocol = evaluate_protocol(trainer, cfg)
         if protocol is not None:
-            eval_path = run_dir / "eval.json"
-            data = json.loads(eval_path.read_text())
-            _write_json(eval_path, data | {"metaworld_protocol": protocol})
-        _keep_weights_only(run_dir / CHECKPOINT, checkpoint)
+            data = json.loads(paths.eval.read_text())
+            _write_json(paths.eval, data | {"metaworld_protocol": protocol})
+        _keep_weights_only(paths, checkpoint)
         marker |= {"finished": True, "env_steps": trainer.env_steps,
                    "eval_wall_time_s": time.perf_counter() - t0}
         _write_json(run_dir / MARKER, marker)
@@ -188,13 +189,13 @@ def evaluate_protocol(trainer: Any, cfg: Any) -> dict[str, Any] | None:
                         num_workers=cfg.sampler.num_workers)
 
 
-def _keep_weights_only(path: Path, checkpoint: Any) -> None:
+def _keep_weights_only(paths: RunDir, checkpoint: Any) -> None:
     """The final checkpoint without optimiser state (what ``metarl evaluate`` needs); the
     iteration checkpoints are removed."""
-    state = checkpoint.load(path)
+    state = checkpoint.load(paths.latest_checkpoint)
     state["learner"] = {k: (None if k == "optimizer" else v) for k, v in state["learner"].items()}
-    checkpoint.save(state, path)
-    for old in path.parent.glob("iter_*.pt"):
+    checkpoint.save(state, paths.latest_checkpoint)
+    for old in paths.iteration_checkpoints():
         old.unlink()
 
 
@@ -203,7 +204,7 @@ def _keep_weights_only(path: Path, checkpoint: Any) -> None:
 
 def _run_summary(run_dir: Path) -> dict[str, Any]:
     marker = _read_marker(run_dir)
-    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path = RunDir(run_dir).metrics
     rows = read_jsonl(metrics_path) if metrics_path.is_file() else []
     out: dict[str, Any] = {"status": "finished" if marker.get("finished") else
                            ("running" if rows else "pending"),
@@ -216,7 +217,7 @@ def _run_summary(run_dir: Path) -> dict[str, Any]:
         for key in ("train/success_pre", "train/success_post", "train/return_pre", "train/return_post"):
             if key in last:
                 out[key] = last[key]
-    eval_path = run_dir / "eval.json"
+    eval_path = RunDir(run_dir).eval
     if marker.get("finished") and eval_path.is_file():
         ev = json.loads(eval_path.read_text())
         rows_k = ev["adaptation"]
@@ -268,8 +269,8 @@ def plot_suite(suite: Suite, results: Path) -> Path | None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     drawn = False
     for run in suite.runs:
-        curves = [read_jsonl(results / f"{run.name}-s{s}" / "metrics.jsonl") for s in run.seeds
-                  if (results / f"{run.name}-s{s}" / "metrics.jsonl").is_file()]
+        curves = [read_jsonl(RunDir(results / f"{run.name}-s{s}").metrics) for s in run.seeds
+                  if RunDir(results / f"{run.name}-s{s}").metrics.is_file()]
         curves = [c for c in curves if c]
         if not curves:
             continue

@@ -94,8 +94,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         result = trainer.evaluate(sampler, args.tasks, args.adapt_steps, args.seed, args.split,
                                   extra={"metaworld_protocol": protocol} if protocol else None)
     finally:
-        if sampler is not None:
-            sampler.close()
+        sampler.close()
     print(format_table(result))
     if protocol:
         print(f"Meta-World protocol: success rate {protocol['success_rate']:.3f}, "

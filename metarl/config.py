@@ -1,5 +1,7 @@
 """Typed run configuration: frozen dataclasses are the schema.
 
+This module holds the run-level schema; each algorithm's hyper-parameters are a dataclass
+beside its learner, found through the registry (:func:`metarl.algos.algorithm`).
 ``configs/*.yaml`` are plain data loaded strictly onto the schema (an unknown key fails
 and lists the valid ones), then dotted ``key=value`` overrides from the command line.
 OmegaConf checks and converts types; ``__post_init__`` checks ranges. No interpolation,
@@ -19,6 +21,9 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from metarl.algos import AlgoConfig, MamlConfig, algorithm, check_positive
+from metarl.errors import ConfigError
+
 
 def _config_dir() -> Path:
     """configs/ of the checkout (editable install), else the copy a wheel installs."""
@@ -29,149 +34,6 @@ def _config_dir() -> Path:
 
 CONFIG_DIR = _config_dir()
 DEFAULT_CONFIG = "default"
-
-
-class ConfigError(ValueError):
-    """A user error in a config file or override; the message is one line."""
-
-
-def _positive(name: str, value: float) -> None:
-    if value <= 0:
-        raise ConfigError(f"{name} must be > 0, got {value}")
-
-
-@dataclass(frozen=True)
-class AlgoConfig:
-    """Base of every algorithm's hyper-parameters; ``name`` selects the algorithm."""
-
-    name: str = "maml_trpo"
-
-
-@dataclass(frozen=True)
-class MamlConfig(AlgoConfig):
-    """MAML-RL (Finn et al., 2017) and its first-order relatives.
-
-    ``name``: ``maml_trpo`` (TRPO outer step), ``maml_ppo`` (clipped outer objective),
-    ``maml_vpg`` (plain outer gradient with Adam), ``fomaml`` (first-order MAML, Adam outer
-    step) or ``reptile`` (Reptile with policy-gradient inner steps).
-    """
-
-    name: str = "maml_trpo"
-    inner_lr: float = 0.1
-    """Step size of each per-task adaptation step."""
-    num_inner_steps: int = 1
-    """Policy-gradient steps taken on each task before the outer update."""
-    learn_inner_lr: bool = False
-    """Meta-SGD: learn one inner step size per parameter entry (initialised to inner_lr)."""
-    gamma: float = 0.99
-    gae_lambda: float = 1.0
-    """GAE lambda; 1.0 gives Monte-Carlo returns minus the baseline."""
-    normalize_advantages: bool = True
-    """Centre and scale advantages per task (MAML's reference code does)."""
-    max_kl: float = 0.01
-    """TRPO trust region: mean KL between the old and new adapted policies."""
-    cg_iters: int = 10
-    cg_damping: float = 1e-5
-    hvp_subsample: float = 1.0
-    """Fraction of each task's steps (every k-th, k = round(1 / fraction)) that the conjugate
-    gradient's curvature products use, as rllab's ``subsample_factor``; 1.0 is exact. The
-    gradient and the line search's KL and surrogate checks always use every step, so an
-    accepted step keeps the exact trust region. 0.1 makes MAML-TRPO's update on ML1
-    several times faster (README, Numbers)."""
-    ls_max_steps: int = 15
-    ls_backtrack_ratio: float = 0.8
-    outer_lr: float = 1e-3
-    """Adam step size of maml_ppo, maml_vpg and fomaml; Reptile's interpolation rate."""
-    ppo_clip: float = 0.2
-    ppo_epochs: int = 5
-
-    def __post_init__(self) -> None:
-        if self.num_inner_steps < 1:
-            raise ConfigError(f"algo.num_inner_steps must be >= 1, got {self.num_inner_steps}")
-        for key in ("inner_lr", "max_kl", "outer_lr", "ppo_clip", "gamma"):
-            _positive(f"algo.{key}", getattr(self, key))
-        if not 0 < self.hvp_subsample <= 1:
-            raise ConfigError(f"algo.hvp_subsample must be in (0, 1], got {self.hvp_subsample}")
-        if not 0 <= self.gae_lambda <= 1:
-            raise ConfigError(f"algo.gae_lambda must be in [0, 1], got {self.gae_lambda}")
-        if self.cg_iters < 1 or self.ls_max_steps < 1 or self.ppo_epochs < 1:
-            raise ConfigError("algo.cg_iters, algo.ls_max_steps and algo.ppo_epochs must be >= 1")
-
-
-@dataclass(frozen=True)
-class Rl2Config(AlgoConfig):
-    """RL² (Duan et al., 2016) with PPO. Defaults: Meta-World paper appendix (GRU 256,
-    lr 5e-4, clip 0.2, GAE lambda 0.95, 10 epochs) and metaworld-algorithms (grad-norm 1.0).
-    The policy's ``hidden_sizes`` are the encoder before the GRU ([] for none)."""
-
-    name: str = "rl2_ppo"
-    gru_size: int = 256
-    lr: float = 5e-4
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    ppo_clip: float = 0.2
-    ppo_epochs: int = 10
-    num_minibatches: int = 1
-    """Minibatches per epoch, of whole trials (or of windows with ``bptt_window``)."""
-    bptt_window: int | None = None
-    """Truncated backpropagation through time: train on windows of this many steps of each
-    trial, each starting from the GRU state the rollout reached there (recomputed with the
-    pre-update policy), and minibatch over the windows. None: whole trials. With 500-step
-    episodes, 500 trains on episodes as metaworld-algorithms' RL² does (its update: 16
-    epochs x 20 minibatches of episodes, against 10 full-batch steps here by default)."""
-    vf_coef: float = 0.5
-    ent_coef: float = 0.0
-    max_grad_norm: float = 1.0
-    normalize_advantages: bool = True
-    normalize_reward_input: bool = True
-    """Scale the reward the policy sees by its running standard deviation."""
-
-    def __post_init__(self) -> None:
-        for key in ("lr", "gamma", "ppo_clip", "max_grad_norm"):
-            _positive(f"algo.{key}", getattr(self, key))
-        if self.gru_size < 1 or self.ppo_epochs < 1 or self.num_minibatches < 1:
-            raise ConfigError("algo.gru_size, algo.ppo_epochs and algo.num_minibatches must be >= 1")
-        if self.bptt_window is not None and self.bptt_window < 1:
-            raise ConfigError(f"algo.bptt_window must be >= 1 or null, got {self.bptt_window}")
-
-
-@dataclass(frozen=True)
-class Sb3Config(AlgoConfig):
-    """Stable-Baselines3 baselines: ``sb3_multitask``, ``sb3_finetune``, ``sb3_scratch``."""
-
-    name: str = "sb3_multitask"
-    sb3_algo: str = "ppo"
-    """``ppo`` or ``sac``."""
-    lr: float = 3e-4
-    n_envs: int = 4
-    """Envs of the multi-task VecEnv (each draws a train task per episode)."""
-    n_steps: int = 512
-    """PPO rollout length per env for multi-task training."""
-    steps_per_iteration: int = 10_000
-    """SB3 timesteps per metarl iteration (one metrics.jsonl line each)."""
-    init_from: str | None = None
-    """sb3_finetune: the run directory of an sb3_multitask run."""
-
-    def __post_init__(self) -> None:
-        if self.sb3_algo not in ("ppo", "sac"):
-            raise ConfigError(f"algo.sb3_algo must be 'ppo' or 'sac', got {self.sb3_algo!r}")
-        for key in ("n_envs", "n_steps", "steps_per_iteration"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"algo.{key} must be >= 1, got {getattr(self, key)}")
-        _positive("algo.lr", self.lr)
-
-
-ALGOS: dict[str, type[AlgoConfig]] = {
-    "maml_trpo": MamlConfig,
-    "maml_ppo": MamlConfig,
-    "maml_vpg": MamlConfig,
-    "fomaml": MamlConfig,
-    "reptile": MamlConfig,
-    "rl2_ppo": Rl2Config,
-    "sb3_multitask": Sb3Config,
-    "sb3_finetune": Sb3Config,
-    "sb3_scratch": Sb3Config,
-}
 
 
 @dataclass(frozen=True)
@@ -199,7 +61,7 @@ class PolicyConfig:
             raise ConfigError(f"policy.std_type must be 'param' or 'head', got {self.std_type!r}")
         if any(h < 1 for h in self.hidden_sizes):
             raise ConfigError(f"policy.hidden_sizes must be positive sizes, got {self.hidden_sizes}")
-        _positive("policy.init_std", self.init_std)
+        check_positive("policy.init_std", self.init_std)
 
 
 @dataclass(frozen=True)
@@ -354,9 +216,7 @@ def load_config(name_or_path: str | None = None, overrides: Sequence[str] = ()) 
 def build_config(data: Mapping[str, Any]) -> RunConfig:
     """Nested plain data -> validated RunConfig."""
     algo_name = (data.get("algo") or {}).get("name", AlgoConfig.name)
-    if algo_name not in ALGOS:
-        raise ConfigError(f"unknown algo.name {algo_name!r}; valid: {', '.join(ALGOS)}")
-    algo_cls = ALGOS[algo_name]
+    algo_cls = algorithm(algo_name).config
     _check_keys(data, RunConfig, "", {"algo": algo_cls})
     schema = OmegaConf.structured(RunConfig(algo=algo_cls(name=algo_name)))
     OmegaConf.set_readonly(schema, False)

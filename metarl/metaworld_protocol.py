@@ -35,9 +35,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from metarl.config import ConfigError
 from metarl.envs import Task
+from metarl.errors import ConfigError
 from metarl.policies import gaussian_log_prob
+from metarl.policies.acting import Acting, Actor
 from metarl.sampling import EpisodeBatch
 from metarl.sampling.sampler import stop_processes
 
@@ -245,50 +246,73 @@ class ShardedVectorEnv(gym.vector.VectorEnv):
 # ----------------------------------------------------------------------------- agents
 
 
-class MamlAgent:
-    """MetaLearningAgent for gradient-based learners: one parameter set per env, adapted
-    with the learner's own inner step on the episodes each env collected."""
+class LearnerAgent:
+    """Meta-World's ``MetaLearningAgent`` for any :class:`~metarl.algos.MetaLearner`.
 
-    def __init__(self, learner: Any, num_envs: int, episodes: int, seed: int = 0) -> None:
-        self.learner, self.num_envs, self.episodes = learner, num_envs, episodes
-        self.policy = learner.policy.spec.build()
+    Each env of the protocol's vector env is one task of the learner's adaptation state and
+    one lane of an :class:`~metarl.policies.acting.Actor`. ``init`` starts a new adaptation
+    (``init_adaptation``); the first ``episodes`` episodes of each env are recorded and
+    ``adapt`` hands them, with the actor's carried state, to the learner's ``adapt``.
+    """
+
+    def __init__(self, learner: Any, num_envs: int, episodes: int, bounds: tuple[np.ndarray, np.ndarray],
+                 seed: int = 0) -> None:
+        """``bounds``: the action space's (low, high)."""
+        self.learner, self.num_envs, self.episodes, self.seed = learner, num_envs, episodes, seed
+        self.bounds = bounds
+        self.spec = learner.policy_spec
+        self.tasks = [Task("metaworld-protocol", {"env": i}) for i in range(num_envs)]
+        self.lanes = np.arange(num_envs)
         self.rng = np.random.default_rng(seed)
         self.init()
 
     def init(self) -> None:
-        theta = {k: v.cpu() for k, v in self.learner.policy_params.items()}
-        self.params = {k: v.expand(self.num_envs, *v.shape) for k, v in theta.items()}
-        self.batches: list[EpisodeBatch] = []
+        self.state = self.learner.init_adaptation(self.tasks, self.seed)
+        self._act_with(self.learner.acting(self.state))
+        self.new = np.ones(self.num_envs, np.float32)
         self._clear()
+
+    def _act_with(self, acting: Acting) -> None:
+        param_sets, groups = acting.param_sets(self.num_envs)
+        cpu = [{k: v.detach().cpu() for k, v in p.items()} for p in param_sets]
+        carry = None if acting.carry is None else {k: v.cpu() for k, v in acting.carry.items()}
+        self.actor = Actor(self.spec, cpu, groups, carry)
 
     def _clear(self) -> None:
         self.episodes_done: list[list[dict[str, list]]] = [[] for _ in range(self.num_envs)]
         self.current = [_new_episode() for _ in range(self.num_envs)]
 
-    def _dist(self, obs: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each env's policy on its observation: (N, O) -> mean, std (N, A)."""
-        x = torch.as_tensor(obs, dtype=torch.float32).unsqueeze(1)
-        mean, std = torch.func.vmap(lambda p, o: torch.func.functional_call(self.policy, p, (o,)))(self.params, x)
-        return mean.squeeze(1), std.squeeze(1)
+    def _act(self, observations: np.ndarray, stochastic: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            mean, std = self.actor.act(self.lanes, torch.as_tensor(observations, dtype=torch.float32), self.new)
+            actions = mean + std * torch.from_numpy(self.rng.standard_normal(mean.shape, dtype=np.float32)) \
+                if stochastic else mean
+            logp = gaussian_log_prob(mean, std, actions)
+        self.new = np.zeros(self.num_envs, np.float32)
+        return actions, logp
 
     def adapt_action(self, observations: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        with torch.no_grad():
-            mean, std = self._dist(observations)
-            actions = mean + std * torch.from_numpy(self.rng.standard_normal(mean.shape, dtype=np.float32))
-            logp = gaussian_log_prob(mean, std, actions)
-        return actions.numpy().astype(np.float64), {"log_probs": logp.numpy()}
+        actions, logp = self._act(observations, stochastic=True)
+        return self._env_actions(actions), {"log_probs": logp.numpy(), "actions": actions.numpy()}
 
     def eval_action(self, observations: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return self._dist(observations)[0].numpy().astype(np.float64)
+        actions, _ = self._act(observations, stochastic=False)
+        self.actor.observe(self.lanes, actions, None)  # the protocol shows no rewards here
+        return self._env_actions(actions)
+
+    def _env_actions(self, actions: torch.Tensor) -> np.ndarray:
+        return self.spec.env_action(actions.numpy(), *self.bounds).astype(np.float64)
 
     def step(self, timestep: Any) -> None:
+        actions = torch.as_tensor(timestep.aux_policy_outputs["actions"])
+        self.actor.observe(self.lanes, actions, np.asarray(timestep.reward, np.float32))
+        self.new = np.logical_or(timestep.terminated, timestep.truncated).astype(np.float32)
         for i in range(self.num_envs):
             if len(self.episodes_done[i]) >= self.episodes:
                 continue
             ep = self.current[i]
             ep["obs"].append(timestep.observation[i])
-            ep["actions"].append(timestep.action[i])
+            ep["actions"].append(timestep.aux_policy_outputs["actions"][i])
             ep["rewards"].append(timestep.reward[i])
             ep["log_probs"].append(timestep.aux_policy_outputs["log_probs"][i])
             ep["terminated"].append(bool(timestep.terminated[i]))
@@ -297,63 +321,14 @@ class MamlAgent:
                 self.current[i] = _new_episode()
 
     def adapt(self) -> None:
-        batch = _to_batch(self.episodes_done, self.episodes)
-        self.batches.append(batch)
-        adapted = self.learner.adapt([b.to(self.learner.device) for b in self.batches])
-        self.params = {k: torch.stack([p[k].cpu() for p in adapted]) for k in adapted[0]}
+        batch = _to_batch(self.episodes_done, self.episodes, self.tasks, self.actor.carry())
+        self.state = self.learner.adapt(self.state, batch)
+        self._act_with(self.learner.acting(self.state))
         self._clear()
 
     def reset(self, env_mask: np.ndarray) -> None:
-        pass
-
-
-class Rl2Agent:
-    """MetaLearningAgent for RL²: adaptation is the hidden state, carried from the
-    adaptation episodes into the evaluation episodes; ``init`` starts new trials."""
-
-    def __init__(self, learner: Any, num_envs: int, seed: int = 0) -> None:
-        self.learner, self.num_envs = learner, num_envs
-        self.policy = learner.policy.spec.build()
-        self.params = {k: v.cpu() for k, v in learner.policy_params.items()}
-        self.rng = np.random.default_rng(seed)
-        self.init()
-
-    def init(self) -> None:
-        n, a = self.num_envs, self.policy.act_dim
-        self.h = self.policy.initial_state(n)
-        self.prev_action, self.prev_reward = torch.zeros(n, a), torch.zeros(n)
-        self.new_episode = torch.ones(n)
-        self._last_obs: np.ndarray | None = None
-
-    def _act(self, observations: np.ndarray, stochastic: bool) -> tuple[np.ndarray, np.ndarray]:
-        x = self.policy.inputs(torch.as_tensor(observations, dtype=torch.float32), self.prev_action,
-                               self.prev_reward, self.new_episode, self.params["reward_scale"])
-        with torch.no_grad():
-            mean, std, _, self.h = self.policy.step(x, self.h, self.params)
-            actions = mean + std * torch.from_numpy(self.rng.standard_normal(mean.shape, dtype=np.float32)) \
-                if stochastic else mean
-            logp = gaussian_log_prob(mean, std, actions)
-        self.prev_action, self.new_episode = actions, torch.zeros(self.num_envs)
-        return actions.numpy().astype(np.float64), logp.numpy()
-
-    def adapt_action(self, observations: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        actions, logp = self._act(observations, stochastic=True)
-        return actions, {"log_probs": logp}
-
-    def eval_action(self, observations: np.ndarray) -> np.ndarray:
-        return self._act(observations, stochastic=False)[0]
-
-    def step(self, timestep: Any) -> None:
-        self.prev_reward = torch.as_tensor(timestep.reward, dtype=torch.float32)
-        ended = np.logical_or(timestep.terminated, timestep.truncated)
-        self.new_episode = torch.as_tensor(ended, dtype=torch.float32)
-
-    def adapt(self) -> None:
-        pass
-
-    def reset(self, env_mask: np.ndarray) -> None:
-        # A new episode, not a new trial: keep the state, raise the flag.
-        self.new_episode = torch.maximum(self.new_episode, torch.as_tensor(env_mask, dtype=torch.float32))
+        # A new episode, not a new adaptation: the state stays, the flag goes up.
+        self.new = np.maximum(self.new, np.asarray(env_mask, np.float32))
 
 
 class _CountRounds:
@@ -376,7 +351,8 @@ def _new_episode() -> dict[str, list]:
     return {"obs": [], "actions": [], "rewards": [], "log_probs": [], "terminated": []}
 
 
-def _to_batch(episodes: list[list[dict[str, list]]], count: int) -> EpisodeBatch:
+def _to_batch(episodes: list[list[dict[str, list]]], count: int, tasks: list[Task],
+              carry: dict[str, torch.Tensor] | None) -> EpisodeBatch:
     n, t = len(episodes), max(len(ep["obs"]) for eps in episodes for ep in eps[:count])
     o, a = len(episodes[0][0]["obs"][0]), len(episodes[0][0]["actions"][0])
     arrays = {"obs": np.zeros((n, count, t, o), np.float32), "actions": np.zeros((n, count, t, a), np.float32),
@@ -392,8 +368,7 @@ def _to_batch(episodes: list[list[dict[str, list]]], count: int) -> EpisodeBatch
             arrays["terminated"][i, e, length - 1] = ep["terminated"][-1]
             arrays["truncated"][i, e, length - 1] = not ep["terminated"][-1]
     tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
-    return EpisodeBatch(**tensors, last_obs=torch.zeros(n, count, o), success=None,
-                        tasks=[Task("metaworld-protocol", {"env": i}) for i in range(n)])
+    return EpisodeBatch(**tensors, last_obs=torch.zeros(n, count, o), success=None, tasks=tasks, carry=carry)
 
 
 def run_protocol(learner: Any, dist: Any, settings: dict[str, int], seed: int = 0,
@@ -407,10 +382,8 @@ def run_protocol(learner: Any, dist: Any, settings: dict[str, int], seed: int = 
 
     start = time.perf_counter()
     envs = ShardedVectorEnv(protocol_env_fns(dist, settings, max_episode_steps), num_workers)
-    if learner.unit == "episodes":
-        agent: Any = Rl2Agent(learner, envs.num_envs, seed)
-    else:
-        agent = MamlAgent(learner, envs.num_envs, settings["adaptation_episodes"], seed)
+    space = envs.single_action_space
+    agent = LearnerAgent(learner, envs.num_envs, settings["adaptation_episodes"], (space.low, space.high), seed)
     episode_keys = ("num_evals", *EPISODE_DEFAULTS)
     bar = tqdm(total=settings["num_evals"], desc="Meta-World protocol", unit="round", disable=None,
                dynamic_ncols=True)

@@ -11,14 +11,16 @@ import torch
 from metarl.envs import Task, TaskDistribution
 from metarl.extras import require
 from metarl.policies import Params, PolicySpec
+from metarl.policies.acting import Acting, Actor
 
 log = logging.getLogger(__name__)
 _warned = False
 
 
-def record_episode(dist: TaskDistribution, task: Task, spec: PolicySpec, params: Params,
+def record_episode(dist: TaskDistribution, task: Task, spec: PolicySpec, acting: Acting | Params,
                    path: Path, max_steps: int, seed: int = 0) -> Path | None:
-    """Render one deterministic episode of the policy ``spec`` with ``params`` to an MP4.
+    """Render one deterministic episode of the policy ``spec`` acting with ``acting`` (for
+    this one task: parameters, and a recurrent policy's carried state) to an MP4.
 
     Returns None, after one warning line per process, where frames cannot be rendered
     (no GL backend for MuJoCo, or no ffmpeg writer); training goes on.
@@ -28,15 +30,21 @@ def record_episode(dist: TaskDistribution, task: Task, spec: PolicySpec, params:
         imageio = require("imageio.v2", "video", "logger.video_every")
 
         env = dist.make_env(task, render_mode="rgb_array")
-        cpu = {k: v.detach().cpu() for k, v in params.items()}
-        policy = spec.build()  # a CPU copy; the learner's module stays where it is
+        if not isinstance(acting, Acting):
+            acting = Acting(acting)
+        params = acting.params if isinstance(acting.params, dict) else acting.params[0]
+        actor = Actor(spec, [{k: v.detach().cpu() for k, v in params.items()}], [0], acting.carry)
+        low, high = env.action_space.low, env.action_space.high
+        lane = np.zeros(1, np.int64)
         obs, _ = env.reset(seed=seed)
-        frames = [env.render()]
+        frames, new = [env.render()], np.ones(1, np.float32)
         for _ in range(max_steps):
             with torch.no_grad():
-                mean, _ = torch.func.functional_call(policy, cpu, (torch.as_tensor(obs, dtype=torch.float32),))
-            obs, _, term, trunc, _ = env.step(np.clip(mean.numpy(), env.action_space.low, env.action_space.high))
+                mean, _ = actor.act(lane, torch.as_tensor(obs, dtype=torch.float32).reshape(1, -1), new)
+            obs, reward, term, trunc, _ = env.step(spec.env_action(mean[0].numpy(), low, high))
+            actor.observe(lane, mean, np.array([reward], np.float32))
             frames.append(env.render())
+            new[:] = 0.0
             if term or trunc:
                 break
         env.close()

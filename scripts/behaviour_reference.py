@@ -7,7 +7,8 @@ changing numbers (the meta-learner interface issue).
 Each case is a short `metarl train` run on nav2d (seed 0, local sampler, W&B off). `record`
 keeps its metrics.jsonl without timings, its eval.json and its final checkpoint (so a
 later version can be checked to load checkpoints written by this one). `compare` runs the
-same cases and reports, per case, identical or the first differing value. Runs use one
+same cases and reports, per case, whether metrics and eval.json are identical, and if not
+how many values differ and the first few. Runs use one
 torch thread and floats are compared exactly: record and compare on the same machine
 (another BLAS may round differently), e.g. record at the commit before a refactor, then
 compare after it.
@@ -49,27 +50,32 @@ def run_case(name: str, run_dir: Path) -> tuple[list[dict], dict]:
     return rows, evaluation
 
 
-def first_difference(ref: list[dict] | dict, new: list[dict] | dict, where: str = "") -> str | None:
-    """Path of the first value that differs between two JSON values, or None."""
+def differences(ref: list | dict, new: list | dict, where: str = "") -> list[str]:
+    """Paths (with both values) where two JSON values differ; a key only in ``new`` is
+    reported as added."""
     if type(ref) is not type(new):
-        return where or "(top)"
+        return [f"{where or '(top)'}: {ref!r} vs {new!r}"]
     if isinstance(ref, dict):
+        out = []
         for key in sorted(set(ref) | set(new)):
-            if key not in ref or key not in new:
-                return f"{where}.{key}"
-            found = first_difference(ref[key], new[key], f"{where}.{key}")
-            if found:
-                return found
-        return None
+            if key not in new:
+                out.append(f"{where}.{key}: missing")
+            elif key not in ref:
+                out.append(f"{where}.{key}: added")
+            else:
+                out += differences(ref[key], new[key], f"{where}.{key}")
+        return out
     if isinstance(ref, list):
         if len(ref) != len(new):
-            return f"{where} (length {len(ref)} vs {len(new)})"
-        for i, (a, b) in enumerate(zip(ref, new, strict=True)):
-            found = first_difference(a, b, f"{where}[{i}]")
-            if found:
-                return found
-        return None
-    return None if ref == new else f"{where}: {ref!r} vs {new!r}"
+            return [f"{where} (length {len(ref)} vs {len(new)})"]
+        return [d for i, (a, b) in enumerate(zip(ref, new, strict=True)) for d in differences(a, b, f"{where}[{i}]")]
+    return [] if ref == new else [f"{where}: {ref!r} vs {new!r}"]
+
+
+def report(label: str, found: list[str]) -> str:
+    if not found:
+        return f"{label} identical"
+    return f"{label} {len(found)} difference(s): " + "; ".join(found[:4]) + (" ..." if len(found) > 4 else "")
 
 
 def main() -> int:
@@ -92,9 +98,9 @@ def main() -> int:
                 continue
             ref_rows = json.loads((args.dir / f"{name}.metrics.json").read_text())
             ref_eval = json.loads((args.dir / f"{name}.eval.json").read_text())
-            diff = first_difference(ref_rows, rows, "metrics") or first_difference(ref_eval, evaluation, "eval")
-            failed += diff is not None
-            print(f"{name}: {'identical' if diff is None else 'differs at ' + diff}")
+            metric_diffs, eval_diffs = differences(ref_rows, rows, "metrics"), differences(ref_eval, evaluation, "eval")
+            failed += bool(metric_diffs or eval_diffs)
+            print(f"{name}: {report('metrics', metric_diffs)}; {report('eval.json', eval_diffs)}")
     return 1 if failed else 0
 
 

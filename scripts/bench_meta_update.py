@@ -21,8 +21,8 @@ import time
 import torch
 from torch.func import functional_call
 
+from metarl.algos import MamlConfig
 from metarl.algos.maml import MamlLearner, _flat, _unflat, prepare
-from metarl.config import MamlConfig
 from metarl.envs import Task
 from metarl.optim import conjugate_gradient
 from metarl.policies import GaussianMLPPolicy, gaussian_kl, gaussian_log_prob

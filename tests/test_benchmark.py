@@ -7,7 +7,8 @@ import torch
 
 from metarl.benchmark import load_suite, run_suite
 from metarl.config import ConfigError, load_config
-from metarl.trainer import CHECKPOINT, Trainer, load_run
+from metarl.rundir import RunDir
+from metarl.trainer import Trainer, load_run
 
 # 2 tasks x 2 episodes x 10 steps, before and after adaptation: 80 env steps per iteration.
 SUITE = """
@@ -51,7 +52,7 @@ def test_suite_trains_to_budget_evaluates_and_skips_finished_runs(suite, tmp_pat
     assert protocol["settings"]["meta_batch_size"] == 10  # Meta-World+'s ML1 setting
     assert summary["runs"]["reach-maml"]["aggregate"]["protocol_success"]["n"] == 1
     # weights only: no optimiser state, no iteration files
-    state = torch.load(reach / CHECKPOINT, weights_only=True)
+    state = torch.load(RunDir(reach).latest_checkpoint, weights_only=True)
     assert state["learner"]["optimizer"] is None and not list((reach / "checkpoints").glob("iter_*"))
     table = (results / "README.md").read_text()
     assert "| tiny | nav-maml | `maml_trpo/nav2d` | 240 (200) | 2/2 |" in table

@@ -69,7 +69,7 @@ def test_an_import_error_inside_the_library_keeps_its_traceback(monkeypatch, tmp
     """A bug (here: a bad import simulated in the trainer) is not reported as a user
     error: main() re-raises it, so the traceback is printed."""
 
-    def broken(cfg):
+    def broken(cfg, *_):
         raise ImportError("cannot import name 'gae' from 'metarl.optim'")
 
     monkeypatch.setattr(metarl.trainer, "build", broken)

@@ -1,6 +1,7 @@
 import pytest
 
-from metarl.config import ConfigError, MamlConfig, load_config
+from metarl.algos import MamlConfig
+from metarl.config import ConfigError, load_config
 
 
 def test_defaults_and_overrides():

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.func import functional_call
 
+from metarl.algos import MamlConfig
 from metarl.algos.maml import MamlLearner, TaskData, _flat, prepare
-from metarl.config import MamlConfig
 from metarl.envs import Task
 from metarl.policies import GaussianMLPPolicy, gaussian_kl, gaussian_log_prob
 from metarl.sampling import EpisodeBatch

@@ -7,9 +7,9 @@ import torch
 from test_maml import random_batch
 from torch.func import grad, jvp, vjp, vmap
 
+from metarl.algos import MamlConfig
 from metarl.algos.maml import MamlLearner, _flat, prepare
 from metarl.algos.maml_mlp import MlpMamlProducts, supports
-from metarl.config import MamlConfig
 from metarl.policies import GaussianMLPPolicy
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import metarl.envs
+from metarl.algos import Rl2Config
 from metarl.algos.rl2 import Rl2Learner, to_trials, windows
-from metarl.config import Rl2Config
 from metarl.policies import RecurrentGaussianPolicy, gaussian_log_prob
 from metarl.sampling import Sampler
 
@@ -182,3 +182,33 @@ def test_rl2_metaworld_protocol(cli, tmp_path):
     assert result.code == 0, result.stderr
     ev = json.loads((tmp_path / "eval.json").read_text())
     assert ev["unit"] == "episodes" and 0.0 <= ev["metaworld_protocol"]["success_rate"] <= 1.0
+
+
+@pytest.mark.parametrize("backend, workers", [("local", 1), ("process", 2)])
+def test_a_trial_continued_across_collections_equals_one_collection(backend, workers):
+    """Adaptation as the carried state: three collections of one episode, each continuing
+    the trials from the batch before (``batch.carry``, episodes numbered on), roll what one
+    collection of three-episode trials rolls."""
+    dist, policy, learner = make()
+    tasks = dist.sample(4, "train", np.random.default_rng(3))
+    with Sampler(dist, policy.spec, backend=backend, num_workers=workers) as s:
+        whole = s.collect(tasks, learner.policy_params, episodes=3, seed=5, max_steps=12)
+        state = learner.init_adaptation(tasks)
+        parts = []
+        for k in range(3):
+            part = s.collect(tasks, learner.acting(state), 1, seed=5, max_steps=12, first_episode=k)
+            parts.append(part)
+            state = learner.adapt(state, part)
+    assert state.carry is not None and state.carry["h"].shape == (4, policy.gru_size)
+    for key in ("obs", "actions", "rewards", "log_probs", "mask"):
+        joined = torch.cat([getattr(p, key) for p in parts], 1)
+        torch.testing.assert_close(joined, getattr(whole, key)[:, :, :joined.shape[2]], atol=1e-5, rtol=1e-5,
+                                   msg=key)
+    torch.testing.assert_close(parts[-1].carry["h"], whole.carry["h"], atol=1e-5, rtol=1e-5)
+    # Without the carried state the second episode differs: the GRU state is the adaptation.
+    fresh = Sampler(dist, policy.spec, backend="local")
+    try:
+        restart = fresh.collect(tasks, learner.policy_params, 1, seed=5, max_steps=12, first_episode=1)
+    finally:
+        fresh.close()
+    assert not torch.allclose(restart.actions, parts[1].actions)

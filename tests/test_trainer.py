@@ -5,8 +5,9 @@ import torch
 
 from metarl.checkpoint import CheckpointError
 from metarl.config import load_config
+from metarl.rundir import RunDir
 from metarl.sampling import Sampler
-from metarl.trainer import CHECKPOINT, Trainer, load_run
+from metarl.trainer import Trainer, load_run
 
 TINY = ["iterations=2", "meta_batch_size=3", "episodes_per_task=2", "max_episode_steps=20",
         "policy.hidden_sizes=[16]", "eval.num_tasks=3", "eval.adapt_steps=1", "sampler.backend=local",
@@ -32,11 +33,13 @@ def test_cli_train_smoke_is_deterministic_and_writes_the_run_contract(cli, tmp_p
         assert key in a[0]
     assert "wall_time_s" in json.loads((runs[0] / "metrics.jsonl").read_text().splitlines()[0])
     assert a[1]["env_steps"] > a[0]["env_steps"] > 0
-    assert (runs[0] / "config.yaml").is_file() and (runs[0] / CHECKPOINT).is_file()
+    assert (runs[0] / "config.yaml").is_file() and RunDir(runs[0]).latest_checkpoint.is_file()
     ev = json.loads((runs[0] / "eval.json").read_text())
     assert ev["task_distribution"] == "nav2d" and ev["split"] == "test" and ev["unit"] == "gradient_steps"
     assert [row["k"] for row in ev["adaptation"]] == [0, 1]
-    assert set(ev["adaptation"][0]) == {"k", "return_mean", "return_std", "success_rate"}
+    assert set(ev["adaptation"][0]) == {"k", "episodes", "return_mean", "return_std", "success_rate"}
+    episodes = load_config("maml_trpo/nav2d", TINY).episodes_per_task
+    assert [row["episodes"] for row in ev["adaptation"]] == [0, episodes]  # seen at k: k steps x episodes
     assert len(ev["per_task"]) == 3
 
 
@@ -52,10 +55,10 @@ def test_checkpoint_round_trip_evaluates_identically(tmp_path):
     cfg = load_config("maml_trpo/nav2d", [*TINY, f"run_dir={tmp_path}"])
     trainer = Trainer(cfg)
     trainer.run()
-    with Sampler(trainer.dist, trainer.policy.spec, "local") as s:
+    with Sampler(trainer.dist, trainer.learner.policy_spec, "local") as s:
         before = trainer.evaluate(s, 3, 1, seed=5)
     _, restored = load_run(tmp_path)
-    with Sampler(restored.dist, restored.policy.spec, "local") as s:
+    with Sampler(restored.dist, restored.learner.policy_spec, "local") as s:
         after = restored.evaluate(s, 3, 1, seed=5)
     assert before == after
     for k, v in trainer.learner.meta.items():
@@ -92,7 +95,7 @@ def test_resume_errors_leave_files_untouched(cli, tmp_path):
     assert again.code == 2 and "already holds a run; pass resume=true" in again.stderr
     other = cli(["train", *TINY, "resume=true", "algo.name=maml_vpg", f"run_dir={tmp_path / 'r'}"])
     assert other.code == 2 and "checkpoint in" in other.stderr and "algo.name=maml_trpo" in other.stderr
-    ckpt = tmp_path / "r" / CHECKPOINT
+    ckpt = RunDir(tmp_path / "r").latest_checkpoint
     ckpt.write_bytes(ckpt.read_bytes()[:100])
     snapshot = (tmp_path / "r" / "metrics.jsonl").read_text()
     corrupt = cli(["train", *TINY, "resume=true", f"run_dir={tmp_path / 'r'}"])

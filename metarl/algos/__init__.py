@@ -1,6 +1,20 @@
-"""Meta-learners, one file each."""
+"""Meta-learners, one file each; importing this package registers them (see ``base``)."""
 
-from .maml import MamlLearner
-from .rl2 import Rl2Learner
+from .base import (
+    AlgoConfig,
+    Algorithm,
+    LearnerSetup,
+    MetaLearner,
+    TrainContext,
+    algorithm,
+    algorithm_names,
+    check_positive,
+    register,
+)
+from .maml import MamlConfig, MamlLearner
+from .rl2 import Rl2Config, Rl2Learner
+from .sb3 import Sb3Config, Sb3Learner
 
-__all__ = ["MamlLearner", "Rl2Learner"]
+__all__ = ["AlgoConfig", "Algorithm", "LearnerSetup", "MamlConfig", "MamlLearner", "MetaLearner",
+           "Rl2Config", "Rl2Learner", "Sb3Config", "Sb3Learner", "TrainContext", "algorithm",
+           "algorithm_names", "check_positive", "register"]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import NamedTuple
 
@@ -39,7 +40,18 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from metarl.algos import maml_mlp
-from metarl.config import MamlConfig
+from metarl.algos.base import (
+    AlgoConfig,
+    LearnerSetup,
+    TrainContext,
+    check_positive,
+    clipped,
+    ppo_clip_objective,
+    register,
+    summary_metrics,
+)
+from metarl.envs import Task
+from metarl.errors import ConfigError
 from metarl.optim import (
     compute_gae,
     conjugate_gradient,
@@ -47,10 +59,73 @@ from metarl.optim import (
     linear_baseline_values,
     normalize,
 )
-from metarl.policies import Params, gaussian_kl, gaussian_log_prob
+from metarl.policies import GaussianMLPPolicy, Params, PolicySpec, gaussian_kl, gaussian_log_prob
+from metarl.policies.acting import Acting
 from metarl.sampling import EpisodeBatch
 
 LR_PREFIX = "lr."
+
+
+@dataclass(frozen=True)
+class MamlConfig(AlgoConfig):
+    """MAML-RL (Finn et al., 2017) and its first-order relatives.
+
+    ``name``: ``maml_trpo`` (TRPO outer step), ``maml_ppo`` (clipped outer objective),
+    ``maml_vpg`` (plain outer gradient with Adam), ``fomaml`` (first-order MAML, Adam outer
+    step) or ``reptile`` (Reptile with policy-gradient inner steps).
+    """
+
+    name: str = "maml_trpo"
+    inner_lr: float = 0.1
+    """Step size of each per-task adaptation step."""
+    num_inner_steps: int = 1
+    """Policy-gradient steps taken on each task before the outer update."""
+    learn_inner_lr: bool = False
+    """Meta-SGD: learn one inner step size per parameter entry (initialised to inner_lr)."""
+    gamma: float = 0.99
+    gae_lambda: float = 1.0
+    """GAE lambda; 1.0 gives Monte-Carlo returns minus the baseline."""
+    normalize_advantages: bool = True
+    """Centre and scale advantages per task (MAML's reference code does)."""
+    max_kl: float = 0.01
+    """TRPO trust region: mean KL between the old and new adapted policies."""
+    cg_iters: int = 10
+    cg_damping: float = 1e-5
+    hvp_subsample: float = 1.0
+    """Fraction of each task's steps (every k-th, k = round(1 / fraction)) that the conjugate
+    gradient's curvature products use, as rllab's ``subsample_factor``; 1.0 is exact. The
+    gradient and the line search's KL and surrogate checks always use every step, so an
+    accepted step keeps the exact trust region. 0.1 makes MAML-TRPO's update on ML1
+    several times faster (README, Numbers)."""
+    ls_max_steps: int = 15
+    ls_backtrack_ratio: float = 0.8
+    outer_lr: float = 1e-3
+    """Adam step size of maml_ppo, maml_vpg and fomaml; Reptile's interpolation rate."""
+    ppo_clip: float = 0.2
+    ppo_epochs: int = 5
+
+    def __post_init__(self) -> None:
+        if self.num_inner_steps < 1:
+            raise ConfigError(f"algo.num_inner_steps must be >= 1, got {self.num_inner_steps}")
+        for key in ("inner_lr", "max_kl", "outer_lr", "ppo_clip", "gamma"):
+            check_positive(f"algo.{key}", getattr(self, key))
+        if not 0 < self.hvp_subsample <= 1:
+            raise ConfigError(f"algo.hvp_subsample must be in (0, 1], got {self.hvp_subsample}")
+        if not 0 <= self.gae_lambda <= 1:
+            raise ConfigError(f"algo.gae_lambda must be in [0, 1], got {self.gae_lambda}")
+        if self.cg_iters < 1 or self.ls_max_steps < 1 or self.ppo_epochs < 1:
+            raise ConfigError("algo.cg_iters, algo.ls_max_steps and algo.ppo_epochs must be >= 1")
+
+
+
+class MamlState(NamedTuple):
+    """Adaptation state: the tasks' batches so far (one per inner step) and the parameters
+    they gave (the meta-parameters, shared, before any step)."""
+
+    tasks: list[Task]
+    batches: tuple[EpisodeBatch, ...]
+    params: Params | list[Params]
+
 
 
 class TaskData(NamedTuple):
@@ -106,11 +181,7 @@ def subsample(data: TaskData, fraction: float) -> TaskData:
 
 
 def _summary(batch: EpisodeBatch, tag: str) -> dict[str, float]:
-    out = {f"train/return_{tag}": batch.episode_returns().mean().item()}
-    success = batch.episode_success()
-    if success is not None:
-        out[f"train/success_{tag}"] = success.mean().item()
-    return out
+    return summary_metrics(batch.episode_returns(), batch.episode_success(), tag)
 
 
 def _flat(tensors: dict[str, Tensor]) -> Tensor:
@@ -134,13 +205,16 @@ class MamlLearner:
         device: Where the learner computes (``cpu`` or ``cuda``).
     """
 
-    unit = "gradient_steps"
+    adaptation_unit = "gradient_steps"
+    trains = True
     closed_form = True
     """MAML-TRPO's products in closed form where :func:`maml_mlp.supports` says they apply
     (the ``torch.func`` path otherwise; tests switch this off to compare the two)."""
 
-    def __init__(self, cfg: MamlConfig, policy: nn.Module, device: str | torch.device = "cpu") -> None:
+    def __init__(self, cfg: MamlConfig, policy: nn.Module, device: str | torch.device = "cpu",
+                 adaptation_episodes: int = 20) -> None:
         self.cfg = cfg
+        self.adaptation_episodes = adaptation_episodes
         self.device = torch.device(device)
         self.policy = policy.to(self.device)
         self.policy.requires_grad_(False)
@@ -155,7 +229,30 @@ class MamlLearner:
         self.optimizer = (torch.optim.Adam(self.meta.values(), lr=cfg.outer_lr)
                           if cfg.name in ("maml_ppo", "maml_vpg", "fomaml") else None)
 
+    @classmethod
+    def from_setup(cls, setup: LearnerSetup) -> MamlLearner:
+        """A learner on a Gaussian MLP policy built from the run's ``policy`` settings."""
+        p = setup.policy
+        policy = GaussianMLPPolicy(*setup.dims, p.hidden_sizes, p.activation, p.init_std, p.std_type, p.min_std)
+        return cls(setup.algo, policy, setup.device, setup.episodes_per_task)
+
+    @property
+    def policy_spec(self) -> PolicySpec:
+        return self.policy.spec
+
     # ----------------------------------------------------------------- adaptation
+
+    def init_adaptation(self, tasks: list[Task], seed: int = 0) -> MamlState:
+        return MamlState(list(tasks), (), self.policy_params)
+
+    def acting(self, state: MamlState) -> Acting:
+        return Acting(state.params)
+
+    def adapt(self, state: MamlState, batch: EpisodeBatch) -> MamlState:
+        """One more inner step: the adaptation recomputed from the meta-parameters through
+        every batch so far (step k uses the k-th batch)."""
+        batches = (*state.batches, batch)
+        return MamlState(state.tasks, batches, self.adapted_params(list(batches)))
 
     @property
     def policy_params(self) -> Params:
@@ -187,7 +284,7 @@ class MamlLearner:
         """Per-task params (N, ...) on per-task observations (N, S, O) -> mean, std (N, S, A)."""
         return vmap(lambda p, o: functional_call(self.policy, p, (o,)))(params, obs)
 
-    def adapt(self, batches: list[EpisodeBatch]) -> list[Params]:
+    def adapted_params(self, batches: list[EpisodeBatch]) -> list[Params]:
         """Adapted parameters per task after ``len(batches)`` inner steps (detached)."""
         steps = [prepare(b, self.cfg, self.device) for b in batches]
         theta = {k: v.detach() for k, v in self.meta.items()}
@@ -195,19 +292,16 @@ class MamlLearner:
             phi = self.adapt_all(theta, steps)
         return [{k: v[i].detach() for k, v in phi.items()} for i in range(batches[0].num_tasks)]
 
-    def train_step(self, collect: Callable[[Params | list[Params], int], EpisodeBatch]) -> tuple[dict[str, float], int]:
-        """One meta-iteration: collect, adapt (``num_inner_steps`` times), collect, update.
-
-        ``collect(params, phase)`` rolls the iteration's tasks under ``params`` (one dict,
-        or one per task). Returns statistics and the env steps taken."""
-        pre: list[EpisodeBatch] = []
-        params: Params | list[Params] = self.policy_params
+    def train_step(self, ctx: TrainContext) -> dict[str, float]:
+        """One meta-iteration on ``meta_batch_size`` training tasks: collect, adapt
+        (``num_inner_steps`` times), collect, update."""
+        tasks = ctx.train_tasks()
+        state = self.init_adaptation(tasks)
         for step in range(self.cfg.num_inner_steps):
-            pre.append(collect(params, step))
-            params = self.adapt(pre)
-        post = collect(params, len(pre))
-        metrics = _summary(pre[0], "pre") | _summary(post, "post")
-        return metrics | self.update(pre, post), sum(b.env_steps for b in pre) + post.env_steps
+            state = self.adapt(state, ctx.collect(tasks, self.acting(state), phase=step))
+        post = ctx.collect(tasks, self.acting(state), phase=len(state.batches))
+        metrics = _summary(state.batches[0], "pre") | _summary(post, "post")
+        return metrics | self.update(list(state.batches), post)
 
     # ----------------------------------------------------------------- outer update
 
@@ -364,14 +458,13 @@ class MamlLearner:
         for _ in range(cfg.ppo_epochs):
             mean, std = self.forward_all(self.adapt_all(self.meta, steps), post.obs)
             ratio = self._ratio(mean, std, post, old)
-            clipped = ratio.clamp(1 - cfg.ppo_clip, 1 + cfg.ppo_clip)
-            objective = torch.min(ratio * post.advantages, clipped * post.advantages)
+            objective = ppo_clip_objective(ratio, post.advantages, cfg.ppo_clip)
             loss = -(objective * post.weight).sum(-1).mean()
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
             with torch.no_grad():
-                clip_frac = ((((ratio - 1).abs() > cfg.ppo_clip).float() * post.weight).sum(-1).mean())
+                clip_frac = (clipped(ratio, cfg.ppo_clip) * post.weight).sum(-1).mean()
             stats = {"loss/ppo": loss.item(), "loss/clip_fraction": clip_frac.item()}
         _, kl = self.evaluate_objectives(self._theta(), steps, post, old)
         return stats | {"loss/kl": kl}
@@ -410,3 +503,6 @@ class MamlLearner:
                 self.meta[k].copy_(v.to(self.device))
         if self.optimizer and state.get("optimizer"):
             self.optimizer.load_state_dict(state["optimizer"])
+
+
+register(("maml_trpo", "maml_ppo", "maml_vpg", "fomaml", "reptile"), MamlConfig, MamlLearner.from_setup)

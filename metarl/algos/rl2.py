@@ -12,16 +12,73 @@ observation (with the trial's state) after a time-limit truncation.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from metarl.config import Rl2Config
+from metarl.algos.base import (
+    AlgoConfig,
+    LearnerSetup,
+    TrainContext,
+    check_positive,
+    clipped,
+    ppo_clip_objective,
+    register,
+    summary_metrics,
+)
+from metarl.envs import Task
+from metarl.errors import ConfigError
 from metarl.optim import compute_gae, normalize
-from metarl.policies import Params, RecurrentGaussianPolicy, gaussian_log_prob
+from metarl.policies import Params, PolicySpec, RecurrentGaussianPolicy, gaussian_log_prob
+from metarl.policies.acting import Acting
 from metarl.sampling import EpisodeBatch
+
+
+@dataclass(frozen=True)
+class Rl2Config(AlgoConfig):
+    """RL² (Duan et al., 2016) with PPO. Defaults: Meta-World paper appendix (GRU 256,
+    lr 5e-4, clip 0.2, GAE lambda 0.95, 10 epochs) and metaworld-algorithms (grad-norm 1.0).
+    The policy's ``hidden_sizes`` are the encoder before the GRU ([] for none)."""
+
+    name: str = "rl2_ppo"
+    gru_size: int = 256
+    lr: float = 5e-4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    ppo_clip: float = 0.2
+    ppo_epochs: int = 10
+    num_minibatches: int = 1
+    """Minibatches per epoch, of whole trials (or of windows with ``bptt_window``)."""
+    bptt_window: int | None = None
+    """Truncated backpropagation through time: train on windows of this many steps of each
+    trial, each starting from the GRU state the rollout reached there (recomputed with the
+    pre-update policy), and minibatch over the windows. None: whole trials. With 500-step
+    episodes, 500 trains on episodes as metaworld-algorithms' RL² does (its update: 16
+    epochs x 20 minibatches of episodes, against 10 full-batch steps here by default)."""
+    vf_coef: float = 0.5
+    ent_coef: float = 0.0
+    max_grad_norm: float = 1.0
+    normalize_advantages: bool = True
+    normalize_reward_input: bool = True
+    """Scale the reward the policy sees by its running standard deviation."""
+
+    def __post_init__(self) -> None:
+        for key in ("lr", "gamma", "ppo_clip", "max_grad_norm"):
+            check_positive(f"algo.{key}", getattr(self, key))
+        if self.gru_size < 1 or self.ppo_epochs < 1 or self.num_minibatches < 1:
+            raise ConfigError("algo.gru_size, algo.ppo_epochs and algo.num_minibatches must be >= 1")
+        if self.bptt_window is not None and self.bptt_window < 1:
+            raise ConfigError(f"algo.bptt_window must be >= 1 or null, got {self.bptt_window}")
+
+
+
+class Rl2State(NamedTuple):
+    """Adaptation state: the parameters and where each task's trial stands (None: new)."""
+
+    params: Params
+    carry: dict[str, Tensor] | None
 
 
 class Trials(NamedTuple):
@@ -108,7 +165,10 @@ class Rl2Learner:
         device: Where the learner computes.
     """
 
-    unit = "episodes"
+    adaptation_unit = "episodes"
+    adaptation_episodes = 1
+    """Each episode of a trial updates the state the next one starts from."""
+    trains = True
 
     def __init__(self, cfg: Rl2Config, policy: RecurrentGaussianPolicy, device: str | torch.device = "cpu",
                  seed: int = 0) -> None:
@@ -119,6 +179,28 @@ class Rl2Learner:
         self.reward_stats = torch.zeros(3, dtype=torch.float64)  # count, mean, M2 (Welford)
         self.return_stats = torch.zeros(3, dtype=torch.float64)  # of discounted returns
         self.generator = torch.Generator().manual_seed(seed)  # minibatch order
+
+    @classmethod
+    def from_setup(cls, setup: LearnerSetup) -> Rl2Learner:
+        """A GRU policy (``policy.hidden_sizes`` its encoder) from the run's settings."""
+        p = setup.policy
+        policy = RecurrentGaussianPolicy(*setup.dims, setup.algo.gru_size, p.hidden_sizes, p.activation,
+                                         p.init_std, p.min_std)
+        return cls(setup.algo, policy, setup.device, setup.seeds.learner)
+
+    @property
+    def policy_spec(self) -> PolicySpec:
+        return self.policy.spec
+
+    def init_adaptation(self, tasks: list[Task], seed: int = 0) -> Rl2State:
+        return Rl2State(self.policy_params, None)
+
+    def acting(self, state: Rl2State) -> Acting:
+        return Acting(state.params, state.carry)
+
+    def adapt(self, state: Rl2State, batch: EpisodeBatch) -> Rl2State:
+        """The trials go on from where ``batch`` left them (adaptation is the GRU state)."""
+        return Rl2State(state.params, batch.carry)
 
     @property
     def policy_params(self) -> Params:
@@ -177,8 +259,7 @@ class Rl2Learner:
                 a = normalize(adv[idx], valid[idx], dims=(0, 1)) if cfg.normalize_advantages else adv[idx]
                 logp = gaussian_log_prob(mean, std, actions[idx])
                 ratio = torch.exp(logp - old_logp[idx])
-                clipped = ratio.clamp(1 - cfg.ppo_clip, 1 + cfg.ppo_clip)
-                pg_loss = -(torch.min(ratio * a, clipped * a) * mask).sum() / count
+                pg_loss = -(ppo_clip_objective(ratio, a, cfg.ppo_clip) * mask).sum() / count
                 v_loss = (((value - returns[idx]) ** 2) * mask).sum() / count
                 entropy = (std.log().sum(-1) * mask).sum() / count
                 loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
@@ -189,21 +270,19 @@ class Rl2Learner:
                 with torch.no_grad():
                     stats = {"loss/policy": pg_loss.item(), "loss/value": v_loss.item(),
                              "loss/approx_kl": (((ratio - 1) - (logp - old_logp[idx])) * mask).sum().item() / count.item(),
-                             "loss/clip_fraction": ((((ratio - 1).abs() > cfg.ppo_clip).float() * mask).sum() / count).item()}
+                             "loss/clip_fraction": ((clipped(ratio, cfg.ppo_clip) * mask).sum() / count).item()}
         self._update_reward_scale(batch)
         return stats
 
-    def train_step(self, collect: Callable[[Params, int], EpisodeBatch]) -> tuple[dict[str, float], int]:
-        """Collect one trial per task, then update. ``collect(params, phase)`` -> batch.
-
-        Returns statistics (``train/return_pre`` is a trial's first episode,
-        ``train/return_post`` its last) and the env steps taken."""
-        batch = collect(self.policy_params, 0)
+    def train_step(self, ctx: TrainContext) -> dict[str, float]:
+        """One trial per training task, then the PPO update. ``train/return_pre`` is the
+        trials' first episode, ``train/return_post`` their last."""
+        tasks = ctx.train_tasks()
+        batch = ctx.collect(tasks, self.acting(self.init_adaptation(tasks)), phase=0)
         returns, success = batch.episode_returns(), batch.episode_success()
-        metrics = {"train/return_pre": returns[:, 0].mean().item(), "train/return_post": returns[:, -1].mean().item()}
-        if success is not None:
-            metrics |= {"train/success_pre": success[:, 0].mean().item(), "train/success_post": success[:, -1].mean().item()}
-        return metrics | self.update(batch), batch.env_steps
+        metrics = summary_metrics(returns[:, 0], None if success is None else success[:, 0], "pre")
+        metrics |= summary_metrics(returns[:, -1], None if success is None else success[:, -1], "post")
+        return metrics | self.update(batch)
 
     def state_dict(self) -> dict:
         return {"policy": {k: v.cpu() for k, v in self.policy.state_dict().items()},
@@ -230,3 +309,6 @@ def _welford(stats: Tensor, values: Tensor) -> tuple[Tensor, float]:
     delta = m - mean
     m2 += float(((v - m) ** 2).sum()) + delta * delta * count * n / total
     return torch.tensor([total, mean + delta * n / total, m2], dtype=torch.float64), (m2 / max(total - 1, 1)) ** 0.5
+
+
+register("rl2_ppo", Rl2Config, Rl2Learner.from_setup)

@@ -7,6 +7,11 @@
   (E = ``episodes_per_task``), the same budgets MAML gets per gradient step.
 - ``sb3_scratch``: the same budgets from a freshly initialised policy.
 
+Adaptation is SB3's own ``learn`` on each held-out task's env; what it achieves is measured
+like every learner's: metarl's sampler rolls the SB3 policy's weights, translated onto
+metarl's Gaussian MLP (PPO's policy as it is; SAC's with a state-dependent std and tanh
+squashing), with the same episode seeds and success criterion as the meta-learners.
+
 Checkpoints hold the SB3 policy's ``state_dict`` (loaded with ``weights_only``), never an
 SB3 zip, whose loader unpickles code; optimiser state and SAC's replay buffer are not
 saved, so a resumed ``sb3_multitask`` run restarts those.
@@ -15,15 +20,47 @@ saved, so a resumed ``sb3_multitask`` run restarts those.
 from __future__ import annotations
 
 import copy
-from pathlib import Path
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from metarl.config import Sb3Config
+from metarl.algos.base import AlgoConfig, LearnerSetup, TrainContext, check_positive, register
 from metarl.envs import Split, Task, TaskDistribution
+from metarl.errors import ConfigError
+from metarl.policies import Params, PolicySpec
+from metarl.policies.acting import Acting
+from metarl.sampling import EpisodeBatch
+
+
+@dataclass(frozen=True)
+class Sb3Config(AlgoConfig):
+    """Stable-Baselines3 baselines: ``sb3_multitask``, ``sb3_finetune``, ``sb3_scratch``."""
+
+    name: str = "sb3_multitask"
+    sb3_algo: str = "ppo"
+    """``ppo`` or ``sac``."""
+    lr: float = 3e-4
+    n_envs: int = 4
+    """Envs of the multi-task VecEnv (each draws a train task per episode)."""
+    n_steps: int = 512
+    """PPO rollout length per env for multi-task training."""
+    steps_per_iteration: int = 10_000
+    """SB3 timesteps per metarl iteration (one metrics.jsonl line each)."""
+    init_from: str | None = None
+    """sb3_finetune: the run directory of an sb3_multitask run."""
+
+    def __post_init__(self) -> None:
+        if self.sb3_algo not in ("ppo", "sac"):
+            raise ConfigError(f"algo.sb3_algo must be 'ppo' or 'sac', got {self.sb3_algo!r}")
+        for key in ("n_envs", "n_steps", "steps_per_iteration"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"algo.{key} must be >= 1, got {getattr(self, key)}")
+        check_positive("algo.lr", self.lr)
+
 
 
 class TaskEnv(gym.Env):
@@ -80,17 +117,83 @@ def make_vec_env(dist: TaskDistribution, split: Split, n_envs: int, seed: int, t
                                             info_keywords=("episode_success",)) for i in range(n_envs)])
 
 
-class Sb3Learner:
-    """Wraps an SB3 model behind the learner interface the trainer and evaluator use."""
+# SB3's SAC clamps its log-std to [-20, 2] (stable_baselines3.sac.policies).
+SAC_LOG_STD = (-20.0, 2.0)
 
-    unit = "episodes"
+
+def policy_spec(model: Any) -> PolicySpec:
+    """The metarl Gaussian MLP that acts as ``model``'s policy (SB3's default networks)."""
+    obs_dim = int(np.prod(model.observation_space.shape))
+    act_dim = int(np.prod(model.action_space.shape))
+    if _is_sac(model):
+        return PolicySpec("gaussian_mlp", obs_dim, act_dim, [256, 256], "relu", 1.0, "head",
+                          min_std=math.exp(SAC_LOG_STD[0]), max_std=math.exp(SAC_LOG_STD[1]), squash=True)
+    return PolicySpec("gaussian_mlp", obs_dim, act_dim, [64, 64], "tanh", 1.0, "param", min_std=1e-8)
+
+
+def policy_params(model: Any) -> Params:
+    """``model``'s policy weights under :func:`policy_spec`'s parameter names."""
+    if _is_sac(model):
+        state = model.policy.actor.state_dict()
+        names = {"trunk.0": "latent_pi.0", "trunk.2": "latent_pi.2", "mean": "mu", "log_std_head": "log_std"}
+    else:
+        state = model.policy.state_dict()
+        names = {"trunk.0": "mlp_extractor.policy_net.0", "trunk.2": "mlp_extractor.policy_net.2",
+                 "mean": "action_net"}
+    params = {f"{ours}.{p}": state[f"{theirs}.{p}"].detach().cpu().clone()
+              for ours, theirs in names.items() for p in ("weight", "bias")}
+    if not _is_sac(model):
+        params["log_std"] = state["log_std"].detach().cpu().clone()
+    return params
+
+
+def _is_sac(model: Any) -> bool:
+    return hasattr(model.policy, "actor")
+
+
+@dataclass
+class Sb3State:
+    """Adaptation state: each task's fine-tuned SB3 model and its env (None before the
+    first fine-tuning of a learner that starts from its own policy)."""
+
+    tasks: list[Task]
+    seed: int
+    models: list[Any] | None = None
+    envs: list[Any] | None = None
+
+
+class Sb3Learner:
+    """An SB3 model behind the MetaLearner interface.
+
+    Training (``sb3_multitask``) is SB3's ``learn`` across the train split; adaptation is
+    ``learn`` on a copy per held-out task, ``adaptation_episodes`` episodes per step.
+    """
+
+    adaptation_unit = "episodes"
 
     def __init__(self, cfg: Sb3Config, dist: TaskDistribution, horizon: int, seed: int = 0,
-                 device: str = "cpu") -> None:
-        self.cfg, self.dist, self.horizon, self.seed, self.device = cfg, dist, horizon, seed, device
+                 device: str = "cpu", episodes: int = 20, init_policy: dict[str, torch.Tensor] | None = None) -> None:
+        self.cfg, self.dist, self.horizon, self.seed, self.device = cfg, dist, horizon, seed, str(device)
+        self.adaptation_episodes = episodes
         self.model = self._new_model(make_vec_env(dist, "train", cfg.n_envs, seed), cfg.n_steps)
+        if init_policy is not None:
+            self.model.policy.load_state_dict(init_policy)
+        self.policy_spec = policy_spec(self.model)
+
+    @classmethod
+    def from_setup(cls, setup: LearnerSetup) -> Sb3Learner:
+        cfg = setup.algo
+        init = None
         if cfg.name == "sb3_finetune":
-            self.model.policy.load_state_dict(load_multitask_policy(cfg.init_from))
+            if not cfg.init_from:
+                raise ConfigError("sb3_finetune needs algo.init_from=<run dir of an sb3_multitask run>")
+            state = setup.load_run(cfg.init_from)
+            if state["config"]["algo"]["name"] != "sb3_multitask":
+                raise ConfigError(f"algo.init_from={cfg.init_from} is a {state['config']['algo']['name']} "
+                                  "run, not sb3_multitask")
+            init = state["learner"]["policy"]
+        return cls(cfg, setup.dist, setup.max_steps, setup.seeds.learner, setup.device,
+                   setup.episodes_per_task, init)
 
     def _new_model(self, env, n_steps: int):
         from stable_baselines3 import PPO, SAC
@@ -107,54 +210,52 @@ class Sb3Learner:
     def trains(self) -> bool:
         return self.cfg.name == "sb3_multitask"
 
-    def train_step(self, collect: Any = None) -> tuple[dict[str, float], int]:
+    def train_step(self, ctx: TrainContext) -> dict[str, float]:
         """``steps_per_iteration`` more SB3 timesteps across the train split."""
         before = self.model.num_timesteps
         self.model.learn(self.cfg.steps_per_iteration, reset_num_timesteps=False)
+        ctx.add_env_steps(self.model.num_timesteps - before)
         infos = list(self.model.ep_info_buffer)
         ret = float(np.mean([i["r"] for i in infos])) if infos else float("nan")
         metrics = {"train/return_pre": ret, "train/return_post": ret}  # no adaptation in training
-        if self.dist.name.startswith("ml") and infos:
+        if self.dist.reports_success and infos:
             success = float(np.mean([i.get("episode_success", 0.0) for i in infos]))
             metrics |= {"train/success_pre": success, "train/success_post": success}
-        return metrics, self.model.num_timesteps - before
+        return metrics
 
-    def adaptation_curve(self, tasks: list[Task], episodes: int, adapt_steps: int, seed: int,
-                         max_steps: int | None = None) -> dict[str, Any]:
-        """Fine-tune a copy of the policy (sb3_scratch: a fresh one) on each task; return and
-        success after k = 0, E, ..., K*E episodes (E = ``episodes``)."""
-        from stable_baselines3.common.evaluation import evaluate_policy
+    # ----------------------------------------------------------------- adaptation
 
-        budgets = [k * episodes for k in range(adapt_steps + 1)]
-        per_task: dict[str, Any] = {}
-        for i, task in enumerate(tasks):
-            env = make_vec_env(self.dist, "test", 1, seed * 1000 + i, task=task)
-            model = self._new_model(env, n_steps=episodes * self.horizon)
-            if self.cfg.name != "sb3_scratch":
-                model.policy.load_state_dict(copy.deepcopy(self.model.policy.state_dict()))
-            returns, successes = [], []
-            for k in range(adapt_steps + 1):
-                if k:
-                    model.learn(episodes * self.horizon, reset_num_timesteps=False)
-                ended: list[float] = []
+    def init_adaptation(self, tasks: list[Task], seed: int = 0) -> Sb3State:
+        state = Sb3State(list(tasks), seed)
+        if self.cfg.name == "sb3_scratch":  # a fresh policy per task from the start
+            self._fine_tuners(state)
+        return state
 
-                def on_step(loc: dict, _globals: dict, ended: list[float] = ended) -> None:
-                    if loc["done"] and "episode_success" in loc["info"]:
-                        ended.append(loc["info"]["episode_success"])
+    def acting(self, state: Sb3State) -> Acting:
+        if state.models is None:
+            return Acting(policy_params(self.model))
+        return Acting([policy_params(m) for m in state.models])
 
-                ep_returns, _ = evaluate_policy(model, env, n_eval_episodes=episodes, deterministic=False,
-                                                return_episode_rewards=True, callback=on_step)
-                returns.append(float(np.mean(ep_returns)))
-                successes.append(float(np.mean(ended)) if ended and self.dist.name.startswith("ml") else None)
-            env.close()
-            per_task[task.key()] = {"params": dict(task.params), "returns": returns, "success": successes}
-        curve = []
-        for k, budget in enumerate(budgets):
-            values = np.array([row["returns"][k] for row in per_task.values()])
-            success = [row["success"][k] for row in per_task.values() if row["success"][k] is not None]
-            curve.append({"k": budget, "return_mean": float(values.mean()), "return_std": float(values.std()),
-                          "success_rate": float(np.mean(success)) if success else None})
-        return {"unit": "episodes", "adaptation": curve, "per_task": per_task}
+    def adapt(self, state: Sb3State, batch: EpisodeBatch) -> Sb3State:
+        """``adaptation_episodes`` more episodes of SB3 fine-tuning on each task's own env
+        (SB3 collects its data itself; ``batch`` is the measurement, not used here)."""
+        models = self._fine_tuners(state)
+        for model in models:
+            model.learn(self.adaptation_episodes * self.horizon, reset_num_timesteps=False)
+        return state
+
+    def _fine_tuners(self, state: Sb3State) -> list[Any]:
+        """Each task's model (copies of the policy, or fresh ones for sb3_scratch) and env."""
+        if state.models is None:
+            state.envs = [make_vec_env(self.dist, "test", 1, state.seed + i, task=task)
+                          for i, task in enumerate(state.tasks)]
+            state.models = []
+            for env in state.envs:
+                model = self._new_model(env, n_steps=self.adaptation_episodes * self.horizon)
+                if self.cfg.name != "sb3_scratch":
+                    model.policy.load_state_dict(copy.deepcopy(self.model.policy.state_dict()))
+                state.models.append(model)
+        return state.models
 
     def state_dict(self) -> dict:
         return {"policy": {k: v.cpu() for k, v in self.model.policy.state_dict().items()},
@@ -165,15 +266,4 @@ class Sb3Learner:
         self.model.num_timesteps = int(state["num_timesteps"])
 
 
-def load_multitask_policy(run_dir: str | None) -> dict[str, torch.Tensor]:
-    """The policy weights of an sb3_multitask run (for sb3_finetune)."""
-    from metarl import checkpoint
-    from metarl.config import ConfigError
-
-    if not run_dir:
-        raise ConfigError("sb3_finetune needs algo.init_from=<run dir of an sb3_multitask run>")
-    state = checkpoint.load(Path(run_dir) / "checkpoints" / "latest.pt")
-    if state["config"]["algo"]["name"] != "sb3_multitask":
-        raise ConfigError(f"algo.init_from={run_dir} is a {state['config']['algo']['name']} run, "
-                          "not sb3_multitask")
-    return state["learner"]["policy"]
+register(("sb3_multitask", "sb3_finetune", "sb3_scratch"), Sb3Config, Sb3Learner.from_setup)

@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
@@ -34,10 +35,21 @@ class PolicySpec:
     min_std: float = 1e-6
     gru_size: int = 0
     """Recurrent policies only: the GRU's hidden size (``hidden_sizes`` is the encoder)."""
+    max_std: float | None = None
+    """Upper bound of the std (SAC's policy clamps its log-std at 2)."""
+    squash: bool = False
+    """Actions pass through tanh and are scaled onto the action space's bounds (SAC);
+    otherwise they are clipped to the bounds."""
 
     @property
     def recurrent(self) -> bool:
         return self.kind == "gru_gaussian"
+
+    def env_action(self, actions: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+        """What the env receives for the policy's ``actions`` (samples or means)."""
+        if self.squash:
+            return low + 0.5 * (np.tanh(actions) + 1.0) * (high - low)
+        return np.clip(actions, low, high)
 
     def build(self) -> nn.Module:
         args = {k: v for k, v in asdict(self).items() if k not in ("kind", "gru_size")}
@@ -60,10 +72,10 @@ class GaussianMLPPolicy(nn.Module):
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: list[int] | tuple[int, ...] = (64, 64),
                  activation: str = "tanh", init_std: float = 1.0, std_type: str = "param",
-                 min_std: float = 1e-6) -> None:
+                 min_std: float = 1e-6, max_std: float | None = None, squash: bool = False) -> None:
         super().__init__()
         self.spec = PolicySpec("gaussian_mlp", obs_dim, act_dim, list(hidden_sizes), activation,
-                               init_std, std_type, min_std)
+                               init_std, std_type, min_std, max_std=max_std, squash=squash)
         layers: list[nn.Module] = []
         size = obs_dim
         for h in hidden_sizes:
@@ -78,11 +90,14 @@ class GaussianMLPPolicy(nn.Module):
             nn.init.zeros_(self.log_std_head.weight)
             nn.init.constant_(self.log_std_head.bias, math.log(init_std))
         self._log_min_std = math.log(min_std)
+        self._log_max_std = None if max_std is None else math.log(max_std)
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         h = self.trunk(obs)
         mean = self.mean(h)
         log_std = self.log_std.expand_as(mean) if self.spec.std_type == "param" else self.log_std_head(h)
+        if self._log_max_std is not None:
+            log_std = log_std.clamp_max(self._log_max_std)
         return mean, log_std.clamp_min(self._log_min_std).exp()
 
     def params(self) -> Params:

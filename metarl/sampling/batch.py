@@ -25,6 +25,8 @@ class EpisodeBatch:
     - ``last_obs`` (N, E, O): the observation after each episode's last step (bootstrap).
     - ``success`` (N, E, T) float32 or None: ``info["success"]`` where the env reports it.
     - ``tasks``: the N tasks.
+    - ``carry``: recurrent policies only, each task's trial state after its last episode
+      (tensors (N, ...) keyed by ``h``, ``prev_action``, ``prev_reward``), else None.
     """
 
     obs: Tensor
@@ -37,6 +39,7 @@ class EpisodeBatch:
     last_obs: Tensor
     success: Tensor | None
     tasks: list[Task]
+    carry: dict[str, Tensor] | None = None
 
     @property
     def num_tasks(self) -> int:
@@ -70,4 +73,5 @@ class EpisodeBatch:
         """Task ``index`` alone, keeping the leading task dim (1, E, T, ...)."""
         picked = {f.name: getattr(self, f.name)[index:index + 1]
                   for f in fields(self) if isinstance(getattr(self, f.name), Tensor)}
-        return replace(self, **picked, tasks=[self.tasks[index]])
+        carry = None if self.carry is None else {k: v[index:index + 1] for k, v in self.carry.items()}
+        return replace(self, **picked, tasks=[self.tasks[index]], carry=carry)

@@ -27,6 +27,7 @@ import torch
 
 from metarl.envs import Task, TaskDistribution
 from metarl.policies import Params, PolicySpec, to_numpy
+from metarl.policies.acting import Acting
 
 from .batch import EpisodeBatch
 from .worker import RolloutWorker, WorkItem
@@ -103,30 +104,38 @@ class Sampler:
 
     # ------------------------------------------------------------------ public API
 
-    def collect(self, tasks: Sequence[Task], params: Params | Sequence[Params], episodes: int,
-                seed: int, max_steps: int | None = None, deterministic: bool = False) -> EpisodeBatch:
+    def collect(self, tasks: Sequence[Task], acting: Acting | Params | Sequence[Params], episodes: int,
+                seed: int, max_steps: int | None = None, deterministic: bool = False,
+                first_episode: int = 0) -> EpisodeBatch:
         """Roll ``episodes`` episodes on each task.
 
         Args:
             tasks: N tasks.
-            params: One parameter dict for all tasks, or N of them (per-task adapted params).
+            acting: What the policy acts with (:class:`Acting`: parameters, and for a
+                recurrent policy the state each trial continues from), or just parameters:
+                one dict for all tasks, or N of them (per-task adapted parameters).
             episodes: Episodes per task (E).
             seed: Seed of this collection (same seed, same batch; see above).
             max_steps: Episode length cap; defaults to the distribution's horizon.
             deterministic: Act with the policy's mean (evaluation).
+            first_episode: Index of these episodes' first among each task's episodes:
+                episode e is seeded as the task's episode ``first_episode + e``, so an
+                adaptation that collects in rounds gives every episode its own seed.
+
+        A recurrent policy's batch carries each trial's final state (``batch.carry``), to
+        continue the trials in a later collection.
         """
-        if isinstance(params, dict):
-            param_sets, keys = [params], [0] * len(tasks)
-        else:
-            if len(params) != len(tasks):
-                raise ValueError(f"got {len(params)} parameter sets for {len(tasks)} tasks; "
-                                 "pass one set or one per task")
-            param_sets, keys = list(params), list(range(len(tasks)))
+        if not isinstance(acting, Acting):
+            acting = Acting(acting if isinstance(acting, dict) else list(acting))
+        param_sets, keys = acting.param_sets(len(tasks))
         if episodes < 1:
             raise ValueError(f"episodes must be >= 1, got {episodes}")
         max_steps = max_steps or self.dist.horizon
         arrays = [to_numpy(p) for p in param_sets]
-        items = [WorkItem(slot, task, keys[slot], episodes) for slot, task in enumerate(tasks)]
+        carry = None if acting.carry is None else to_numpy(acting.carry)
+        items = [WorkItem(slot, task, keys[slot], episodes, first_episode,
+                          None if carry is None else {k: v[slot] for k, v in carry.items()})
+                 for slot, task in enumerate(tasks)]
         shares = [items[w::self.num_workers] for w in range(self.num_workers)]
         messages = [{"items": share, "params": {it.param_key: arrays[it.param_key] for it in share},
                      "seed": seed, "max_steps": max_steps, "deterministic": deterministic}
@@ -269,8 +278,9 @@ def _stack(per_slot: list[dict[str, np.ndarray]], tasks: list[Task]) -> EpisodeB
     def cat(key: str, trim: bool = True) -> torch.Tensor:
         return torch.from_numpy(np.stack([r[key][:, :t_max] if trim else r[key] for r in per_slot]))
 
+    carry = {k.removeprefix("carry."): cat(k, trim=False) for k in per_slot[0] if k.startswith("carry.")}
     return EpisodeBatch(
         obs=cat("obs"), actions=cat("actions"), rewards=cat("rewards"), log_probs=cat("log_probs"),
         terminated=cat("terminated"), truncated=cat("truncated"), mask=cat("mask"),
         last_obs=cat("last_obs", trim=False), success=cat("success") if with_success else None,
-        tasks=tasks)
+        tasks=tasks, carry=carry or None)

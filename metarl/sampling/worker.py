@@ -23,6 +23,7 @@ import torch
 
 from metarl.envs import Task, TaskDistribution
 from metarl.policies import PolicySpec, gaussian_log_prob
+from metarl.policies.acting import CARRY_KEYS, Actor, frozen_copy
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,10 @@ class WorkItem:
     param_key: int
     """Which parameter set (of the collection's) acts on this task."""
     episodes: int
+    first_episode: int = 0
+    """Index of the item's first episode among the task's episodes (part of its seeds)."""
+    carry: dict[str, np.ndarray] | None = None
+    """Recurrent policies: the state the task's trial continues from (None: a new trial)."""
 
 
 def episode_seeds(seed: int, slot: int, episode: int) -> tuple[int, np.random.Generator]:
@@ -59,8 +64,7 @@ class RolloutWorker:
         if max_lanes < 1:
             raise ValueError(f"max_lanes must be >= 1, got {max_lanes}")
         self.dist = dist
-        self.policy = spec.build()
-        self.policy.requires_grad_(False)
+        self.policy = frozen_copy(spec)
         self.max_lanes = max_lanes
         self._modules: list[torch.nn.Module] = [self.policy]  # feed-forward: one per item of a lockstep
         self._envs: dict[str, list[Any]] = {}
@@ -131,80 +135,34 @@ class RolloutWorker:
             first = np.zeros(n, np.int64)
             lane_items = [items[i] for i in order]
             groups = [keys.index(it.param_key) for it in lane_items]
-            act, observe = self._recurrent_actor(lane_items, [params[k] for k in keys], groups)
+            carry = _lane_carry(lane_items, spec)
+            actor = Actor(spec, [params[k] for k in keys], groups, carry, modules=[self.policy])
             trial = episodes
         else:
             # Item i's episode e is a lane of its own, recorded in row i.
             rows = np.repeat(np.arange(n), [it.episodes for it in items])
             first = np.concatenate([np.arange(it.episodes) for it in items])
             lane_items = [items[i] for i in rows]
-            groups = rows.tolist()
-            act, observe = self._mlp_actor([params[it.param_key] for it in items], groups), None
+            actor = Actor(spec, [params[it.param_key] for it in items], rows.tolist(), modules=self._modules)
             trial = 1
         envs = self._lanes([it.task for it in lane_items])
-        self._run_lanes(envs, lane_items, rows, first, trial, out, act, observe, seed, max_steps,
-                        deterministic)
-        return [{k: v[i, :items[i].episodes] for k, v in out.items()} for i in range(n)]
-
-    def _mlp_actor(self, param_sets: list[dict[str, np.ndarray]], groups: list[int]) -> Any:
-        """``act`` for a feed-forward policy: forward group g (an item) runs module g, its
-        parameters loaded once per lockstep (a functional_call per step costs more than
-        the 3-layer forward itself)."""
-        while len(self._modules) < len(param_sets):
-            module = self.policy.spec.build()
-            module.requires_grad_(False)
-            self._modules.append(module)
-        with torch.no_grad():
-            for module, p in zip(self._modules[:len(param_sets)], param_sets, strict=True):
-                for k, v in p.items():
-                    module.get_parameter(k).copy_(torch.from_numpy(v))
-        bounds = _group_bounds(groups)
-
-        def act(lanes: np.ndarray, obs: torch.Tensor, _new: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-            return _per_group(lanes, obs, bounds, lambda g, sel, x: self._modules[g](x))
-
-        return act
-
-    def _recurrent_actor(self, lane_items: list[WorkItem], param_sets: list[dict[str, np.ndarray]],
-                         groups: list[int]) -> tuple[Any, Any]:
-        """``act`` and ``observe`` for a recurrent policy: forward group g (a parameter set)
-        steps the GRU with those parameters; each lane carries its hidden state, previous
-        action and reward across the episodes of its trial."""
-        policy = self.policy
-        n = len(lane_items)
-        torch_params = [{k: torch.from_numpy(v) for k, v in p.items()} for p in param_sets]
-        prev_action = torch.zeros(n, policy.act_dim)
-        prev_reward = torch.zeros(n)
-        h = policy.initial_state(n)
-        new_t = torch.zeros(n)
-        bounds = _group_bounds(groups)
-
-        def forward(g: int, idx: torch.Tensor, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            p = torch_params[g]
-            x = policy.inputs(obs, prev_action[idx], prev_reward[idx], new_t[idx], p["reward_scale"])
-            mean, std, _, h[idx] = policy.step(x, h[idx], p)
-            return mean, std
-
-        def act(lanes: np.ndarray, obs: torch.Tensor, new: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-            new_t[torch.from_numpy(lanes)] = torch.from_numpy(new)
-            return _per_group(lanes, obs, bounds, forward)
-
-        def observe(lanes: np.ndarray, actions: torch.Tensor, rewards: np.ndarray) -> None:
-            idx = torch.from_numpy(lanes)
-            prev_action[idx], prev_reward[idx] = actions, torch.from_numpy(rewards)
-
-        return act, observe
+        self._run_lanes(envs, lane_items, rows, first, trial, out, actor, seed, max_steps, deterministic)
+        results = [{k: v[i, :items[i].episodes] for k, v in out.items()} for i in range(n)]
+        final = actor.carry()
+        if final is not None:  # where each trial ended: its item's row
+            for lane, row in enumerate(rows.tolist()):
+                results[row] |= {f"carry.{k}": v[lane].numpy() for k, v in final.items()}
+        return results
 
     def _run_lanes(self, envs: list[Any], items: list[WorkItem], rows: np.ndarray, first: np.ndarray,
-                   trial: int, out: dict[str, np.ndarray], act: Any, observe: Any, seed: int,
+                   trial: int, out: dict[str, np.ndarray], actor: Actor, seed: int,
                    max_steps: int, deterministic: bool) -> None:
         """Step lanes in lockstep until each has rolled ``trial`` episodes.
 
         Lane ``l`` rolls episodes ``first[l], first[l] + 1, ...`` of ``items[l]`` in ``envs[l]``
-        and records them in row ``rows[l]`` of ``out`` (``out[key][row, episode, t]``). ``act(lanes, obs, new)``
-        gives the policy's mean and std for the active lanes (``new``: 1 at an episode's
-        first step); ``observe(lanes, actions, rewards)`` (recurrent policies) sees what each
-        lane did. Each episode's noise is drawn from its own generator at its reset, as
+        and records them in row ``rows[l]`` of ``out`` (``out[key][row, episode, t]``); ``actor``
+        acts for the active lanes and observes what they did. Episode ``e`` of an item is
+        seeded as the item's episode ``first_episode + e``. Each episode's noise is drawn from its own generator at its reset, as
         many steps as it may take, so a lockstep's noise is one gather.
         """
         n = len(envs)
@@ -216,11 +174,12 @@ class RolloutWorker:
         space = envs[0].action_space
         low, high = space.low.astype(np.float32), space.high.astype(np.float32)
         steps = [env.step for env in envs]
+        spec = actor.spec
         last = max_steps - 1
         has_success = False
 
         def start(lane: int) -> None:
-            env_seed, rng = episode_seeds(seed, items[lane].slot, episode[lane])
+            env_seed, rng = episode_seeds(seed, items[lane].slot, items[lane].first_episode + episode[lane])
             o, _ = envs[lane].reset(seed=env_seed)
             current[lane] = np.ravel(o)  # cast to float32 on assignment
             if not deterministic:
@@ -236,11 +195,11 @@ class RolloutWorker:
             e = np.array([episode[i] for i in active])
             ts = np.array([t[i] for i in active])
             with torch.no_grad():
-                mean, std = act(lanes, torch.from_numpy(current[lanes]), new[lanes])
+                mean, std = actor.act(lanes, torch.from_numpy(current[lanes]), new[lanes])
                 actions = mean if deterministic else mean + std * torch.from_numpy(noise[lanes, ts])
                 logp = gaussian_log_prob(mean, std, actions)
             actions_np = actions.numpy()
-            clipped = np.clip(actions_np, low, high)
+            clipped = spec.env_action(actions_np, low, high)
             out["obs"][r, e, ts] = current[lanes]
             out["actions"][r, e, ts] = actions_np
             out["log_probs"][r, e, ts] = logp.numpy()
@@ -272,8 +231,7 @@ class RolloutWorker:
             out["rewards"][r, e, ts] = rewards
             if has_success:
                 out["success"][r, e, ts] = success
-            if observe is not None:
-                observe(lanes, actions, rewards)
+            actor.observe(lanes, actions, rewards)
             active = still
         if not has_success:
             del out["success"]
@@ -285,32 +243,13 @@ class RolloutWorker:
         self._envs.clear()
 
 
-def _group_bounds(groups: list[int]) -> list[tuple[int, int, int]]:
-    """(group, first lane, end lane) of each contiguous run of equal ``groups``."""
-    bounds, start = [], 0
-    for lane in range(1, len(groups) + 1):
-        if lane == len(groups) or groups[lane] != groups[start]:
-            bounds.append((groups[start], start, lane))
-            start = lane
-    return bounds
-
-
-def _per_group(lanes: np.ndarray, obs: torch.Tensor, bounds: list[tuple[int, int, int]],
-               forward: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``forward(group, lane indices, obs rows)`` on each group's active lanes (``lanes``
-    ascending) and gather the means and stds in ``lanes`` order."""
-    parts = []
-    for g, lo, hi in bounds:
-        a, b = np.searchsorted(lanes, (lo, hi))
-        if b > a:
-            parts.append((a, b, forward(g, torch.from_numpy(lanes[a:b]), obs[a:b])))
-    if len(parts) == 1:
-        return parts[0][2]
-    act_dim = parts[0][2][0].shape[-1]
-    mean, std = torch.empty(len(lanes), act_dim), torch.empty(len(lanes), act_dim)
-    for a, b, (m, s) in parts:
-        mean[a:b], std[a:b] = m, s
-    return mean, std
+def _lane_carry(lane_items: list[WorkItem], spec: PolicySpec) -> dict[str, torch.Tensor] | None:
+    """The lanes' starting states (recurrent): each item's carry, a new trial where it has none."""
+    if all(it.carry is None for it in lane_items):
+        return None
+    zero = {"h": np.zeros(spec.gru_size, np.float32), "prev_action": np.zeros(spec.act_dim, np.float32),
+            "prev_reward": np.zeros((), np.float32)}
+    return {k: torch.from_numpy(np.stack([(it.carry or zero)[k] for it in lane_items])) for k in CARRY_KEYS}
 
 
 def _empty(rows: tuple[int, int], steps: int, obs_dim: int, act_dim: int) -> dict[str, np.ndarray]:
