@@ -75,3 +75,22 @@ def test_conjugate_gradient_on_a_zero_right_hand_side_is_zero_not_nan():
     a = torch.tensor([[2.0, 0.5], [0.5, 1.0]])
     x, ax = conjugate_gradient(lambda v: a @ v, torch.zeros(2), 10, return_product=True)
     assert torch.equal(x, torch.zeros(2)) and torch.equal(ax, torch.zeros(2))
+    calls = []
+    x = conjugate_gradient(lambda v: calls.append(v) or a @ v, torch.zeros(2), 10, residual_tol=0.0)
+    assert torch.equal(x, torch.zeros(2)) and not calls  # no product, no division
+    # The same solver still solves a random SPD system to tolerance.
+    g = torch.Generator().manual_seed(1)
+    m = torch.randn(8, 8, generator=g, dtype=torch.float64)
+    spd = m @ m.T + 0.5 * torch.eye(8, dtype=torch.float64)
+    b = torch.randn(8, generator=g, dtype=torch.float64)
+    x = conjugate_gradient(lambda v: spd @ v, b, iters=50)
+    assert torch.isfinite(x).all()
+    torch.testing.assert_close(x, torch.linalg.solve(spd, b), atol=1e-6, rtol=1e-6)
+
+
+def test_conjugate_gradient_stops_at_an_exactly_zero_residual():
+    # With A = 2 I the first step solves exactly (r = 0); with residual_tol = 0 the next
+    # step would be p = 0 and alpha = 0 / 0.
+    b = torch.tensor([1.0, -2.0, 0.5])
+    x, ax = conjugate_gradient(lambda v: 2 * v, b, iters=5, residual_tol=0.0, return_product=True)
+    assert torch.equal(x, b / 2) and torch.equal(ax, b)

@@ -76,6 +76,8 @@ def conjugate_gradient(avp: Callable[[Tensor], Tensor], b: Tensor, iters: int,
 
     With ``return_product``, also returns ``A x`` as the iteration tracks it (``b`` minus
     the final residual), which saves the product a caller would otherwise spend on it.
+    A zero residual never reaches a division: ``b = 0`` gives ``x = 0`` (not 0 / 0 = NaN),
+    and the iteration stops once ``r @ r <= residual_tol`` (also for ``residual_tol = 0``).
     """
     x = torch.zeros_like(b)
     r, p = b.clone(), b.clone()
@@ -88,7 +90,7 @@ def conjugate_gradient(avp: Callable[[Tensor], Tensor], b: Tensor, iters: int,
         x += alpha * p
         r -= alpha * ap
         rr_new = r @ r
-        if rr_new < residual_tol:
+        if rr_new <= residual_tol:  # with residual_tol = 0, an exact solve would give p = 0 next
             break
         p = r + (rr_new / rr) * p
         rr = rr_new
