@@ -190,12 +190,13 @@ def evaluate_protocol(trainer: Any, cfg: Any) -> dict[str, Any] | None:
 
 
 def _keep_weights_only(paths: RunDir, checkpoint: Any) -> None:
-    """The final checkpoint without optimiser state (what ``metarl evaluate`` needs); the
-    iteration checkpoints are removed."""
+    """The final checkpoint without optimiser state or extra state such as replay buffers
+    (what ``metarl evaluate`` needs); the iteration checkpoints are removed."""
     state = checkpoint.load(paths.latest_checkpoint)
     state["learner"] = {k: (None if k == "optimizer" else v) for k, v in state["learner"].items()}
+    state.pop("extra_state", None)
     checkpoint.save(state, paths.latest_checkpoint)
-    for old in paths.iteration_checkpoints():
+    for old in [*paths.iteration_checkpoints(), *paths.extra_state.glob("*.pt")]:
         old.unlink()
 
 

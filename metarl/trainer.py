@@ -202,14 +202,29 @@ class Trainer:
 
     def save(self, iteration: int, wall_time_s: float) -> None:
         """``checkpoints/iter_N.pt`` and ``latest.pt``, each written atomically; keeps the
-        last ``checkpoint_keep`` iteration files."""
+        last ``checkpoint_keep`` iteration files.
+
+        A learner's large state (``extra_state_dict``, e.g. replay buffers) goes to
+        ``checkpoints/extra/iter_N.pt`` first, named by the checkpoints that need it, so a
+        kill between the writes leaves ``latest.pt`` pointing at a complete file."""
         state = {"iteration": iteration, "env_steps": self.env_steps, "wall_time_s": wall_time_s,
                  "learner": self.learner.state_dict(), "config": to_dict(self.cfg),
                  "wandb_id": self.wandb_id}
+        extra = self.learner.extra_state_dict()
+        if extra is not None:
+            path = self.paths.extra_state / f"iter_{iteration:06d}.pt"
+            checkpoint.save(extra, path)
+            state["extra_state"] = str(path.relative_to(self.paths.checkpoints))
         checkpoint.save(state, self.paths.iteration_checkpoint(iteration))
         checkpoint.save(state, self.paths.latest_checkpoint)
         for old in self.paths.iteration_checkpoints()[: -self.cfg.checkpoint_keep]:
             old.unlink()
+        if extra is not None:  # the extra files no kept checkpoint names
+            needed = {checkpoint.load(p).get("extra_state") for p in self.paths.iteration_checkpoints()}
+            needed.add(state["extra_state"])
+            for old in self.paths.extra_state.glob("iter_*.pt"):
+                if str(old.relative_to(self.paths.checkpoints)) not in needed:
+                    old.unlink()
 
     def _resume(self, read_only: bool) -> None:
         state = checkpoint.load(self.paths.latest_checkpoint)
@@ -220,6 +235,8 @@ class Trainer:
                     f"checkpoint in {self.run_dir} is for {key}.name={old[key]['name']}, "
                     f"not {getattr(self.cfg, key).name}; resume with the run's own config")
         self.learner.load_state_dict(state["learner"])
+        if state.get("extra_state"):
+            self.learner.load_extra_state_dict(checkpoint.load(self.paths.checkpoints / state["extra_state"]))
         self.start_iteration, self.env_steps = state["iteration"], state["env_steps"]
         self.wall_offset, self.wandb_id = state["wall_time_s"], state.get("wandb_id")
         if not read_only:  # lines logged after the checkpoint are redone

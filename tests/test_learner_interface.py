@@ -77,6 +77,12 @@ class BestEpisodeLearner:
     def load_state_dict(self, state: dict) -> None:
         self.params = dict(state["params"])
 
+    def extra_state_dict(self) -> dict:  # exercises the trainer's extra-state files
+        return {"adapt_calls": self.adapt_calls}
+
+    def load_extra_state_dict(self, state: dict) -> None:
+        self.adapt_calls = state["adapt_calls"]
+
 
 @pytest.fixture(scope="module", autouse=True)
 def registered():
@@ -97,6 +103,9 @@ def test_a_learner_defined_in_a_test_trains_evaluates_and_runs_metaworlds_protoc
     assert [r["iteration"] for r in rows] == [0, 1]
     assert rows[-1]["env_steps"] == 2 * 2 * (2 * 2 * 10)  # iterations x phases x tasks x episodes x steps
     assert "train/success_post" in rows[0]  # Meta-World reports success
+    extra = sorted(p.name for p in (run / "checkpoints" / "extra").iterdir())
+    assert extra == ["iter_000001.pt", "iter_000002.pt"]  # one per kept checkpoint, written atomically
+    assert torch.load(run / "checkpoints" / "latest.pt", weights_only=True)["extra_state"] == "extra/iter_000002.pt"
     ev = json.loads((run / "eval.json").read_text())
     assert ev["unit"] == "gradient_steps"
     assert [(r["k"], r["episodes"]) for r in ev["adaptation"]] == [(0, 0), (1, 2), (2, 4)]

@@ -5,6 +5,7 @@ from .base import (
     Algorithm,
     LearnerSetup,
     MetaLearner,
+    NoExtraState,
     TrainContext,
     algorithm,
     algorithm_names,
@@ -15,6 +16,6 @@ from .maml import MamlConfig, MamlLearner
 from .rl2 import Rl2Config, Rl2Learner
 from .sb3 import Sb3Config, Sb3Learner
 
-__all__ = ["AlgoConfig", "Algorithm", "LearnerSetup", "MamlConfig", "MamlLearner", "MetaLearner",
+__all__ = ["AlgoConfig", "Algorithm", "LearnerSetup", "MamlConfig", "MamlLearner", "MetaLearner", "NoExtraState",
            "Rl2Config", "Rl2Learner", "Sb3Config", "Sb3Learner", "TrainContext", "algorithm",
            "algorithm_names", "check_positive", "register"]

@@ -117,7 +117,7 @@ class MetaLearner(Protocol):
 
     Adaptation states are the learner's own (opaque to callers); :meth:`adapt` returns a
     new one and never changes the learner. Large state that does not belong in the
-    checkpoint (a replay buffer) goes under ``setup.run_dir.extra_state``.
+    checkpoint's ``learner`` entry (a replay buffer) comes from :meth:`extra_state_dict`.
     """
 
     adaptation_unit: ClassVar[str]
@@ -142,6 +142,23 @@ class MetaLearner(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def extra_state_dict(self) -> dict[str, Any] | None:
+        """State too large for every checkpoint's ``learner`` entry (replay buffers): the
+        trainer saves it beside the checkpoint, atomically; None when there is none."""
+
+    def load_extra_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state_dict` returned."""
+
+
+class NoExtraState:
+    """Mixin for learners whose whole state is their ``state_dict``."""
+
+    def extra_state_dict(self) -> None:
+        return None
+
+    def load_extra_state_dict(self, state: dict[str, Any]) -> None:
+        raise ValueError(f"{type(self).__name__} keeps no extra state, but the checkpoint has some")
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from metarl.algos import maml_mlp
 from metarl.algos.base import (
     AlgoConfig,
     LearnerSetup,
+    NoExtraState,
     TrainContext,
     check_positive,
     clipped,
@@ -196,7 +197,7 @@ def _unflat(vector: Tensor, like: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-class MamlLearner:
+class MamlLearner(NoExtraState):
     """MAML-family meta-learner on a Gaussian policy.
 
     Args:

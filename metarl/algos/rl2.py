@@ -21,6 +21,7 @@ from torch import Tensor
 from metarl.algos.base import (
     AlgoConfig,
     LearnerSetup,
+    NoExtraState,
     TrainContext,
     check_positive,
     clipped,
@@ -156,7 +157,7 @@ def windows(width: int, states: Tensor, mask: Tensor, *seqs: Tensor) -> tuple[Te
     return starts.reshape(n * k, hidden)[keep], mask[keep], tuple(cut(v)[keep] for v in seqs)
 
 
-class Rl2Learner:
+class Rl2Learner(NoExtraState):
     """PPO on trials of a recurrent policy.
 
     Args:

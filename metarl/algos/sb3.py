@@ -28,7 +28,14 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from metarl.algos.base import AlgoConfig, LearnerSetup, TrainContext, check_positive, register
+from metarl.algos.base import (
+    AlgoConfig,
+    LearnerSetup,
+    NoExtraState,
+    TrainContext,
+    check_positive,
+    register,
+)
 from metarl.envs import Split, Task, TaskDistribution
 from metarl.errors import ConfigError
 from metarl.policies import Params, PolicySpec
@@ -162,7 +169,7 @@ class Sb3State:
     envs: list[Any] | None = None
 
 
-class Sb3Learner:
+class Sb3Learner(NoExtraState):
     """An SB3 model behind the MetaLearner interface.
 
     Training (``sb3_multitask``) is SB3's ``learn`` across the train split; adaptation is
