@@ -71,13 +71,14 @@ class WandbLogger:
     def log_eval(self, result: Mapping[str, Any], env_steps: int) -> None:
         """The adaptation curve (a line plot over k) and a per-task table."""
         wandb = self._wandb
-        curve = wandb.Table(columns=["k", "return_mean", "return_std", "success_rate"],
-                            data=[[r["k"], r["return_mean"], r["return_std"], r["success_rate"]]
-                                  for r in result["adaptation"]])
+        rows = result["adaptation"]
+        curve = wandb.Table(columns=["k", "episodes", "return_mean", "return_std", "success_rate"],
+                            data=[[r["k"], r.get("episodes"), r["return_mean"], r["return_std"], r["success_rate"]]
+                                  for r in rows])
         per_task = wandb.Table(columns=["task", "params", "k", "return", "success"])
         for key, row in result["per_task"].items():
-            for k, (ret, suc) in enumerate(zip(row["returns"], row["success"], strict=True)):
-                per_task.add_data(key, json.dumps(row["params"]), k, ret, suc)
+            for r, ret, suc in zip(rows, row["returns"], row["success"], strict=True):
+                per_task.add_data(key, json.dumps(row["params"]), r["k"], ret, suc)
         unit = result["unit"].replace("_", " ")
         self.run.log({"eval/adaptation_curve": wandb.plot.line(curve, "k", "return_mean",
                                                                title=f"return vs adaptation ({unit})"),

@@ -13,9 +13,10 @@ from .base import (
     register,
 )
 from .maml import MamlConfig, MamlLearner
+from .pearl import PearlConfig, PearlLearner
 from .rl2 import Rl2Config, Rl2Learner
 from .sb3 import Sb3Config, Sb3Learner
 
 __all__ = ["AlgoConfig", "Algorithm", "LearnerSetup", "MamlConfig", "MamlLearner", "MetaLearner", "NoExtraState",
-           "Rl2Config", "Rl2Learner", "Sb3Config", "Sb3Learner", "TrainContext", "algorithm",
-           "algorithm_names", "check_positive", "register"]
+           "PearlConfig", "PearlLearner", "Rl2Config", "Rl2Learner", "Sb3Config", "Sb3Learner", "TrainContext",
+           "algorithm", "algorithm_names", "check_positive", "register"]

@@ -40,6 +40,9 @@ class PolicySpec:
     squash: bool = False
     """Actions pass through tanh and are scaled onto the action space's bounds (SAC);
     otherwise they are clipped to the bounds."""
+    latent_dim: int = 0
+    """Context-conditioned policies only (``latent_gaussian_mlp``, PEARL): the size of the
+    latent task variable z the policy holds as its parameter ``z``."""
 
     @property
     def recurrent(self) -> bool:
@@ -52,13 +55,16 @@ class PolicySpec:
         return np.clip(actions, low, high)
 
     def build(self) -> nn.Module:
-        args = {k: v for k, v in asdict(self).items() if k not in ("kind", "gru_size")}
+        args = {k: v for k, v in asdict(self).items() if k not in ("kind", "gru_size", "latent_dim")}
         if self.kind == "gaussian_mlp":
             return GaussianMLPPolicy(**args)
         if self.kind == "gru_gaussian":
             return RecurrentGaussianPolicy(self.obs_dim, self.act_dim, self.gru_size, self.hidden_sizes,
                                            self.activation, self.init_std, self.min_std)
-        raise ValueError(f"unknown policy kind {self.kind!r}; valid: gaussian_mlp, gru_gaussian")
+        if self.kind == "latent_gaussian_mlp":
+            return LatentGaussianMLPPolicy(latent_dim=self.latent_dim, **args)
+        raise ValueError(f"unknown policy kind {self.kind!r}; valid: gaussian_mlp, gru_gaussian, "
+                         "latent_gaussian_mlp")
 
 
 class GaussianMLPPolicy(nn.Module):
@@ -103,6 +109,36 @@ class GaussianMLPPolicy(nn.Module):
     def params(self) -> Params:
         """The parameters as a dict of tensors (detached copies)."""
         return {k: v.detach().clone() for k, v in self.named_parameters()}
+
+
+class LatentGaussianMLPPolicy(GaussianMLPPolicy):
+    """A Gaussian MLP policy conditioned on a latent task variable z (PEARL's actor).
+
+    The network sees ``cat(obs, z)``. The module holds one z as the parameter ``z`` (shape
+    (L,), no gradient), so the sampler's :class:`~metarl.policies.acting.Actor` acts with
+    a per-task z by loading per-task parameter sets (shared weights, each with its own
+    ``z``) and the sampler needs no change; a learner passes z explicitly instead.
+
+    Shapes: ``obs`` (..., O), ``z`` (L,) or broadcastable to (..., L) -> mean, std (..., A).
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, latent_dim: int,
+                 hidden_sizes: list[int] | tuple[int, ...] = (64, 64), activation: str = "tanh",
+                 init_std: float = 1.0, std_type: str = "param", min_std: float = 1e-6,
+                 max_std: float | None = None, squash: bool = False) -> None:
+        if latent_dim < 1:
+            raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
+        super().__init__(obs_dim + latent_dim, act_dim, hidden_sizes, activation, init_std, std_type,
+                         min_std, max_std, squash)
+        self.spec = PolicySpec("latent_gaussian_mlp", obs_dim, act_dim, list(hidden_sizes), activation,
+                               init_std, std_type, min_std, max_std=max_std, squash=squash,
+                               latent_dim=latent_dim)
+        self.z = nn.Parameter(torch.zeros(latent_dim), requires_grad=False)
+
+    def forward(self, obs: Tensor, z: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Mean and std at ``obs`` given ``z`` (the module's own ``z`` when None)."""
+        z = self.z if z is None else z
+        return super().forward(torch.cat([obs, z.expand(*obs.shape[:-1], z.shape[-1])], dim=-1))
 
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
