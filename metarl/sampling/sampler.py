@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import time
 from collections.abc import Sequence
 from multiprocessing.connection import wait
 from typing import Any
@@ -45,6 +46,12 @@ def stop_processes(conns: Sequence[Any], procs: Sequence[Any], timeout: float = 
         proc.join(timeout=timeout)
         if proc.is_alive():
             proc.kill()
+
+
+RAY_RETRY_DELAY_S = 1.0
+"""Wait before a Ray collection's failed share is resubmitted."""
+RAY_RESTART_TIMEOUT_S = 120.0
+"""How long one collection waits for restarting Ray actors."""
 
 
 class SamplerError(RuntimeError):
@@ -250,24 +257,38 @@ class Sampler:
                         for _ in range(self.num_workers)]
 
     def _collect_ray(self, messages: list[dict[str, Any]]) -> list[Any]:
+        """Each message on its actor; a failed one is resubmitted. An actor that died (or
+        its node, with the result) spends one of ``max_retries``; one that is restarting
+        (``ActorUnavailableError``) is waited for, up to ``RAY_RESTART_TIMEOUT_S``."""
         import ray
-        from ray.exceptions import ObjectLostError, RayActorError
+        from ray.exceptions import ActorUnavailableError, ObjectLostError, RayActorError
 
         results: list[Any] = [None] * len(messages)
-        for attempt in range(self.max_retries + 1):
+        failures = 0
+        deadline = time.monotonic() + RAY_RESTART_TIMEOUT_S
+        while True:
             todo = [i for i, r in enumerate(results) if r is None]
+            if not todo:
+                return results
             refs = {i: self._actors[i].collect.remote(**messages[i]) for i in todo}
             for i, ref in refs.items():
                 try:
                     results[i] = ray.get(ref)
+                except ActorUnavailableError:  # restarting (or its task died with it): wait for it
+                    self.restarts += 1
+                    if time.monotonic() > deadline:
+                        raise SamplerError(f"ray worker {i} was still unavailable after "
+                                           f"{RAY_RESTART_TIMEOUT_S:.0f} s") from None
                 except (RayActorError, ObjectLostError):  # the actor, or its node with the result, died
-                    if attempt == self.max_retries:
+                    self.restarts += 1
+                    failures += 1
+                    if failures > self.max_retries:
                         raise SamplerError(f"ray worker {i} kept failing after "
                                            f"{self.max_retries} restarts") from None
-                    self.restarts += 1
-            if all(r is not None for r in results):
-                break
-        return results
+            if any(r is None for r in results):
+                # Give the cluster time to notice a lost node and restart the actor before
+                # resubmitting: until then a call fails at once.
+                time.sleep(RAY_RETRY_DELAY_S)
 
 
 def _stack(per_slot: list[dict[str, np.ndarray]], tasks: list[Task]) -> EpisodeBatch:
