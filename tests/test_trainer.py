@@ -5,6 +5,7 @@ import torch
 
 from metarl.checkpoint import CheckpointError
 from metarl.config import load_config
+from metarl.evaluation import adaptation_curve
 from metarl.rundir import RunDir
 from metarl.sampling import Sampler
 from metarl.trainer import Trainer, load_run
@@ -135,3 +136,23 @@ def test_metaworld_protocol_numbers_land_in_eval_json(cli, tmp_path):
     bad = cli(["evaluate", str(tmp_path), "--protocol", "metaworld", "--meta-batch-size", "20"])
     assert bad.code == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert "valid: 1, 2, 5, 10, 25, 50" in bad.stderr
+
+
+def test_periodic_evaluation_uses_one_held_out_set_and_leaves_eval_json_to_the_end(tmp_path):
+    cfg = load_config("maml_trpo/nav2d", [*TINY, "iterations=3", "eval.every=1", "eval.adapt_steps=2",
+                                          f"run_dir={tmp_path}"])
+    trainer = Trainer(cfg)
+    trainer.run()
+    history = [json.loads(line) for line in (tmp_path / "eval_history.jsonl").read_text().splitlines()]
+    assert [h["iteration"] for h in history] == [0, 1, 2]
+    final = json.loads((tmp_path / "eval.json").read_text())
+    assert all(h["per_task"].keys() == final["per_task"].keys() for h in history)  # the same held-out tasks
+    assert [len(h["adaptation"]) for h in history] == [2, 2, 2] and len(final["adaptation"]) == 3
+    rows = metrics(tmp_path)
+    assert [r["eval/return_post"] for r in rows] == [h["adaptation"][-1]["return_mean"] for h in history]
+    # The same episode seeds each time: the same policy evaluates to the same numbers.
+    tasks = trainer.eval_tasks(cfg.eval.num_tasks, cfg.seed)
+    with Sampler(trainer.dist, trainer.learner.policy_spec, "local") as s:
+        again = [adaptation_curve(trainer.learner, s, tasks, 1, cfg.seed, trainer.max_steps) for _ in range(2)]
+    assert again[0] == again[1]
+    assert again[0]["adaptation"][0] == final["adaptation"][0]  # k = 0: the final evaluation's episodes
