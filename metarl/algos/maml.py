@@ -223,7 +223,7 @@ class MamlLearner(NoExtraState):
                                         for k, v in self.policy.named_parameters()}
         if cfg.learn_inner_lr:
             if cfg.name == "reptile":
-                raise ValueError("algo.learn_inner_lr is not defined for reptile (it has no "
+                raise ConfigError("algo.learn_inner_lr is not defined for reptile (it has no "
                                  "meta-gradient); use fomaml or maml_* instead")
             for k, v in list(self.meta.items()):
                 self.meta[LR_PREFIX + k] = torch.full_like(v, cfg.inner_lr).requires_grad_()
