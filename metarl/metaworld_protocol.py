@@ -41,6 +41,7 @@ from metarl.policies import gaussian_log_prob
 from metarl.policies.acting import Acting, Actor
 from metarl.sampling import EpisodeBatch
 from metarl.sampling.sampler import stop_processes
+from metarl.seeding import collection_seed
 
 PROTOCOL_SOURCE = ("Meta-World+ (arXiv 2505.11289), Farama metaworld-algorithms: "
                    "envs/metaworld.py MetaworldMetaLearningConfig and "
@@ -264,10 +265,13 @@ class LearnerAgent:
         self.tasks = [Task("metaworld-protocol", {"env": i}) for i in range(num_envs)]
         self.lanes = np.arange(num_envs)
         self.rng = np.random.default_rng(seed)
+        self.rounds = 0
         self.init()
 
     def init(self) -> None:
-        self.state = self.learner.init_adaptation(self.tasks, self.seed)
+        """A new round: each round's adaptation draws from its own seed."""
+        self.rounds += 1
+        self.state = self.learner.init_adaptation(self.tasks, collection_seed(self.seed, self.rounds))
         self._act_with(self.learner.acting(self.state))
         self.new = np.ones(self.num_envs, np.float32)
         self._clear()
