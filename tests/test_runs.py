@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from test_trainer import TINY, metrics
 from wandb_records import config, history
 
@@ -46,8 +47,10 @@ def test_plot_draws_several_runs_of_one_config_and_an_adaptation_panel(cli, tmp_
     assert image.shape[1] > image.shape[0] * 1.5  # two panels side by side: curves + adaptation
 
 
-def test_video_of_an_adapted_rollout(cli, tmp_path):
-    result = cli(["train", "maml_trpo/nav2d", *TINY, "iterations=1", "logger.video_every=1", f"run_dir={tmp_path}"])
+@pytest.mark.parametrize("config", ["maml_trpo/nav2d", "rl2_ppo/nav2d"])
+def test_video_of_an_adapted_rollout(cli, tmp_path, config):
+    """MAML after one gradient step; RL² carrying its trial's state into the filmed episode."""
+    result = cli(["train", config, *TINY, "iterations=1", "logger.video_every=1", f"run_dir={tmp_path}"])
     assert result.code == 0, result.stderr
     video = tmp_path / "videos" / "iter_000001.mp4"
     assert video.stat().st_size > 1000
