@@ -2,10 +2,13 @@
 
     python scripts/learn_nav2d.py maml_trpo [--iterations 40]
     python scripts/learn_nav2d.py rl2_ppo   [--iterations 450]
+    python scripts/learn_nav2d.py promp     [--iterations 40]
 
 - ``maml_trpo``: configs/maml_trpo/nav2d (the MAML paper's settings: 20 tasks per
   meta-batch, 20 trajectories per task, one inner step of 0.1). On 40 held-out tasks,
   the return after one gradient step must be >= -20 and >= 8 above the return before.
+- ``promp``: configs/promp/nav2d (maml_trpo's task settings, ProMP's algorithm settings);
+  the same check as ``maml_trpo``.
 - ``rl2_ppo``: configs/rl2_ppo/nav2d (trials of 2 episodes). On 40 held-out tasks, the
   second episode's return must beat the first's by >= 2.0.
 
@@ -29,6 +32,8 @@ CHECKS = {
                   lambda c: c[1] >= -20 and c[1] - c[0] >= 8),
     "rl2_ppo": ([], lambda c: c[1] - c[0] >= 2.0),
 }
+CHECKS["promp"] = CHECKS["maml_trpo"]
+ITERATIONS = {"maml_trpo": 40, "promp": 40, "rl2_ppo": 450}
 
 
 def run(algo: str, iterations: int, run_dir: Path, seed: int = 0) -> dict:
@@ -45,11 +50,11 @@ def run(algo: str, iterations: int, run_dir: Path, seed: int = 0) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("algo", choices=list(CHECKS))
-    ap.add_argument("--iterations", type=int, default=None, help="default: 40 (MAML), 450 (RL²)")
+    ap.add_argument("--iterations", type=int, default=None, help="default: 40 (MAML, ProMP), 450 (RL²)")
     ap.add_argument("--run-dir", default=None)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    iterations = args.iterations or {"maml_trpo": 40, "rl2_ppo": 450}[args.algo]
+    iterations = args.iterations or ITERATIONS[args.algo]
     out = run(args.algo, iterations, Path(args.run_dir or f"runs/learn_{args.algo}_nav2d"), args.seed)
     print(out.pop("table"))
     print(json.dumps(out))

@@ -9,9 +9,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo, iterations", [("maml_trpo", 40), ("rl2_ppo", 450)])
-def test_learns_nav2d(tmp_path, algo, iterations):
-    from learn_nav2d import run
+@pytest.mark.parametrize("algo", ["maml_trpo", "promp", "rl2_ppo"])
+def test_learns_nav2d(tmp_path, algo):
+    from learn_nav2d import ITERATIONS, run
 
-    out = run(algo, iterations, tmp_path / "run")
+    out = run(algo, ITERATIONS[algo], tmp_path / "run")
     assert out["passed"], out

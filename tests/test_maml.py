@@ -121,7 +121,8 @@ def test_trpo_gradient_and_hessian_vector_product_equal_double_backward(inner_st
     steps = [prepare(random_batch(seed=s), lrn.cfg, lrn.device) for s in range(5, 5 + inner_steps)]
     post = prepare(random_batch(seed=9), lrn.cfg, lrn.device)
     theta = {k: v.detach().requires_grad_() for k, v in lrn.meta.items()}
-    old = lrn._old_policy(steps, post)
+    with torch.no_grad():
+        old = lrn.forward_all({k: v.detach() for k, v in lrn.adapt_all(lrn._theta(), steps).items()}, post.obs)
 
     def adapted(th):
         return lrn.forward_all(lrn.adapt_all(th, steps), post.obs)

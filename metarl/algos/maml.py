@@ -1,6 +1,6 @@
 """MAML-RL (Finn et al., 2017) and first-order policy-gradient meta-learners.
 
-One learner, five outer rules (``algo.name``):
+One learner, six outer rules (``algo.name``):
 
 - ``maml_trpo``: second-order meta-gradient through the inner policy-gradient steps, TRPO
   outer step (conjugate gradient on the KL Hessian, backtracking line search with the KL
@@ -9,6 +9,17 @@ One learner, five outer rules (``algo.name``):
 - ``maml_vpg``: plain policy gradient of the adapted policies, one Adam step.
 - ``fomaml``: as ``maml_vpg`` with the inner gradient treated as a constant (first order).
 - ``reptile``: theta += outer_lr * mean_i(phi_i - theta) after policy-gradient inner steps.
+- ``promp``: ProMP (Rothfuss et al., 2018): the low-variance curvature (LVC) inner objective,
+  ``ppo_epochs`` Adam steps on the clipped surrogate of the adapted policies plus a KL
+  penalty between each inner step's sampling policy and the current one on that step's data.
+
+ProMP's LVC inner objective is the likelihood ratio against the policy that sampled the data,
+held constant: J_LVC(theta) = sum_t w_t pi_theta(a_t | s_t) / pi_old(a_t | s_t) A_t. At
+theta = theta_old its gradient is the policy gradient sum_t w_t grad log pi A_t and its
+Hessian sum_t w_t A_t (grad^2 log pi + grad log pi grad log pi^T), which the plain
+log-likelihood objective's Hessian (the first term only) misses. pi_old is the sampling
+policy: as the sampler recorded it when adapting at evaluation, recomputed by the learner
+at the start of an update (at theta_old, through the earlier inner steps).
 
 Parameters are a dict of tensors (``self.meta``: the policy's parameters, plus one inner
 step size per parameter entry with ``learn_inner_lr``, i.e. Meta-SGD). Adaptation is a
@@ -73,7 +84,8 @@ class MamlConfig(AlgoConfig):
 
     ``name``: ``maml_trpo`` (TRPO outer step), ``maml_ppo`` (clipped outer objective),
     ``maml_vpg`` (plain outer gradient with Adam), ``fomaml`` (first-order MAML, Adam outer
-    step) or ``reptile`` (Reptile with policy-gradient inner steps).
+    step), ``reptile`` (Reptile with policy-gradient inner steps) or ``promp`` (ProMP: LVC
+    inner objective, clipped outer objective with an inner KL penalty).
     """
 
     name: str = "maml_trpo"
@@ -104,12 +116,21 @@ class MamlConfig(AlgoConfig):
     """Adam step size of maml_ppo, maml_vpg and fomaml; Reptile's interpolation rate."""
     ppo_clip: float = 0.2
     ppo_epochs: int = 5
+    kl_penalty: float = 5e-4
+    """ProMP: initial weight of each inner step's KL(sampling policy || current policy)."""
+    adaptive_kl_penalty: bool = False
+    """ProMP: after each update, halve a step's KL weight when its KL is below
+    target_inner_kl / 1.5 and double it when above 1.5 x target_inner_kl."""
+    target_inner_kl: float = 0.01
+    """ProMP: the KL each inner step's penalty steers towards (adaptive_kl_penalty only)."""
 
     def __post_init__(self) -> None:
         if self.num_inner_steps < 1:
             raise ConfigError(f"algo.num_inner_steps must be >= 1, got {self.num_inner_steps}")
-        for key in ("inner_lr", "max_kl", "outer_lr", "ppo_clip", "gamma"):
+        for key in ("inner_lr", "max_kl", "outer_lr", "ppo_clip", "gamma", "target_inner_kl"):
             check_positive(f"algo.{key}", getattr(self, key))
+        if self.kl_penalty < 0:
+            raise ConfigError(f"algo.kl_penalty must be >= 0, got {self.kl_penalty}")
         if not 0 < self.hvp_subsample <= 1:
             raise ConfigError(f"algo.hvp_subsample must be in (0, 1], got {self.hvp_subsample}")
         if not 0 <= self.gae_lambda <= 1:
@@ -134,13 +155,16 @@ class TaskData(NamedTuple):
     for all tasks of a batch, (S, ...) inside per-task functions (vmap strips N).
 
     ``weight`` is mask / (number of valid steps): padding weighs 0 and each task's losses
-    are means over its real steps.
+    are means over its real steps. ``sampling_log_prob``: each action's log-likelihood
+    under the policy that sampled it (as the sampler recorded it; ProMP's update recomputes
+    it at the meta-parameters it starts from), the denominator of ProMP's LVC objective.
     """
 
     obs: Tensor  # (N, S, O)
     actions: Tensor  # (N, S, A)
     advantages: Tensor  # (N, S)
     weight: Tensor  # (N, S)
+    sampling_log_prob: Tensor  # (N, S)
 
 
 def advantages(batch: EpisodeBatch, gamma: float, lam: float, normalize_adv: bool) -> Tensor:
@@ -166,7 +190,7 @@ def prepare(batch: EpisodeBatch, cfg: MamlConfig, device: torch.device) -> TaskD
     mask = batch.mask.reshape(n, e * t).float()
     weight = mask / mask.sum(-1, keepdim=True).clamp_min(1)
     return TaskData(batch.obs.reshape(n, e * t, -1), batch.actions.reshape(n, e * t, -1),
-                    adv.reshape(n, e * t), weight)
+                    adv.reshape(n, e * t), weight, batch.log_probs.reshape(n, e * t))
 
 
 def subsample(data: TaskData, fraction: float) -> TaskData:
@@ -178,7 +202,14 @@ def subsample(data: TaskData, fraction: float) -> TaskData:
     keep = slice(0, None, stride)
     weight = data.weight[:, keep]
     weight = weight / weight.sum(-1, keepdim=True).clamp_min(torch.finfo(weight.dtype).tiny)
-    return TaskData(data.obs[:, keep], data.actions[:, keep], data.advantages[:, keep], weight)
+    return TaskData(data.obs[:, keep], data.actions[:, keep], data.advantages[:, keep], weight,
+                    data.sampling_log_prob[:, keep])
+
+
+def adapt_kl_penalty(penalty: Tensor, kl: Tensor, target: float) -> Tensor:
+    """ProMP's adaptive penalty, per inner step: halve a weight whose KL is below
+    target / 1.5, double one above 1.5 x target, keep the rest. (K,) -> (K,)."""
+    return torch.where(kl < target / 1.5, penalty / 2, torch.where(kl > target * 1.5, penalty * 2, penalty))
 
 
 def _summary(batch: EpisodeBatch, tag: str) -> dict[str, float]:
@@ -228,7 +259,9 @@ class MamlLearner(NoExtraState):
             for k, v in list(self.meta.items()):
                 self.meta[LR_PREFIX + k] = torch.full_like(v, cfg.inner_lr).requires_grad_()
         self.optimizer = (torch.optim.Adam(self.meta.values(), lr=cfg.outer_lr)
-                          if cfg.name in ("maml_ppo", "maml_vpg", "fomaml") else None)
+                          if cfg.name in ("maml_ppo", "maml_vpg", "fomaml", "promp") else None)
+        self.kl_penalty = torch.full((cfg.num_inner_steps,), cfg.kl_penalty, dtype=torch.float64)
+        """ProMP: the KL penalty's weight of each inner step (adapted with adaptive_kl_penalty)."""
 
     @classmethod
     def from_setup(cls, setup: LearnerSetup) -> MamlLearner:
@@ -260,26 +293,43 @@ class MamlLearner(NoExtraState):
         """The meta-policy's parameters (detached), what pre-adaptation episodes use."""
         return {k: v.detach() for k, v in self.meta.items() if not k.startswith(LR_PREFIX)}
 
-    def _pg_loss(self, params: Params, data: TaskData) -> Tensor:
+    def inner_loss(self, params: Params, data: TaskData) -> Tensor:
+        """One task's inner objective, negated: the policy-gradient surrogate
+        -sum_t w_t log pi(a_t | s_t) A_t, or for ``promp`` the LVC objective
+        -sum_t w_t pi(a_t | s_t) / pi_old(a_t | s_t) A_t (module docstring)."""
         mean, std = functional_call(self.policy, params, (data.obs,))
-        return -(gaussian_log_prob(mean, std, data.actions) * data.advantages * data.weight).sum()
+        log_prob = gaussian_log_prob(mean, std, data.actions)
+        if self.cfg.name == "promp":
+            return -(torch.exp(log_prob - data.sampling_log_prob) * data.advantages * data.weight).sum()
+        return -(log_prob * data.advantages * data.weight).sum()
 
-    def adapt_task(self, meta: dict[str, Tensor], steps: list[TaskData], first_order: bool = False) -> Params:
-        """Inner policy-gradient steps on one task: a pure function of ``meta``.
+    def adapt_path(self, meta: dict[str, Tensor], steps: list[TaskData], first_order: bool = False) -> list[Params]:
+        """Inner steps on one task, a pure function of ``meta``: the parameters before each
+        step and after the last (``len(steps) + 1`` entries).
 
         Step k uses ``steps[k]`` (episodes collected after k steps). Differentiable w.r.t.
         ``meta`` (second order) unless ``first_order``.
         """
         params = {k: v for k, v in meta.items() if not k.startswith(LR_PREFIX)}
+        path = [params]
         for data in steps:
-            g = grad(self._pg_loss)(params, data)
+            g = grad(self.inner_loss)(params, data)
             params = {k: p - meta.get(LR_PREFIX + k, self.cfg.inner_lr)
                       * (g[k].detach() if first_order else g[k]) for k, p in params.items()}
-        return params
+            path.append(params)
+        return path
+
+    def adapt_task(self, meta: dict[str, Tensor], steps: list[TaskData], first_order: bool = False) -> Params:
+        """The parameters after all of :meth:`adapt_path`'s steps."""
+        return self.adapt_path(meta, steps, first_order)[-1]
 
     def adapt_all(self, meta: dict[str, Tensor], steps: list[TaskData], first_order: bool = False) -> Params:
         """:meth:`adapt_task` for every task at once (vmap over the task dim): (N, ...) params."""
         return vmap(partial(self.adapt_task, first_order=first_order), in_dims=(None, 0))(meta, steps)
+
+    def adapt_path_all(self, meta: dict[str, Tensor], steps: list[TaskData]) -> list[Params]:
+        """:meth:`adapt_path` for every task at once: ``len(steps) + 1`` sets of (N, ...) params."""
+        return vmap(self.adapt_path, in_dims=(None, 0))(meta, steps)
 
     def forward_all(self, params: Params, obs: Tensor) -> tuple[Tensor, Tensor]:
         """Per-task params (N, ...) on per-task observations (N, S, O) -> mean, std (N, S, A)."""
@@ -314,18 +364,11 @@ class MamlLearner(NoExtraState):
         steps = [prepare(b, self.cfg, self.device) for b in pre]
         post_data = prepare(post, self.cfg, self.device)
         rule = {"maml_trpo": self._trpo, "maml_ppo": self._ppo, "maml_vpg": self._gradient_step,
-                "fomaml": self._gradient_step, "reptile": self._reptile}[self.cfg.name]
+                "fomaml": self._gradient_step, "reptile": self._reptile, "promp": self._ppo}[self.cfg.name]
         return rule(steps, post_data)
 
     def _theta(self) -> dict[str, Tensor]:
         return {k: v.detach() for k, v in self.meta.items()}
-
-    def _old_policy(self, steps: list[TaskData], post: TaskData) -> tuple[Tensor, Tensor]:
-        """Mean and std (N, S, A) of the adapted policies at the current meta-parameters."""
-        with torch.enable_grad():
-            phi = {k: v.detach() for k, v in self.adapt_all(self._theta(), steps).items()}
-        with torch.no_grad():
-            return self.forward_all(phi, post.obs)
 
     @staticmethod
     def _ratio(mean: Tensor, std: Tensor, data: TaskData, old: tuple[Tensor, Tensor]) -> Tensor:
@@ -453,14 +496,14 @@ class MamlLearner(NoExtraState):
                 "loss/line_search_steps": float(steps_taken), "loss/step_accepted": float(accepted)}
 
     def _ppo(self, steps: list[TaskData], post: TaskData) -> dict[str, float]:
+        """``maml_ppo`` and ``promp``: ``ppo_epochs`` Adam steps on :meth:`ppo_loss`, all on
+        the same batches, its old policies fixed at the meta-parameters the update starts
+        from. ``promp`` then adapts its KL penalty (``adaptive_kl_penalty``)."""
         cfg = self.cfg
-        old = self._old_policy(steps, post)
+        steps, old, samplers = self.sampling_policies(steps, post)
         stats: dict[str, float] = {}
         for _ in range(cfg.ppo_epochs):
-            mean, std = self.forward_all(self.adapt_all(self.meta, steps), post.obs)
-            ratio = self._ratio(mean, std, post, old)
-            objective = ppo_clip_objective(ratio, post.advantages, cfg.ppo_clip)
-            loss = -(objective * post.weight).sum(-1).mean()
+            loss, ratio, inner_kl = self.ppo_loss(self.meta, steps, post, old, samplers)
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
@@ -468,7 +511,61 @@ class MamlLearner(NoExtraState):
                 clip_frac = (clipped(ratio, cfg.ppo_clip) * post.weight).sum(-1).mean()
             stats = {"loss/ppo": loss.item(), "loss/clip_fraction": clip_frac.item()}
         _, kl = self.evaluate_objectives(self._theta(), steps, post, old)
-        return stats | {"loss/kl": kl}
+        stats["loss/kl"] = kl
+        if cfg.name == "promp":
+            with torch.enable_grad():
+                path = [{k: v.detach() for k, v in p.items()} for p in self.adapt_path_all(self._theta(), steps)]
+            with torch.no_grad():
+                inner_kl = self.inner_kls(path, steps, samplers)
+            for k, value in enumerate(inner_kl.tolist()):
+                stats[f"loss/inner_kl_{k}"] = value
+                stats[f"loss/kl_penalty_{k}"] = self.kl_penalty[k].item()
+            if cfg.adaptive_kl_penalty:
+                self.kl_penalty = adapt_kl_penalty(self.kl_penalty, inner_kl.to(self.kl_penalty), cfg.target_inner_kl)
+        return stats
+
+    def sampling_policies(self, steps: list[TaskData], post: TaskData
+                          ) -> tuple[list[TaskData], tuple[Tensor, Tensor], list[tuple[Tensor, Tensor]]]:
+        """The policies that sampled the batches, recomputed at the current meta-parameters:
+        ``steps`` (with ``sampling_log_prob`` recomputed for ``promp``), the adapted policies' mean and
+        std on ``post`` (N, S, A), and (``promp`` only, else empty) each inner step's policy
+        on its own data."""
+        promp = self.cfg.name == "promp"
+        with torch.enable_grad():
+            path = [{k: v.detach() for k, v in p.items()} for p in self.adapt_path_all(self._theta(), steps)]
+        with torch.no_grad():
+            old = self.forward_all(path[-1], post.obs)
+            samplers = [self.forward_all(p, s.obs) for p, s in zip(path, steps)] if promp else []
+        if promp:
+            steps = [s._replace(sampling_log_prob=gaussian_log_prob(*o, s.actions)) for s, o in zip(steps, samplers)]
+        return steps, old, samplers
+
+    def ppo_loss(self, meta: dict[str, Tensor], steps: list[TaskData], post: TaskData, old: tuple[Tensor, Tensor],
+                 samplers: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The clipped outer loss of the policies adapted from ``meta``: minus the mean over
+        tasks of each task's weighted mean of min(r A, clip(r, 1 - eps, 1 + eps) A), r the
+        ratio against ``old`` on ``post``; ``promp`` adds mean_k kl_penalty_k * KL_k, KL_k the
+        mean KL(sampling policy || current policy) of inner step k on its own data (as
+        ProMP's reference code, ``meta_algos/pro_mp.py``). Returns the loss, the ratios
+        (N, S) and the inner KLs (K,) (None but for ``promp``)."""
+        path = self.adapt_path_all(meta, steps)
+        mean, std = self.forward_all(path[-1], post.obs)
+        ratio = self._ratio(mean, std, post, old)
+        loss = -(ppo_clip_objective(ratio, post.advantages, self.cfg.ppo_clip) * post.weight).sum(-1).mean()
+        inner_kl = None
+        if self.cfg.name == "promp":
+            inner_kl = self.inner_kls(path, steps, samplers)
+            loss = loss + (self.kl_penalty.to(inner_kl) * inner_kl).mean()
+        return loss, ratio, inner_kl
+
+    def inner_kls(self, path: list[Params], steps: list[TaskData], samplers: list[tuple[Tensor, Tensor]]) -> Tensor:
+        """(K,): for each inner step k, KL(pi_sampling_k || pi_path[k]) on step k's data, a
+        weighted mean over each task's steps, then a mean over tasks."""
+        kls = []
+        for params, data, (old_mean, old_std) in zip(path, steps, samplers):
+            mean, std = self.forward_all(params, data.obs)
+            kls.append((gaussian_kl(old_mean, old_std, mean, std) * data.weight).sum(-1).mean())
+        return torch.stack(kls)
 
     def _gradient_step(self, steps: list[TaskData], post: TaskData) -> dict[str, float]:
         phi = self.adapt_all(self.meta, steps, first_order=self.cfg.name == "fomaml")
@@ -492,8 +589,11 @@ class MamlLearner(NoExtraState):
     # ----------------------------------------------------------------- checkpointing
 
     def state_dict(self) -> dict:
-        return {"meta": {k: v.detach().cpu() for k, v in self.meta.items()},
-                "optimizer": self.optimizer.state_dict() if self.optimizer else None}
+        state = {"meta": {k: v.detach().cpu() for k, v in self.meta.items()},
+                 "optimizer": self.optimizer.state_dict() if self.optimizer else None}
+        if self.cfg.name == "promp":
+            state["kl_penalty"] = self.kl_penalty.clone()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if set(state["meta"]) != set(self.meta):
@@ -504,6 +604,8 @@ class MamlLearner(NoExtraState):
                 self.meta[k].copy_(v.to(self.device))
         if self.optimizer and state.get("optimizer"):
             self.optimizer.load_state_dict(state["optimizer"])
+        if "kl_penalty" in state:
+            self.kl_penalty = state["kl_penalty"].clone()
 
 
-register(("maml_trpo", "maml_ppo", "maml_vpg", "fomaml", "reptile"), MamlConfig, MamlLearner.from_setup)
+register(("maml_trpo", "maml_ppo", "maml_vpg", "fomaml", "reptile", "promp"), MamlConfig, MamlLearner.from_setup)
