@@ -3,6 +3,7 @@
     python scripts/learn_nav2d.py maml_trpo [--iterations 40]
     python scripts/learn_nav2d.py rl2_ppo   [--iterations 450]
     python scripts/learn_nav2d.py promp     [--iterations 40]
+    python scripts/learn_nav2d.py varibad   [--iterations 450]
 
 - ``maml_trpo``: configs/maml_trpo/nav2d (the MAML paper's settings: 20 tasks per
   meta-batch, 20 trajectories per task, one inner step of 0.1). On 40 held-out tasks,
@@ -11,6 +12,8 @@
   the same check as ``maml_trpo``.
 - ``rl2_ppo``: configs/rl2_ppo/nav2d (trials of 2 episodes). On 40 held-out tasks, the
   second episode's return must beat the first's by >= 2.0.
+- ``varibad``: configs/varibad/nav2d (rl2_ppo's trials and tasks per iteration, so equal
+  iterations are equal env steps); the same check as ``rl2_ppo``.
 
 For scale: standing still scores about -38, walking straight to the goal about -2.
 """
@@ -33,7 +36,8 @@ CHECKS = {
     "rl2_ppo": ([], lambda c: c[1] - c[0] >= 2.0),
 }
 CHECKS["promp"] = CHECKS["maml_trpo"]
-ITERATIONS = {"maml_trpo": 40, "promp": 40, "rl2_ppo": 450}
+CHECKS["varibad"] = CHECKS["rl2_ppo"]
+ITERATIONS = {"maml_trpo": 40, "promp": 40, "rl2_ppo": 450, "varibad": 450}
 
 
 def run(algo: str, iterations: int, run_dir: Path, seed: int = 0) -> dict:
@@ -50,7 +54,7 @@ def run(algo: str, iterations: int, run_dir: Path, seed: int = 0) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("algo", choices=list(CHECKS))
-    ap.add_argument("--iterations", type=int, default=None, help="default: 40 (MAML, ProMP), 450 (RL²)")
+    ap.add_argument("--iterations", type=int, default=None, help="default: 40 (MAML, ProMP), 450 (RL², VariBAD)")
     ap.add_argument("--run-dir", default=None)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()

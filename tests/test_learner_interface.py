@@ -121,12 +121,18 @@ def test_a_learner_defined_in_a_test_trains_evaluates_and_runs_metaworlds_protoc
     assert "Meta-World protocol: success rate" in capsys.readouterr().out
 
 
-def test_the_builtin_learners_satisfy_the_protocol(tmp_path):
+def test_every_registered_learner_has_a_nav2d_config_and_satisfies_the_protocol(tmp_path):
+    from metarl.algos import algorithm_names
     from metarl.config import load_config
     from metarl.trainer import build
 
-    for name in ("maml_trpo/nav2d", "rl2_ppo/nav2d", "sb3_multitask/nav2d"):
-        cfg = load_config(name, ["algo.steps_per_iteration=64"] if name.startswith("sb3") else [])
+    # the library's learners (tests register others); sb3_finetune builds from an sb3_multitask
+    # run (its own tests)
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    names = [n for n in algorithm_names() if (configs / n).is_dir() and n != "sb3_finetune"]
+    assert {"maml_trpo", "promp", "rl2_ppo", "varibad", "pearl", "sb3_multitask"} <= set(names)
+    for name in names:
+        cfg = load_config(f"{name}/nav2d", ["algo.steps_per_iteration=64"] if name.startswith("sb3") else [])
         _, learner = build(cfg)
         assert isinstance(learner, MetaLearner), name
         assert learner.adaptation_unit in ("gradient_steps", "episodes")

@@ -9,15 +9,22 @@ import torch
 import metarl.envs
 from metarl.algos import Rl2Config
 from metarl.algos.rl2 import Rl2Learner, to_trials, windows
-from metarl.policies import RecurrentGaussianPolicy, gaussian_log_prob
+from metarl.algos.varibad import VaribadConfig, VaribadLearner
+from metarl.policies import RecurrentGaussianPolicy, VariBADPolicy, gaussian_log_prob
 from metarl.sampling import Sampler
 
 
-def make(seed=0):
+def make(seed=0, kind="rl2"):
+    """nav2d, a recurrent policy and its learner: RL²'s, or VariBAD's (whose encoder state
+    is carried the same way)."""
     torch.manual_seed(seed)
     dist = metarl.envs.make("nav2d")
-    policy = RecurrentGaussianPolicy(2, 2, gru_size=16, encoder_sizes=[8], init_std=0.3)
-    learner = Rl2Learner(Rl2Config(gru_size=16), policy)
+    if kind == "varibad":
+        policy = VariBADPolicy(2, 2, latent_dim=3, gru_size=16, hidden_sizes=[8], init_std=0.3)
+        learner = VaribadLearner(VaribadConfig(), policy, trial_steps=60)
+    else:
+        policy = RecurrentGaussianPolicy(2, 2, gru_size=16, encoder_sizes=[8], init_std=0.3)
+        learner = Rl2Learner(Rl2Config(gru_size=16), policy)
     policy.reward_scale.fill_(0.5)  # the scale must reach the workers with the parameters
     return dist, policy, learner
 
@@ -36,11 +43,12 @@ def recompute(policy, trials, reset_at_second_episode=False):
     return torch.stack(out, 1)
 
 
+@pytest.mark.parametrize("kind", ["rl2", "varibad"])
 @pytest.mark.parametrize("backend, workers", [("local", 1), ("process", 2), ("ray", 2)])
-def test_state_carried_within_trials_and_reset_between_them(backend, workers):
+def test_state_carried_within_trials_and_reset_between_them(backend, workers, kind):
     if backend == "ray":
         pytest.importorskip("ray")
-    dist, policy, learner = make()
+    dist, policy, learner = make(kind=kind)
     tasks = dist.sample(5, "train", np.random.default_rng(0))
     try:
         with Sampler(dist, policy.spec, backend=backend, num_workers=workers) as s:
@@ -172,8 +180,9 @@ def test_rl2_cli_run_reports_episodes(cli, tmp_path):
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
 
 
-def test_rl2_metaworld_protocol(cli, tmp_path):
-    train = cli(["train", "rl2_ppo/nav2d", "tasks.name=ml1/reach-v3", "iterations=1", "meta_batch_size=2",
+@pytest.mark.parametrize("config", ["rl2_ppo/nav2d", "varibad/nav2d"])
+def test_recurrent_learners_run_metaworlds_protocol(config, cli, tmp_path):
+    train = cli(["train", config, "tasks.name=ml1/reach-v3", "iterations=1", "meta_batch_size=2",
                  "max_episode_steps=10", "algo.gru_size=8", "eval.num_tasks=2", "sampler.backend=local",
                  "logger.wandb=false", f"run_dir={tmp_path}"])
     assert train.code == 0, train.stderr
@@ -184,12 +193,13 @@ def test_rl2_metaworld_protocol(cli, tmp_path):
     assert ev["unit"] == "episodes" and 0.0 <= ev["metaworld_protocol"]["success_rate"] <= 1.0
 
 
+@pytest.mark.parametrize("kind", ["rl2", "varibad"])
 @pytest.mark.parametrize("backend, workers", [("local", 1), ("process", 2)])
-def test_a_trial_continued_across_collections_equals_one_collection(backend, workers):
+def test_a_trial_continued_across_collections_equals_one_collection(backend, workers, kind):
     """Adaptation as the carried state: three collections of one episode, each continuing
     the trials from the batch before (``batch.carry``, episodes numbered on), roll what one
     collection of three-episode trials rolls."""
-    dist, policy, learner = make()
+    dist, policy, learner = make(kind=kind)
     tasks = dist.sample(4, "train", np.random.default_rng(3))
     with Sampler(dist, policy.spec, backend=backend, num_workers=workers) as s:
         whole = s.collect(tasks, learner.policy_params, episodes=3, seed=5, max_steps=12)

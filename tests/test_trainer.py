@@ -77,15 +77,21 @@ def test_cli_evaluate_writes_eval_json(cli, tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 10_000
 
 
-def test_resume_continues_to_the_same_metrics(tmp_path):
-    full = load_config("maml_trpo/nav2d", [*TINY, "iterations=3", "checkpoint_every=1", f"run_dir={tmp_path / 'full'}"])
-    Trainer(full).run()
-    part = load_config("maml_trpo/nav2d", [*TINY, "iterations=2", "checkpoint_every=1", f"run_dir={tmp_path / 'part'}"])
-    Trainer(part).run()
-    resumed = load_config("maml_trpo/nav2d", [*TINY, "iterations=3", "checkpoint_every=1", "resume=true",
-                                              f"run_dir={tmp_path / 'part'}"])
-    Trainer(resumed).run()
-    assert metrics(tmp_path / "part") == metrics(tmp_path / "full")
+@pytest.mark.parametrize("config, extra", [("maml_trpo/nav2d", []),
+                                           ("promp/nav2d", ["algo.adaptive_kl_penalty=true"]),
+                                           ("varibad/nav2d", ["algo.gru_size=8"])])
+def test_resume_continues_to_the_same_metrics(config, extra, tmp_path):
+    """Resuming from a checkpoint gives the uninterrupted run's metrics (ProMP's adapted
+    KL penalty included: it changes every iteration here and lives in the checkpoint;
+    VariBAD's VAE buffer and generator: its extra state)."""
+    common = [*TINY, *extra, "checkpoint_every=1"]
+    Trainer(load_config(config, [*common, "iterations=3", f"run_dir={tmp_path / 'full'}"])).run()
+    Trainer(load_config(config, [*common, "iterations=2", f"run_dir={tmp_path / 'part'}"])).run()
+    Trainer(load_config(config, [*common, "iterations=3", "resume=true", f"run_dir={tmp_path / 'part'}"])).run()
+    full = metrics(tmp_path / "full")
+    assert metrics(tmp_path / "part") == full
+    if config.startswith("promp"):
+        assert len({row["loss/kl_penalty_0"] for row in full}) == 3
 
 
 def test_resume_errors_leave_files_untouched(cli, tmp_path):

@@ -76,7 +76,7 @@ from metarl.algos.base import (
 )
 from metarl.envs import Task
 from metarl.errors import ConfigError
-from metarl.policies import LatentGaussianMLPPolicy, Params, PolicySpec, gaussian_log_prob
+from metarl.policies import LatentGaussianMLPPolicy, Params, PolicySpec, gaussian_log_prob, mlp
 from metarl.policies.acting import Acting
 from metarl.sampling import EpisodeBatch
 from metarl.seeding import collection_seed
@@ -208,16 +208,6 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     with torch.no_grad():
         for t, s in zip(target.parameters(), source.parameters(), strict=True):
             t.lerp_(s, tau)
-
-
-def mlp(in_size: int, hidden_sizes: Sequence[int], out_size: int) -> nn.Sequential:
-    """A ReLU MLP."""
-    layers: list[nn.Module] = []
-    for h in hidden_sizes:
-        layers += [nn.Linear(in_size, h), nn.ReLU()]
-        in_size = h
-    layers.append(nn.Linear(in_size, out_size))
-    return nn.Sequential(*layers)
 
 
 @contextmanager

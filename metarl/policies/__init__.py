@@ -8,6 +8,7 @@ adapted parameters and MAML can differentiate through the adaptation without clo
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -41,12 +42,13 @@ class PolicySpec:
     """Actions pass through tanh and are scaled onto the action space's bounds (SAC);
     otherwise they are clipped to the bounds."""
     latent_dim: int = 0
-    """Context-conditioned policies only (``latent_gaussian_mlp``, PEARL): the size of the
-    latent task variable z the policy holds as its parameter ``z``."""
+    """Context-conditioned policies only: the size of the latent task variable (PEARL's
+    ``latent_gaussian_mlp`` holds z as its parameter ``z``; ``varibad`` infers it)."""
 
     @property
     def recurrent(self) -> bool:
-        return self.kind == "gru_gaussian"
+        """Carries a state across the steps and episodes of a trial (RL², VariBAD)."""
+        return self.kind in ("gru_gaussian", "varibad")
 
     def env_action(self, actions: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
         """What the env receives for the policy's ``actions`` (samples or means)."""
@@ -63,8 +65,11 @@ class PolicySpec:
                                            self.activation, self.init_std, self.min_std)
         if self.kind == "latent_gaussian_mlp":
             return LatentGaussianMLPPolicy(latent_dim=self.latent_dim, **args)
+        if self.kind == "varibad":
+            return VariBADPolicy(self.obs_dim, self.act_dim, self.latent_dim, self.gru_size, self.hidden_sizes,
+                                 self.activation, self.init_std, self.min_std)
         raise ValueError(f"unknown policy kind {self.kind!r}; valid: gaussian_mlp, gru_gaussian, "
-                         "latent_gaussian_mlp")
+                         "latent_gaussian_mlp, varibad")
 
 
 class GaussianMLPPolicy(nn.Module):
@@ -223,6 +228,105 @@ class RecurrentGaussianPolicy(nn.Module):
         args = (x.unsqueeze(1), h)
         mean, std, value, out = self(*args) if params is None else functional_call(self, params, args)
         return mean[:, 0], std[:, 0], value[:, 0], out[:, 0]
+
+
+def mlp(in_size: int, hidden_sizes: Sequence[int], out_size: int, activation: str = "relu") -> nn.Sequential:
+    """An MLP with ``activation`` between its layers and a linear output."""
+    layers: list[nn.Module] = []
+    for h in hidden_sizes:
+        layers += [nn.Linear(in_size, h), _ACTIVATIONS[activation]()]
+        in_size = h
+    layers.append(nn.Linear(in_size, out_size))
+    return nn.Sequential(*layers)
+
+
+class VariBADPolicy(nn.Module):
+    """VariBAD's encoder and policy (Zintgraf et al., 2020) as one recurrent policy.
+
+    The encoder reads each step's transition, embedded as in the reference code
+    (lmzintgraf/varibad ``models/encoder.py``: ReLU embeddings of the action (16), reward
+    (16) and state (32), concatenated, into a GRU): at step t the previous action and raw
+    reward and the new observation (with the new-episode flag, as the reference appends
+    its done flag to the state), so the GRU state after step t holds the trial so far.
+    A linear layer maps it to the posterior's mean and log-variance (``latent_dim`` each).
+    Before a trial's first step the previous action and reward are zero and the state is
+    zero (the reference's prior is the linear layer on a zero state; here the first
+    posterior has also read s_0, which tells nothing of the task where every task starts
+    alike). The state carries across a trial's episodes and is reset between trials.
+
+    The actor (a Gaussian on an MLP, learned state-independent std) and the critic (a
+    separate MLP) see cat(observation, posterior mean, posterior log-variance), with the
+    posterior detached unless ``through_encoder`` is passed (the reference's default keeps
+    the RL loss out of the encoder).
+
+    The interface is RL²'s (:class:`RecurrentGaussianPolicy`): ``inputs`` builds a step's
+    input row (O + A + 2), ``forward`` runs sequences, ``step`` one step, so the sampler
+    and the trials code run both unchanged. The ``reward_scale`` buffer stays 1: the
+    encoder reads raw rewards.
+    """
+
+    ACTION_EMBED, REWARD_EMBED, STATE_EMBED = 16, 16, 32
+    """Embedding sizes (the reference's configs for point robot, cheetah-vel and ant-dir)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, latent_dim: int = 5, gru_size: int = 128,
+                 hidden_sizes: list[int] | tuple[int, ...] = (128, 128), activation: str = "tanh",
+                 init_std: float = 1.0, min_std: float = 1e-6) -> None:
+        super().__init__()
+        self.spec = PolicySpec("varibad", obs_dim, act_dim, list(hidden_sizes), activation, init_std, "param",
+                               min_std, gru_size, latent_dim=latent_dim)
+        self.embed_action = nn.Sequential(nn.Linear(act_dim, self.ACTION_EMBED), nn.ReLU())
+        self.embed_reward = nn.Sequential(nn.Linear(1, self.REWARD_EMBED), nn.ReLU())
+        self.embed_state = nn.Sequential(nn.Linear(obs_dim + 1, self.STATE_EMBED), nn.ReLU())
+        self.gru = nn.GRU(self.ACTION_EMBED + self.REWARD_EMBED + self.STATE_EMBED, gru_size, batch_first=True)
+        self.posterior_head = nn.Linear(gru_size, 2 * latent_dim)
+        self.actor = mlp(obs_dim + 2 * latent_dim, hidden_sizes, act_dim, activation)
+        self.critic = mlp(obs_dim + 2 * latent_dim, hidden_sizes, 1, activation)
+        self.log_std = nn.Parameter(torch.full((act_dim,), math.log(init_std)))
+        self.register_buffer("reward_scale", torch.ones(()))
+        self._log_min_std = math.log(min_std)
+        self.obs_dim, self.act_dim, self.gru_size, self.latent_dim = obs_dim, act_dim, gru_size, latent_dim
+
+    initial_state = RecurrentGaussianPolicy.initial_state
+    inputs = staticmethod(RecurrentGaussianPolicy.inputs)
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """The encoder's parameters (embeddings, GRU, posterior head)."""
+        return [p for m in (self.embed_action, self.embed_reward, self.embed_state, self.gru, self.posterior_head)
+                for p in m.parameters()]
+
+    def policy_parameters(self) -> list[nn.Parameter]:
+        """The actor's and critic's parameters and the log-std."""
+        return [*self.actor.parameters(), *self.critic.parameters(), self.log_std]
+
+    def encode(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Sequences x (N, L, I) from states h (N, H) -> posterior mean, log-variance
+        (N, L, latent) and the GRU state after each step (N, L, H)."""
+        o, a = self.obs_dim, self.act_dim
+        emb = torch.cat([self.embed_action(x[..., o:o + a]), self.embed_reward(x[..., o + a:o + a + 1]),
+                         self.embed_state(torch.cat([x[..., :o], x[..., -1:]], -1))], -1)
+        states, _ = self.gru(emb, h.unsqueeze(0).contiguous())
+        mean, logvar = self.posterior_head(states).split(self.latent_dim, -1)
+        return mean, logvar, states
+
+    def heads(self, obs: Tensor, mean: Tensor, logvar: Tensor, through_encoder: bool = False
+              ) -> tuple[Tensor, Tensor, Tensor]:
+        """Actor and critic on (obs, posterior): (..., O), (..., latent) x 2 -> mean, std
+        (..., A), value (...)."""
+        if not through_encoder:
+            mean, logvar = mean.detach(), logvar.detach()
+        z = torch.cat([obs, mean, logvar], -1)
+        action_mean = self.actor(z)
+        std = self.log_std.clamp_min(self._log_min_std).exp().expand_as(action_mean)
+        return action_mean, std, self.critic(z).squeeze(-1)
+
+    def forward(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """As :meth:`RecurrentGaussianPolicy.forward`: x (N, L, I), h (N, H) -> mean, std
+        (N, L, A), value (N, L), states (N, L, H)."""
+        mean, logvar, states = self.encode(x, h)
+        action_mean, std, value = self.heads(x[..., :self.obs_dim], mean, logvar)
+        return action_mean, std, value, states
+
+    step = RecurrentGaussianPolicy.step
 
 
 def to_numpy(params: Params) -> dict[str, Any]:

@@ -1,0 +1,157 @@
+"""VariBAD: the ELBO against a hand computation, the VAE's view of a trial, gradient
+routing between the RL loss and the encoder, the trial buffer."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import metarl.envs
+from metarl.algos.rl2 import to_trials
+from metarl.algos.varibad import TrialBuffer, VaeTrials, VaribadConfig, VaribadLearner, vae_trials
+from metarl.policies import VariBADPolicy, gaussian_log_prob
+from metarl.sampling import Sampler
+
+
+def make(**kw) -> VaribadLearner:
+    torch.manual_seed(0)
+    policy = VariBADPolicy(2, 2, latent_dim=2, gru_size=6, hidden_sizes=[8], init_std=0.5)
+    cfg = VaribadConfig(reward_decoder_sizes=[5], decode_with_action_and_state=False, vae_subsample_elbos=None,
+                        vae_subsample_decodes=None, vae_batch_trials=3, **kw)
+    return VaribadLearner(cfg, policy, trial_steps=10)
+
+
+def collect(learner: VaribadLearner, n=3, episodes=2, max_steps=5, backend="local"):
+    dist = metarl.envs.make("nav2d")
+    tasks = dist.sample(n, "train", np.random.default_rng(1))
+    with Sampler(dist, learner.policy_spec, backend=backend, num_workers=1) as s:
+        return s.collect(tasks, learner.policy_params, episodes, seed=4, max_steps=max_steps)
+
+
+def test_vae_view_of_a_trial_reads_every_transition_once():
+    """x[t] is what the encoder read at step t and x[len] the final transition; next_obs is
+    the following observation inside an episode and the episode's final one at its end."""
+    learner = make()
+    batch = collect(learner)
+    trials = to_trials(batch, learner.policy, torch.device("cpu"))
+    v = vae_trials(trials, 2)
+    n, h = v.mask.shape
+    assert v.x.shape == (n, h + 1, 2 + 2 + 2)
+    for i in range(n):
+        steps = int(v.mask[i].sum())
+        assert steps == 10
+        for t in range(steps):
+            episode, step = divmod(t, 5)
+            assert torch.equal(v.obs[i, t], batch.obs[i, episode, step])
+            assert torch.equal(v.actions[i, t], batch.actions[i, episode, step])
+            expected_next = batch.last_obs[i, episode] if step == 4 else batch.obs[i, episode, step + 1]
+            assert torch.equal(v.next_obs[i, t], expected_next)
+            # what the encoder reads after step t: the action, the reward and s' (the next
+            # episode's first observation, flagged new, at an episode boundary)
+            following = v.x[i, t + 1]
+            assert torch.equal(following[2:4], batch.actions[i, episode, step])
+            assert following[4] == batch.rewards[i, episode, step]
+            assert following[5] == float(step == 4 and t + 1 < steps)
+        assert torch.equal(v.x[i, steps, :2], batch.last_obs[i, -1])
+
+
+def test_elbo_terms_by_hand_on_a_tiny_sequence():
+    """Every posterior q_0..q_H decodes every reward of its trial (past and future), KL to
+    the previous posterior with N(0, I) first; each trial's posteriors computed alone (no
+    padding), loops instead of the learner's gathers."""
+    learner = make(kl_weight=0.3)
+    g = torch.Generator().manual_seed(0)
+    n, h = 2, 3
+    lengths = [3, 2]
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    trials = VaeTrials(x=torch.randn(n, h + 1, 6, generator=g), obs=torch.randn(n, h, 2, generator=g),
+                       actions=torch.randn(n, h, 2, generator=g), rewards=torch.randn(n, h, generator=g) * mask,
+                       next_obs=torch.randn(n, h, 2, generator=g), mask=mask)
+    noise = torch.randn(n, h + 1, 2, generator=g)
+    terms = learner.elbo_loss(trials, noise)
+
+    reward = kl = 0.0
+    for i, length in enumerate(lengths):
+        with torch.no_grad():
+            mean, logvar, _ = learner.policy.encode(trials.x[i:i + 1, :length + 1], torch.zeros(1, 6))
+        mean, logvar = mean[0], logvar[0]
+        prev_mean, prev_logvar = torch.zeros(2), torch.zeros(2)
+        for t in range(length + 1):
+            m = mean[t] + torch.exp(0.5 * logvar[t]) * noise[i, t]
+            for j in range(length):
+                with torch.no_grad():
+                    r_hat = learner.reward_decoder(torch.cat([m, trials.next_obs[i, j]]))[0]
+                reward += float((r_hat - trials.rewards[i, j]) ** 2)
+            for d in range(2):
+                var_q, var_p = math.exp(logvar[t, d]), math.exp(prev_logvar[d])
+                kl += 0.5 * (math.log(var_p / var_q) + (var_q + float(mean[t, d] - prev_mean[d]) ** 2) / var_p - 1)
+            prev_mean, prev_logvar = mean[t], logvar[t]
+    terms = {k: v.detach() for k, v in terms.items()}
+    assert float(terms["reward"]) == pytest.approx(reward / n, rel=1e-5)
+    assert float(terms["kl"]) == pytest.approx(kl / n, rel=1e-5)
+    assert float(terms["loss"]) == pytest.approx((reward + 0.3 * kl) / n, rel=1e-5)
+    assert float(terms["state"]) == 0.0
+
+
+def test_subsampled_elbo_picks_only_valid_posteriors_and_rewards():
+    learner = make()
+    valid = torch.tensor([[True] * 6 + [False] * 4, [True] * 3 + [False] * 7])
+    idx, ok = learner._pick(valid, 4, replacement=False)
+    assert idx.shape == (2, 4)
+    assert ok[0].all() and ok[1].sum() == 3  # three valid positions in the second row
+    assert (idx[0] < 6).all() and len(set(idx[0].tolist())) == 4  # distinct
+    assert (idx[1][ok[1]] < 3).all()
+    idx, ok = learner._pick(valid, 50, replacement=True, rows=7)
+    assert idx.shape == (2, 7, 50) and ok.all()
+    assert (idx[0] < 6).all() and (idx[1] < 3).all() and set(idx[1].flatten().tolist()) == {0, 1, 2}
+
+
+@pytest.mark.parametrize("through", [False, True])
+def test_the_rl_loss_reaches_the_encoder_only_when_asked(through):
+    learner = make(rl_loss_through_encoder=through)
+    policy = learner.policy
+    x = torch.randn(3, 4, 6)
+    mean_z, logvar_z, _ = policy.encode(x, policy.initial_state(3))
+    mean, std, value = policy.heads(x[..., :2], mean_z, logvar_z, through_encoder=through)
+    (gaussian_log_prob(mean, std, torch.randn(3, 4, 2)).sum() + value.sum()).backward()
+    encoder_grads = [p.grad for p in policy.encoder_parameters()]
+    if through:
+        assert all(gr is not None for gr in encoder_grads) and any(gr.abs().sum() > 0 for gr in encoder_grads)
+    else:
+        assert all(gr is None for gr in encoder_grads)
+    assert all(p.grad is not None for p in policy.actor.parameters())
+    in_rl = {id(p) for group in learner.optimizer.param_groups for p in group["params"]}
+    assert all((id(p) in in_rl) == through for p in policy.encoder_parameters())
+
+
+def test_update_trains_policy_and_encoder_and_fills_the_buffer():
+    learner = make()
+    batch = collect(learner)
+    before = {k: v.clone() for k, v in learner.policy.state_dict().items()}
+    stats = learner.update(batch)
+    assert len(learner.buffer) == 3
+    assert all(math.isfinite(v) for v in stats.values()) and stats["loss/vae_kl"] > 0
+    after = learner.policy.state_dict()
+    assert not torch.equal(before["gru.weight_hh_l0"], after["gru.weight_hh_l0"])  # the VAE moved it
+    assert not torch.equal(before["actor.0.weight"], after["actor.0.weight"])
+
+
+def test_trial_buffer_wraps_and_round_trips():
+    buf = TrialBuffer(capacity=3, length=4, obs_dim=1, act_dim=1, input_dim=4)
+
+    def trials(start, n, length):
+        r = torch.arange(start, start + n, dtype=torch.float32).view(n, 1).expand(n, length)
+        return VaeTrials(x=torch.zeros(n, length + 1, 4), obs=r.unsqueeze(-1), actions=r.unsqueeze(-1), rewards=r,
+                         next_obs=r.unsqueeze(-1), mask=torch.ones(n, length, dtype=torch.bool))
+
+    buf.add(trials(0, 2, 4))
+    buf.add(trials(2, 2, 2))  # wraps: trial 3 overwrites trial 0 (and is shorter)
+    assert len(buf) == 3
+    assert buf.data["rewards"][:, 0].tolist() == [3.0, 1.0, 2.0]
+    assert buf.data["mask"][0].tolist() == [True, True, False, False]
+    clone = TrialBuffer(capacity=3, length=4, obs_dim=1, act_dim=1, input_dim=4)
+    clone.load_state_dict(buf.state_dict())
+    assert clone.count == 4 and all(torch.equal(clone.data[k], v) for k, v in buf.data.items())
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    assert torch.equal(buf.sample(5, g1).rewards, clone.sample(5, g2).rewards)
