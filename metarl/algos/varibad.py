@@ -143,20 +143,30 @@ def gaussian_kl_diag(mean_q: Tensor, logvar_q: Tensor, mean_p: Tensor, logvar_p:
 
 
 class TrialBuffer:
-    """The latest ``capacity`` trials (FIFO), padded to ``length`` steps."""
+    """The latest ``capacity`` trials (FIFO), padded to ``length`` steps. Storage grows with
+    the trials held (doubling, up to ``capacity``): a full buffer of ML1 pick-place trials
+    (5,000 steps, 39-dim observations) holds ~2.6 MB per trial."""
 
     def __init__(self, capacity: int, length: int, obs_dim: int, act_dim: int, input_dim: int) -> None:
         self.capacity, self.count = capacity, 0
-        shapes = {"x": (length + 1, input_dim), "obs": (length, obs_dim), "actions": (length, act_dim),
-                  "rewards": (length,), "next_obs": (length, obs_dim)}
-        self.data = {k: torch.zeros(capacity, *s) for k, s in shapes.items()}
-        self.data["mask"] = torch.zeros(capacity, length, dtype=torch.bool)
+        self.shapes = {"x": (length + 1, input_dim), "obs": (length, obs_dim), "actions": (length, act_dim),
+                       "rewards": (length,), "next_obs": (length, obs_dim), "mask": (length,)}
+        self.data = {k: torch.zeros(0, *s, dtype=torch.bool if k == "mask" else torch.float32)
+                     for k, s in self.shapes.items()}
 
     def __len__(self) -> int:
         return min(self.count, self.capacity)
 
+    def _grow(self, rows: int) -> None:
+        have = self.data["mask"].shape[0]
+        if rows > have:
+            new = min(self.capacity, max(rows, 2 * have))
+            self.data = {k: torch.cat([v, v.new_zeros(new - have, *v.shape[1:])]) for k, v in self.data.items()}
+
     def add(self, trials: VaeTrials) -> None:
-        n, h = trials.mask.shape
+        """Append (the last ``capacity`` of) ``trials``, overwriting the oldest when full."""
+        n = trials.mask.shape[0]
+        self._grow(min(self.count + n, self.capacity))
         rows = (self.count + torch.arange(n)) % self.capacity
         for k, v in trials._asdict().items():
             self.data[k][rows] = 0
@@ -164,6 +174,7 @@ class TrialBuffer:
         self.count += n
 
     def sample(self, n: int, generator: torch.Generator) -> VaeTrials:
+        """``n`` trials drawn uniformly, with replacement."""
         idx = torch.randint(len(self), (n,), generator=generator)
         return VaeTrials(**{k: v[idx] for k, v in self.data.items()})
 
@@ -172,9 +183,7 @@ class TrialBuffer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.count = state["count"]
-        for k, v in self.data.items():
-            v.zero_()
-            v[:state[k].shape[0]] = state[k]
+        self.data = {k: state[k].clone() for k in self.shapes}
 
 
 class VaribadLearner(Rl2Learner):
