@@ -193,3 +193,25 @@ def test_evaluation_adaptation_uses_the_recorded_sampling_policy():
     plain = lrn.adapted_params([batch])
     for a, b in zip(promp, plain, strict=True):
         assert all(torch.allclose(a[k], b[k], atol=1e-12) for k in a)
+
+
+def test_logged_post_update_kl_uses_the_lvc_adaptation():
+    """ProMP's ``loss/kl`` adapts with its own LVC step (the closed-form MLP products are
+    the plain policy-gradient step's), so it equals the KL recomputed through ``ppo_loss``'s
+    adaptation at the new parameters."""
+    torch.manual_seed(0)
+    lrn = MamlLearner(MamlConfig(name="promp", inner_lr=0.3, ppo_epochs=3, outer_lr=0.05),
+                      GaussianMLPPolicy(O, A, [8], init_std=0.8).double(), "cpu")
+    assert not lrn._closed_form_applies()
+    pre, post = (random_batch(n=3, o=O, a=A, seed=s) for s in (8, 9))
+    pre, post = (type(b)(**{**b.__dict__, **{k: v.double() for k, v in b.__dict__.items()
+                                            if torch.is_tensor(v) and v.is_floating_point()}}) for b in (pre, post))
+    steps = [prepare(pre, lrn.cfg, lrn.device)]
+    post_data = prepare(post, lrn.cfg, lrn.device)
+    steps, old, _ = lrn.sampling_policies(steps, post_data)
+    stats = lrn.update([pre], post)
+    with torch.no_grad():
+        mean, std = lrn.forward_all(lrn.adapt_all(lrn._theta(), steps), post_data.obs)
+    from metarl.policies import gaussian_kl
+    kl = (gaussian_kl(old[0], old[1], mean, std) * post_data.weight).sum(-1).mean()
+    assert stats["loss/kl"] == pytest.approx(float(kl), rel=1e-9)

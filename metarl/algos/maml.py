@@ -424,8 +424,11 @@ class MamlLearner(NoExtraState):
         return loss.item(), kl.item()
 
     def _closed_form_applies(self) -> bool:
+        """The closed-form products apply: one plain policy-gradient inner step (not ProMP's
+        LVC objective, whose step differs away from the sampling policy) on an MLP."""
         cfg = self.cfg
-        return self.closed_form and maml_mlp.supports(self.policy, cfg.num_inner_steps, cfg.learn_inner_lr)
+        return (self.closed_form and cfg.name != "promp"
+                and maml_mlp.supports(self.policy, cfg.num_inner_steps, cfg.learn_inner_lr))
 
     def _trpo(self, steps: list[TaskData], post: TaskData) -> dict[str, float]:
         closed_form = self._closed_form_applies()
