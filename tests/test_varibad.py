@@ -155,3 +155,19 @@ def test_trial_buffer_wraps_and_round_trips():
     assert clone.count == 4 and all(torch.equal(clone.data[k], v) for k, v in buf.data.items())
     g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
     assert torch.equal(buf.sample(5, g1).rewards, clone.sample(5, g2).rewards)
+
+
+def test_state_round_trips_and_a_weights_only_state_loads():
+    learner = make(state_decoder=True)
+    learner.update(collect(learner))
+    state = learner.state_dict()
+    clone = make(state_decoder=True)
+    clone.load_state_dict(state)
+    for a, b in ((learner.policy, clone.policy), (learner.reward_decoder, clone.reward_decoder),
+                 (learner.state_decoder, clone.state_decoder)):
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert clone.vae_optimizer.state_dict()["state"].keys() == learner.vae_optimizer.state_dict()["state"].keys()
+    weights = make(state_decoder=True)
+    weights.load_state_dict({**state, "optimizer": None})  # what a finished benchmark run keeps
+    assert torch.equal(weights.policy.log_std, learner.policy.log_std)
+    assert not weights.vae_optimizer.state_dict()["state"]

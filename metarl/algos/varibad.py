@@ -363,22 +363,24 @@ class VaribadLearner(Rl2Learner):
     # ----------------------------------------------------------------- state
 
     def state_dict(self) -> dict:
+        """RL²'s entries, the decoders, and both optimisers under ``optimizer`` (``policy``,
+        ``vae``), so a weights-only checkpoint drops them together."""
         state = super().state_dict()
+        state["optimizer"] = {"policy": state["optimizer"], "vae": self.vae_optimizer.state_dict()}
         state["reward_decoder"] = {k: v.cpu() for k, v in self.reward_decoder.state_dict().items()}
         if self.state_decoder is not None:
             state["state_decoder"] = {k: v.cpu() for k, v in self.state_decoder.state_dict().items()}
-        state["vae_optimizer"] = self.vae_optimizer.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("optimizer") is None:  # a weights-only checkpoint
-            state = {**state, "vae_optimizer": None}
-        super().load_state_dict(state)
+        """Restore :meth:`state_dict`; ``optimizer`` may be None (a weights-only checkpoint)."""
+        optimizers = state.get("optimizer")
+        super().load_state_dict({**state, "optimizer": None if optimizers is None else optimizers["policy"]})
         self.reward_decoder.load_state_dict(state["reward_decoder"])
         if self.state_decoder is not None:
             self.state_decoder.load_state_dict(state["state_decoder"])
-        if state.get("vae_optimizer") is not None:
-            self.vae_optimizer.load_state_dict(state["vae_optimizer"])
+        if optimizers is not None:
+            self.vae_optimizer.load_state_dict(optimizers["vae"])
 
     def extra_state_dict(self) -> dict[str, Any]:
         """The VAE's trial buffer (CPU tensors)."""
