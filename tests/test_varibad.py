@@ -171,3 +171,24 @@ def test_state_round_trips_and_a_weights_only_state_loads():
     weights.load_state_dict({**state, "optimizer": None})  # what a finished benchmark run keeps
     assert torch.equal(weights.policy.log_std, learner.policy.log_std)
     assert not weights.vae_optimizer.state_dict()["state"]
+
+
+def test_policy_inputs_are_normalised_by_their_running_moments():
+    """After an update the policy's input buffers hold the mean and std of what it saw
+    (state, posterior mean, log-variance on every valid step), and :meth:`heads` applies them."""
+    learner = make()
+    batch = collect(learner)
+    trials = to_trials(batch, learner.policy, torch.device("cpu"))
+    with torch.no_grad():
+        mean_z, logvar_z, _ = learner.policy.encode(trials.x, learner.policy.initial_state(3))
+    seen = torch.cat([trials.x[..., :2], mean_z, logvar_z], -1)[trials.mask].double()
+    learner.update(batch)
+    policy = learner.policy
+    torch.testing.assert_close(policy.input_mean, seen.mean(0).float())
+    torch.testing.assert_close(policy.input_std, seen.std(0).float(), rtol=1e-5, atol=1e-6)
+    obs, m, lv = torch.randn(4, 2), torch.randn(4, 2), torch.randn(4, 2)
+    raw = torch.cat([obs, m, lv], -1)
+    with torch.no_grad():
+        got = policy.heads(obs, m, lv)[0]
+        expected = policy.actor((raw - policy.input_mean) / policy.input_std)
+    torch.testing.assert_close(got, expected)

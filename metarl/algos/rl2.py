@@ -31,7 +31,7 @@ from metarl.algos.base import (
 )
 from metarl.envs import Task
 from metarl.errors import ConfigError
-from metarl.optim import compute_gae, normalize
+from metarl.optim import compute_gae, normalize, welford
 from metarl.policies import Params, PolicySpec, RecurrentGaussianPolicy, gaussian_log_prob
 from metarl.policies.acting import Acting
 from metarl.sampling import EpisodeBatch
@@ -302,14 +302,10 @@ class Rl2Learner(NoExtraState):
 
 
 def _welford(stats: Tensor, values: Tensor) -> tuple[Tensor, float]:
-    """Merge ``values`` into running (count, mean, M2); return the new stats and the std."""
-    count, mean, m2 = stats.tolist()
-    v = values.double().flatten()
-    n, m = v.numel(), float(v.mean())
-    total = count + n
-    delta = m - mean
-    m2 += float(((v - m) ** 2).sum()) + delta * delta * count * n / total
-    return torch.tensor([total, mean + delta * n / total, m2], dtype=torch.float64), (m2 / max(total - 1, 1)) ** 0.5
+    """Merge ``values`` into running scalar (count, mean, M2); return the new stats and the std."""
+    merged = welford(stats, values)
+    total, _, m2 = merged.tolist()
+    return merged, (m2 / max(total - 1, 1)) ** 0.5
 
 
 register("rl2_ppo", Rl2Config, Rl2Learner.from_setup)

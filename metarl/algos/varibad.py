@@ -28,7 +28,7 @@ truncation) and the value scale are RL²'s (:mod:`metarl.algos.rl2`).
 
 Where this differs from the reference (lmzintgraf/varibad): the first posterior has read
 the first observation (see :class:`~metarl.policies.VariBADPolicy`); the policy sees the
-posterior without the reference's running normalisation and 64-unit input embeddings; the
+normalised state and posterior without the reference's 64-unit input embeddings; the
 KL is averaged over trials like the reconstruction (the reference sums it over trials,
 against its own comment).
 """
@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from metarl.algos.base import AlgoConfig, LearnerSetup, check_positive, clipped, ppo_clip_objective, register
 from metarl.algos.rl2 import Rl2Learner, Trials, to_trials
 from metarl.errors import ConfigError
-from metarl.optim import normalize
+from metarl.optim import normalize, welford
 from metarl.policies import VariBADPolicy, gaussian_log_prob, mlp
 from metarl.sampling import EpisodeBatch
 
@@ -79,6 +79,9 @@ class VaribadConfig(AlgoConfig):
     vae_subsample_decodes: int | None = 50
     """Rewards decoded per posterior (None: all)."""
     rl_loss_through_encoder: bool = False
+    normalize_policy_inputs: bool = True
+    """Centre and scale the policy's inputs (state, posterior mean and log-variance) by their
+    running moments (the reference's norm_state_for_policy / norm_latent_for_policy)."""
     lr: float = 7e-4
     gamma: float = 0.97
     gae_lambda: float = 0.9
@@ -217,6 +220,8 @@ class VaribadLearner(Rl2Learner):
         self.vae_optimizer = torch.optim.Adam([*policy.encoder_parameters(), *decoders], lr=cfg.vae_lr)
         self.reward_stats = torch.zeros(3, dtype=torch.float64)  # unused: the encoder reads raw rewards
         self.return_stats = torch.zeros(3, dtype=torch.float64)
+        self.input_stats = torch.zeros(3, o + 2 * latent, dtype=torch.float64)
+        """Running moments of the policy's inputs (``normalize_policy_inputs``)."""
         self.generator = torch.Generator().manual_seed(seed)
         self.buffer = TrialBuffer(cfg.vae_buffer_trials, trial_steps, o, a, o + a + 2)
 
@@ -358,6 +363,12 @@ class VaribadLearner(Rl2Learner):
                     stats = {"loss/policy": pg_loss.item(), "loss/value": v_loss.item(),
                              "loss/approx_kl": (((ratio - 1) - log_ratio) * mask).sum().item() / count.item(),
                              "loss/clip_fraction": ((clipped(ratio, cfg.ppo_clip) * mask).sum() / count).item()}
+        if cfg.normalize_policy_inputs:  # for the next collection: this update's ratios start at 1
+            seen = torch.cat([obs, mean_z, logvar_z], -1)[trials.mask]
+            self.input_stats = welford(self.input_stats, seen.cpu())
+            count, mean, m2 = self.input_stats
+            self.policy.input_mean.copy_(mean)
+            self.policy.input_std.copy_((m2 / (count - 1).clamp_min(1)).add(1e-8).sqrt())
         return stats | self.vae_update()
 
     # ----------------------------------------------------------------- state
@@ -367,6 +378,7 @@ class VaribadLearner(Rl2Learner):
         ``vae``), so a weights-only checkpoint drops them together."""
         state = super().state_dict()
         state["optimizer"] = {"policy": state["optimizer"], "vae": self.vae_optimizer.state_dict()}
+        state["input_stats"] = self.input_stats
         state["reward_decoder"] = {k: v.cpu() for k, v in self.reward_decoder.state_dict().items()}
         if self.state_decoder is not None:
             state["state_decoder"] = {k: v.cpu() for k, v in self.state_decoder.state_dict().items()}
@@ -379,6 +391,7 @@ class VaribadLearner(Rl2Learner):
         self.reward_decoder.load_state_dict(state["reward_decoder"])
         if self.state_decoder is not None:
             self.state_decoder.load_state_dict(state["state_decoder"])
+        self.input_stats = state["input_stats"]
         if optimizers is not None:
             self.vae_optimizer.load_state_dict(optimizers["vae"])
 

@@ -1,4 +1,5 @@
-"""Shared numerical pieces: advantages, the linear feature baseline, conjugate gradient."""
+"""Shared numerical pieces: advantages, the linear feature baseline, conjugate gradient,
+running moments."""
 
 from __future__ import annotations
 
@@ -104,3 +105,20 @@ def normalize(adv: Tensor, mask: Tensor, dims: tuple[int, ...] = (-2, -1), eps: 
     mean = (adv * w).sum(dims, keepdim=True) / count
     var = (((adv - mean) * w) ** 2).sum(dims, keepdim=True) / count
     return (adv - mean) / (var.sqrt() + eps) * w
+
+
+def welford(stats: Tensor, values: Tensor) -> Tensor:
+    """Running moments merged with a batch (Chan et al.'s parallel form of Welford's update).
+
+    ``stats`` (3, *F) float64: count, mean and sum of squared deviations per feature (zeros
+    before any data); ``values`` (M, *F), or any shape for scalar stats (3,). Returns the
+    merged (3, *F); the variance is M2 / (count - 1).
+    """
+    v = values.double().reshape(-1, *stats.shape[1:])
+    count, mean, m2 = stats
+    n = v.shape[0]
+    m = v.mean(0)
+    total = count + n
+    delta = m - mean
+    m2 = m2 + (((v - m) ** 2).sum(0) + delta * delta * count * n / total)
+    return torch.stack([total, mean + delta * n / total, m2])

@@ -255,9 +255,12 @@ class VariBADPolicy(nn.Module):
     alike). The state carries across a trial's episodes and is reset between trials.
 
     The actor (a Gaussian on an MLP, learned state-independent std) and the critic (a
-    separate MLP) see cat(observation, posterior mean, posterior log-variance), with the
-    posterior detached unless ``through_encoder`` is passed (the reference's default keeps
-    the RL loss out of the encoder).
+    separate MLP) see cat(observation, posterior mean, posterior log-variance), centred and
+    scaled by the buffers ``input_mean`` and ``input_std`` (the learner keeps them at the
+    running moments of what the policy saw, as the reference normalises state and latent
+    for its policy; identity until then), with the posterior detached unless
+    ``through_encoder`` is passed (the reference's default keeps the RL loss out of the
+    encoder).
 
     The interface is RL²'s (:class:`RecurrentGaussianPolicy`): ``inputs`` builds a step's
     input row (O + A + 2), ``forward`` runs sequences, ``step`` one step, so the sampler
@@ -283,6 +286,8 @@ class VariBADPolicy(nn.Module):
         self.critic = mlp(obs_dim + 2 * latent_dim, hidden_sizes, 1, activation)
         self.log_std = nn.Parameter(torch.full((act_dim,), math.log(init_std)))
         self.register_buffer("reward_scale", torch.ones(()))
+        self.register_buffer("input_mean", torch.zeros(obs_dim + 2 * latent_dim))
+        self.register_buffer("input_std", torch.ones(obs_dim + 2 * latent_dim))
         self._log_min_std = math.log(min_std)
         self.obs_dim, self.act_dim, self.gru_size, self.latent_dim = obs_dim, act_dim, gru_size, latent_dim
 
@@ -310,11 +315,11 @@ class VariBADPolicy(nn.Module):
 
     def heads(self, obs: Tensor, mean: Tensor, logvar: Tensor, through_encoder: bool = False
               ) -> tuple[Tensor, Tensor, Tensor]:
-        """Actor and critic on (obs, posterior): (..., O), (..., latent) x 2 -> mean, std
-        (..., A), value (...)."""
+        """Actor and critic on the normalised (obs, posterior): (..., O), (..., latent) x 2
+        -> mean, std (..., A), value (...)."""
         if not through_encoder:
             mean, logvar = mean.detach(), logvar.detach()
-        z = torch.cat([obs, mean, logvar], -1)
+        z = (torch.cat([obs, mean, logvar], -1) - self.input_mean) / self.input_std
         action_mean = self.actor(z)
         std = self.log_std.clamp_min(self._log_min_std).exp().expand_as(action_mean)
         return action_mean, std, self.critic(z).squeeze(-1)
