@@ -1,8 +1,6 @@
 """ProMP: the LVC inner objective's gradient and Hessian, the meta-gradient, the KL penalty,
-each against a hand computation or finite differences in float64; a run through
-Meta-World's protocol."""
-
-import json
+each against a hand computation or finite differences in float64 (Meta-World's protocol:
+tests/test_rl2.py::test_learners_run_metaworlds_protocol)."""
 
 import pytest
 import torch
@@ -218,18 +216,3 @@ def test_logged_post_update_kl_uses_the_lvc_adaptation():
     from metarl.policies import gaussian_kl
     kl = (gaussian_kl(old[0], old[1], mean, std) * post_data.weight).sum(-1).mean()
     assert stats["loss/kl"] == pytest.approx(float(kl), rel=1e-9)
-
-
-def test_promp_runs_metaworlds_protocol_from_the_cli(cli, tmp_path):
-    """From the CLI: a ProMP run on ML1 reach, evaluated with Meta-World's protocol (its
-    agent records the sampling log-likelihoods the LVC step divides by)."""
-    args = ["train", "promp/nav2d", "tasks.name=ml1/reach-v3", "iterations=1", "meta_batch_size=2",
-            "episodes_per_task=2", "max_episode_steps=10", "policy.hidden_sizes=[8]", "eval.num_tasks=2",
-            "sampler.backend=local", "logger.wandb=false", f"run_dir={tmp_path}"]
-    train = cli(args)
-    assert train.code == 0, train.stderr
-    result = cli(["evaluate", str(tmp_path), "--protocol", "metaworld", "--num-evals", "1",
-                  "--max-episode-steps", "10", "--tasks", "2", "--adapt-steps", "1"])
-    assert result.code == 0, result.stderr
-    ev = json.loads((tmp_path / "eval.json").read_text())
-    assert ev["unit"] == "gradient_steps" and 0.0 <= ev["metaworld_protocol"]["success_rate"] <= 1.0
