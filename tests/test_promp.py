@@ -11,13 +11,13 @@ from metarl.algos.maml import MamlLearner, TaskData, _flat, adapt_kl_penalty, pr
 from metarl.policies import GaussianMLPPolicy, gaussian_log_prob
 from tests.test_maml import random_batch
 
-O, A = 3, 2
+OBS, A = 3, 2
 
 
 def linear_learner(**kw) -> MamlLearner:
     """ProMP on a linear Gaussian policy (mean W x + b, log-std s), float64."""
     torch.manual_seed(0)
-    policy = GaussianMLPPolicy(O, A, [], init_std=0.8).double()
+    policy = GaussianMLPPolicy(OBS, A, [], init_std=0.8).double()
     with torch.no_grad():
         policy.log_std.copy_(torch.tensor([-0.3, 0.2], dtype=torch.float64))
     lrn = MamlLearner(MamlConfig(name="promp", inner_lr=0.3, **kw), policy, "cpu")
@@ -45,10 +45,10 @@ def per_sample_derivatives(theta, x, a):
     sigma = s.exp()
     u = (a - (w @ x + b)) / sigma  # standardised residual (A,)
     phi = torch.cat([x, torch.ones(1, dtype=x.dtype)])  # d mean_j / d (W_j, b_j)
-    p = A * O + 2 * A
+    p = A * OBS + 2 * A
     g, h = torch.zeros(p, dtype=x.dtype), torch.zeros(p, p, dtype=x.dtype)
     for j in range(A):
-        idx_mean = [offsets["mean.weight"] + j * O + k for k in range(O)] + [offsets["mean.bias"] + j]  # W_j., b_j
+        idx_mean = [offsets["mean.weight"] + j * OBS + k for k in range(OBS)] + [offsets["mean.bias"] + j]  # W_j., b_j
         idx_s = offsets["log_std"] + j
         g[idx_mean] = u[j] / sigma[j] * phi
         g[idx_s] = u[j] ** 2 - 1
@@ -64,10 +64,10 @@ def test_lvc_gradient_is_the_policy_gradient_and_its_hessian_the_lvc_estimate():
     Gaussian policy; the plain log-likelihood objective's Hessian lacks the outer products."""
     lrn = linear_learner()
     theta = {k: v.detach() for k, v in lrn.meta.items()}
-    data = double(prepare(random_batch(n=1, o=O, a=A, seed=2), lrn.cfg, lrn.device))
+    data = double(prepare(random_batch(n=1, o=OBS, a=A, seed=2), lrn.cfg, lrn.device))
     data = TaskData(*(x[0] for x in with_sampling_log_prob(lrn, data, {k: v.unsqueeze(0) for k, v in theta.items()})))
 
-    g_ref = torch.zeros(A * O + 2 * A, dtype=torch.float64)
+    g_ref = torch.zeros(A * OBS + 2 * A, dtype=torch.float64)
     h_lvc, h_pg = torch.zeros(g_ref.shape * 2, dtype=torch.float64), torch.zeros(g_ref.shape * 2, dtype=torch.float64)
     for x, a, adv, w in zip(data.obs, data.actions, data.advantages, data.weight, strict=True):
         g, h = per_sample_derivatives(theta, x, a)
@@ -93,7 +93,7 @@ def test_lvc_gradient_is_the_policy_gradient_and_its_hessian_the_lvc_estimate():
 def promp_problem(lrn: MamlLearner):
     """Float64 batches as the update sees them, with their sampling policies at the current
     meta-parameters: steps, post, old (post's), samplers (each step's)."""
-    pre, post = (double(prepare(random_batch(n=3, o=O, a=A, seed=s), lrn.cfg, lrn.device)) for s in (3, 4))
+    pre, post = (double(prepare(random_batch(n=3, o=OBS, a=A, seed=s), lrn.cfg, lrn.device)) for s in (3, 4))
     steps, old, samplers = lrn.sampling_policies([pre], post)
     return steps, post, old, samplers
 
@@ -113,11 +113,11 @@ def test_meta_gradient_through_the_lvc_step_matches_finite_differences():
     assert inner_kl is not None and float(inner_kl[0].detach()) > 1e-4
     assert ((ratio - 1).abs() > 1e-3).any()
     gradient = _flat(dict(zip(theta, torch.autograd.grad(loss, list(theta.values())), strict=True)))
-    for trial in range(3):
+    for _ in range(3):
         direction = {k: torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in theta.items()}
         eps = 1e-6
 
-        def at(sign):
+        def at(sign, eps=eps, direction=direction):
             with torch.no_grad():
                 shifted = {k: v.detach() + sign * eps * direction[k] for k, v in theta.items()}
             return float(lrn.ppo_loss(shifted, steps, post, old, samplers)[0])
@@ -165,7 +165,7 @@ def test_adaptive_penalty_halves_doubles_or_keeps_each_step():
 def test_promp_update_moves_parameters_and_keeps_its_penalty_in_the_state(adaptive):
     lrn = linear_learner(kl_penalty=1e-3, adaptive_kl_penalty=adaptive, target_inner_kl=1e-9, ppo_epochs=2)
     before = _flat({k: v.detach().clone() for k, v in lrn.meta.items()})
-    pre, post = (random_batch(n=3, o=O, a=A, seed=s) for s in (5, 6))
+    pre, post = (random_batch(n=3, o=OBS, a=A, seed=s) for s in (5, 6))
     pre, post = (type(b)(**{**b.__dict__, **{k: v.double() for k, v in b.__dict__.items()
                                             if torch.is_tensor(v) and v.is_floating_point()}}) for b in (pre, post))
     stats = lrn.update([pre], post)
@@ -181,7 +181,7 @@ def test_evaluation_adaptation_uses_the_recorded_sampling_policy():
     """At evaluation the LVC denominator is what the sampler recorded: with the sampling
     policy's own log-likelihoods the adapted parameters equal the plain policy-gradient step."""
     lrn = linear_learner()
-    batch = random_batch(n=2, o=O, a=A, seed=7)
+    batch = random_batch(n=2, o=OBS, a=A, seed=7)
     params = {k: v.detach() for k, v in lrn.meta.items()}
     with torch.no_grad():
         mean, std = functional_call(lrn.policy, params, (batch.obs.double(),))
@@ -202,9 +202,9 @@ def test_logged_post_update_kl_uses_the_lvc_adaptation():
     adaptation at the new parameters."""
     torch.manual_seed(0)
     lrn = MamlLearner(MamlConfig(name="promp", inner_lr=0.3, ppo_epochs=3, outer_lr=0.05),
-                      GaussianMLPPolicy(O, A, [8], init_std=0.8).double(), "cpu")
+                      GaussianMLPPolicy(OBS, A, [8], init_std=0.8).double(), "cpu")
     assert not lrn._closed_form_applies()
-    pre, post = (random_batch(n=3, o=O, a=A, seed=s) for s in (8, 9))
+    pre, post = (random_batch(n=3, o=OBS, a=A, seed=s) for s in (8, 9))
     pre, post = (type(b)(**{**b.__dict__, **{k: v.double() for k, v in b.__dict__.items()
                                             if torch.is_tensor(v) and v.is_floating_point()}}) for b in (pre, post))
     steps = [prepare(pre, lrn.cfg, lrn.device)]

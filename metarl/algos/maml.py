@@ -538,9 +538,9 @@ class MamlLearner(NoExtraState):
             path = [{k: v.detach() for k, v in p.items()} for p in self.adapt_path_all(self._theta(), steps)]
         with torch.no_grad():
             old = self.forward_all(path[-1], post.obs)
-            samplers = [self.forward_all(p, s.obs) for p, s in zip(path, steps)] if promp else []
+            samplers = [self.forward_all(p, s.obs) for p, s in zip(path, steps, strict=False)] if promp else []
         if promp:
-            steps = [s._replace(sampling_log_prob=gaussian_log_prob(*o, s.actions)) for s, o in zip(steps, samplers)]
+            steps = [s._replace(sampling_log_prob=gaussian_log_prob(*o, s.actions)) for s, o in zip(steps, samplers, strict=True)]
         return steps, old, samplers
 
     def ppo_loss(self, meta: dict[str, Tensor], steps: list[TaskData], post: TaskData, old: tuple[Tensor, Tensor],
@@ -565,7 +565,7 @@ class MamlLearner(NoExtraState):
         """(K,): for each inner step k, KL(pi_sampling_k || pi_path[k]) on step k's data, a
         weighted mean over each task's steps, then a mean over tasks."""
         kls = []
-        for params, data, (old_mean, old_std) in zip(path, steps, samplers):
+        for params, data, (old_mean, old_std) in zip(path, steps, samplers, strict=False):
             mean, std = self.forward_all(params, data.obs)
             kls.append((gaussian_kl(old_mean, old_std, mean, std) * data.weight).sum(-1).mean())
         return torch.stack(kls)
