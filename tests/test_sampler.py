@@ -255,3 +255,63 @@ def test_ray_cluster_spreads_workers_and_survives_a_lost_node():
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+@pytest.mark.parametrize("kind, kwargs", [
+    ("gaussian_mlp", {"hidden_sizes": [512, 512]}),  # MAML-TRPO's ML1 policy
+    ("gaussian_mlp", {"hidden_sizes": [32, 32], "activation": "relu", "max_std": 0.5, "init_std": 2.0}),
+    ("gaussian_mlp", {"hidden_sizes": [32], "std_type": "head"}),
+    ("latent_gaussian_mlp", {"hidden_sizes": [32], "latent_dim": 5}),
+])
+def test_acting_paths_give_the_module_calls_numbers(kind, kwargs):
+    """The policy's forward (no module call per layer), its bound mean function and the
+    sampler's lockstep path (``Actor.mean_std``, std computed once per row count) give
+    bit for bit the numbers of calling the nn.Linear and activation modules, at ML1's shapes
+    and with two parameter sets acting on one lockstep's lanes."""
+    from torch.func import functional_call
+
+    from metarl.policies import PolicySpec, to_numpy
+    from metarl.policies.acting import Actor
+
+    spec = PolicySpec(kind, 39, 4, **kwargs)
+    torch.manual_seed(0)
+    policy = spec.build()
+    param_sets = [policy.params(), {k: v + 0.05 * torch.randn_like(v) for k, v in policy.params().items()}]
+
+    def by_modules(params, obs):  # the modules called one by one, as nn.Sequential does
+        with torch.no_grad():
+            module = spec.build()
+            for k, v in params.items():
+                module.get_parameter(k).copy_(v)
+            if kind == "latent_gaussian_mlp":
+                obs = torch.cat([obs, module.z.expand(len(obs), -1)], -1)
+            h = module.trunk(obs)
+            mean = module.mean(h)
+            log_std = module.log_std.expand_as(mean) if spec.std_type == "param" else module.log_std_head(h)
+            if spec.max_std is not None:
+                log_std = log_std.clamp_max(np.log(spec.max_std))
+            return mean, log_std.clamp_min(np.log(spec.min_std)).exp()
+
+    for rows in (1, 10, 64):
+        obs = torch.randn(2 * rows, 39)
+        expected = [by_modules(p, obs[g * rows:(g + 1) * rows]) for g, p in enumerate(param_sets)]
+        for g, p in enumerate(param_sets):
+            with torch.no_grad():
+                mean, std = functional_call(policy, p, (obs[g * rows:(g + 1) * rows],))
+            assert torch.equal(mean, expected[g][0]) and torch.equal(std, expected[g][1])
+        actor = Actor(spec, [to_numpy(p) for p in param_sets], [0] * rows + [1] * rows)
+        lanes = np.arange(2 * rows)
+        for _ in range(2):  # the second call reads the cached std
+            mean, std = actor.mean_std(lanes, obs.numpy(), None)
+            assert np.array_equal(mean, torch.cat([e[0] for e in expected]).numpy())
+            assert np.array_equal(std, torch.cat([e[1] for e in expected]).numpy())
+        some = lanes[rows - 1:rows + 1]  # one active lane of each group, each a batch of one
+        mean, _ = actor.mean_std(some, obs.numpy()[some], None)
+        alone = [by_modules(p, obs[i:i + 1])[0] for p, i in zip(param_sets, some.tolist(), strict=True)]
+        assert np.array_equal(mean, torch.cat(alone).numpy())
+    if spec.std_type == "param":  # a bound mean function reads its module's tensors as they are now
+        module = spec.build().requires_grad_(False)
+        mean_of = module.mean_function()
+        with torch.no_grad():
+            module.mean.bias.add_(1.0)
+        assert torch.equal(mean_of(obs), module(obs)[0])

@@ -41,7 +41,14 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from metarl.algos.base import AlgoConfig, LearnerSetup, check_positive, clipped, ppo_clip_objective, register
+from metarl.algos.base import (
+    AlgoConfig,
+    LearnerSetup,
+    check_positive,
+    clipped,
+    ppo_clip_objective,
+    register,
+)
 from metarl.algos.rl2 import Rl2Learner, Trials, to_trials
 from metarl.errors import ConfigError
 from metarl.optim import normalize, welford

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import Params, PolicySpec
+from . import GaussianMLPPolicy, Params, PolicySpec
 
 CARRY_KEYS = ("h", "prev_action", "prev_reward")
 """A recurrent trial's state between episodes: GRU state, last action, last raw reward."""
@@ -64,7 +64,8 @@ class Actor:
     or from a new trial.
 
     ``act(lanes, obs, new)``: the mean and std for the active ``lanes`` (ascending) given
-    their observations and 1 where an episode starts; ``observe(lanes, actions, rewards)``:
+    their observations and 1 where an episode starts (``mean_std``: the same on arrays, for
+    the sampler's lockstep); ``observe(lanes, actions, rewards)``:
     what those lanes did (recurrent policies remember it); ``carry()``: each lane's state.
     """
 
@@ -90,6 +91,12 @@ class Actor:
                 for module, p in zip(self.modules, self.params, strict=False):
                     for k, v in p.items():
                         module.get_parameter(k).copy_(v)
+            # A state-independent std is the same every step: computed once per group and
+            # row count (as the module computes it), only the mean runs per step.
+            self._fixed_std = (spec.std_type == "param"
+                               and all(isinstance(m, GaussianMLPPolicy) for m in self.modules))
+            self._std_cache: dict[tuple[int, int], Tensor] = {}
+            self._means = [m.mean_function() for m in self.modules] if self._fixed_std else []
 
     def act(self, lanes: np.ndarray, obs: Tensor, new: np.ndarray) -> tuple[Tensor, Tensor]:
         if self.spec.recurrent:
@@ -97,11 +104,31 @@ class Actor:
             return self._per_group(lanes, obs, self._recurrent_forward)
         return self._per_group(lanes, obs, lambda g, _idx, x: self.modules[g](x))
 
-    def observe(self, lanes: np.ndarray, actions: Tensor, rewards: np.ndarray | None) -> None:
+    def mean_std(self, lanes: np.ndarray, obs: np.ndarray,
+                 new: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`act` for the sampler's lockstep, on and to float32 arrays (``new`` may be
+        None for a feed-forward policy, which does not read it): the same numbers, with a
+        state-independent std computed once per group and row count (as the module computes
+        it) so that only the mean runs per step."""
+        if self.spec.recurrent or not self._fixed_std:
+            with torch.no_grad():
+                mean, std = self.act(lanes, torch.from_numpy(obs), new)
+        else:  # frozen modules (requires_grad=False): no graph to switch off
+            mean, std = self._per_group(lanes, torch.from_numpy(obs), self._fixed_std_forward)
+        return mean.numpy(), std.numpy()
+
+    def _fixed_std_forward(self, g: int, _idx: Tensor, obs: Tensor) -> tuple[Tensor, Tensor]:
+        mean = self._means[g](obs)
+        key = (g, len(obs))
+        if key not in self._std_cache:
+            self._std_cache[key] = self.modules[g].param_std(mean)
+        return mean, self._std_cache[key]
+
+    def observe(self, lanes: np.ndarray, actions: Tensor | np.ndarray, rewards: np.ndarray | None) -> None:
         """The lanes' actions and rewards (None: no reward seen, the last one stays)."""
         if self.spec.recurrent:
             idx = torch.from_numpy(lanes)
-            self.state["prev_action"][idx] = actions
+            self.state["prev_action"][idx] = torch.as_tensor(actions)
             if rewards is not None:
                 self.state["prev_reward"][idx] = torch.as_tensor(rewards, dtype=torch.float32)
 
@@ -115,9 +142,11 @@ class Actor:
         mean, std, _, s["h"][idx] = self.policy.step(x, s["h"][idx], p)
         return mean, std
 
-    def _per_group(self, lanes: np.ndarray, obs: Tensor, forward: Any) -> tuple[Tensor, Tensor]:
-        """``forward(group, lane indices, obs rows)`` on each group's active lanes, gathered
-        in ``lanes`` order."""
+    def _per_group(self, lanes: np.ndarray, obs: Tensor, forward: Any) -> tuple[Tensor, ...]:
+        """``forward(group, lane indices, obs rows)`` (a tuple of (rows, A) tensors) on each
+        group's active lanes, gathered in ``lanes`` order."""
+        if len(self.bounds) == 1:  # every lane is the one group's
+            return forward(self.bounds[0][0], torch.from_numpy(lanes), obs)
         parts = []
         for g, lo, hi in self.bounds:
             a, b = np.searchsorted(lanes, (lo, hi))
@@ -125,11 +154,11 @@ class Actor:
                 parts.append((a, b, forward(g, torch.from_numpy(lanes[a:b]), obs[a:b])))
         if len(parts) == 1:
             return parts[0][2]
-        act_dim = parts[0][2][0].shape[-1]
-        mean, std = torch.empty(len(lanes), act_dim), torch.empty(len(lanes), act_dim)
-        for a, b, (m, s) in parts:
-            mean[a:b], std[a:b] = m, s
-        return mean, std
+        gathered = tuple(torch.empty(len(lanes), *t.shape[1:]) for t in parts[0][2])
+        for a, b, outs in parts:
+            for whole, part in zip(gathered, outs, strict=True):
+                whole[a:b] = part
+        return gathered
 
 
 def frozen_copy(spec: PolicySpec) -> nn.Module:

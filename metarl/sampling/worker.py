@@ -147,6 +147,11 @@ class RolloutWorker:
             trial = 1
         envs = self._lanes([it.task for it in lane_items])
         self._run_lanes(envs, lane_items, rows, first, trial, out, actor, seed, max_steps, deterministic)
+        # Log-probs in one pass rather than per lockstep: gaussian_log_prob is elementwise,
+        # then a sum over each row's own action dims, so every row gets the same numbers.
+        mean, std = torch.from_numpy(out.pop("mean")), torch.from_numpy(out.pop("std"))
+        out["log_probs"] = gaussian_log_prob(mean, std, torch.from_numpy(out["actions"])).numpy()
+        out["log_probs"][~out["mask"]] = 0.0
         results = [{k: v[i, :items[i].episodes] for k, v in out.items()} for i in range(n)]
         final = actor.carry()
         if final is not None:  # where each trial ended: its item's row
@@ -162,8 +167,9 @@ class RolloutWorker:
         Lane ``l`` rolls episodes ``first[l], first[l] + 1, ...`` of ``items[l]`` in ``envs[l]``
         and records them in row ``rows[l]`` of ``out`` (``out[key][row, episode, t]``); ``actor``
         acts for the active lanes and observes what they did. Episode ``e`` of an item is
-        seeded as the item's episode ``first_episode + e``. Each episode's noise is drawn from its own generator at its reset, as
-        many steps as it may take, so a lockstep's noise is one gather.
+        seeded as the item's episode ``first_episode + e``. Each episode's noise is drawn from
+        its own generator at its reset, as many steps as it may take, so a lockstep's noise
+        is one gather. Each step's mean and std go to ``out["mean"]`` and ``out["std"]``.
         """
         n = len(envs)
         rows_l, episode, t, done = rows.tolist(), first.tolist(), [0] * n, [0] * n
@@ -175,6 +181,7 @@ class RolloutWorker:
         low, high = space.low.astype(np.float32), space.high.astype(np.float32)
         steps = [env.step for env in envs]
         spec = actor.spec
+        recurrent = spec.recurrent  # only a recurrent policy reads where episodes start
         last = max_steps - 1
         has_success = False
 
@@ -191,20 +198,19 @@ class RolloutWorker:
         active = list(range(n))
         while active:
             lanes = np.array(active)
-            r = np.array([rows_l[i] for i in active])
+            r = rows[lanes]
             e = np.array([episode[i] for i in active])
             ts = np.array([t[i] for i in active])
-            with torch.no_grad():
-                mean, std = actor.act(lanes, torch.from_numpy(current[lanes]), new[lanes])
-                actions = mean if deterministic else mean + std * torch.from_numpy(noise[lanes, ts])
-                logp = gaussian_log_prob(mean, std, actions)
-            actions_np = actions.numpy()
-            clipped = spec.env_action(actions_np, low, high)
-            out["obs"][r, e, ts] = current[lanes]
-            out["actions"][r, e, ts] = actions_np
-            out["log_probs"][r, e, ts] = logp.numpy()
-            out["mask"][r, e, ts] = True
-            new[lanes] = 0.0
+            obs = current[lanes]
+            mean, std = actor.mean_std(lanes, obs, new[lanes] if recurrent else None)
+            actions = mean if deterministic else mean + std * noise[lanes, ts]
+            clipped = spec.env_action(actions, low, high)
+            out["obs"][r, e, ts] = obs
+            out["actions"][r, e, ts] = actions
+            out["mean"][r, e, ts] = mean
+            out["std"][r, e, ts] = std
+            if recurrent:
+                new[lanes] = 0.0
             rewards = np.empty(len(active), np.float32)
             success = np.zeros(len(active), np.float32)
             still = []
@@ -218,6 +224,7 @@ class RolloutWorker:
                     row, ep, step = rows_l[lane], episode[lane], t[lane]
                     out["terminated"][row, ep, step] = bool(term)
                     out["truncated"][row, ep, step] = not term
+                    out["mask"][row, ep, :step + 1] = True
                     out["last_obs"][row, ep] = np.ravel(o2)
                     done[lane] += 1
                     if done[lane] < trial:
@@ -258,7 +265,8 @@ def _empty(rows: tuple[int, int], steps: int, obs_dim: int, act_dim: int) -> dic
         "obs": np.zeros((*rows, steps, obs_dim), np.float32),
         "actions": np.zeros((*rows, steps, act_dim), np.float32),
         "rewards": np.zeros((*rows, steps), np.float32),
-        "log_probs": np.zeros((*rows, steps), np.float32),
+        "mean": np.zeros((*rows, steps, act_dim), np.float32),  # the policy's, for the log-probs
+        "std": np.ones((*rows, steps, act_dim), np.float32),
         "terminated": np.zeros((*rows, steps), bool),
         "truncated": np.zeros((*rows, steps), bool),
         "mask": np.zeros((*rows, steps), bool),
