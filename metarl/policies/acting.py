@@ -142,9 +142,9 @@ class Actor:
         mean, std, _, s["h"][idx] = self.policy.step(x, s["h"][idx], p)
         return mean, std
 
-    def _per_group(self, lanes: np.ndarray, obs: Tensor, forward: Any) -> tuple[Tensor, ...]:
-        """``forward(group, lane indices, obs rows)`` (a tuple of (rows, A) tensors) on each
-        group's active lanes, gathered in ``lanes`` order."""
+    def _per_group(self, lanes: np.ndarray, obs: Tensor, forward: Any) -> tuple[Tensor, Tensor]:
+        """``forward(group, lane indices, obs rows)`` on each group's active lanes, gathered
+        in ``lanes`` order."""
         if len(self.bounds) == 1:  # every lane is the one group's
             return forward(self.bounds[0][0], torch.from_numpy(lanes), obs)
         parts = []
@@ -154,11 +154,11 @@ class Actor:
                 parts.append((a, b, forward(g, torch.from_numpy(lanes[a:b]), obs[a:b])))
         if len(parts) == 1:
             return parts[0][2]
-        gathered = tuple(torch.empty(len(lanes), *t.shape[1:]) for t in parts[0][2])
-        for a, b, outs in parts:
-            for whole, part in zip(gathered, outs, strict=True):
-                whole[a:b] = part
-        return gathered
+        act_dim = parts[0][2][0].shape[-1]
+        mean, std = torch.empty(len(lanes), act_dim), torch.empty(len(lanes), act_dim)
+        for a, b, (m, s) in parts:
+            mean[a:b], std[a:b] = m, s
+        return mean, std
 
 
 def frozen_copy(spec: PolicySpec) -> nn.Module:
