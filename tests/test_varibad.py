@@ -137,6 +137,17 @@ def test_update_trains_policy_and_encoder_and_fills_the_buffer():
     assert not torch.equal(before["actor.0.weight"], after["actor.0.weight"])
 
 
+def test_ppo_takes_num_minibatches_steps_per_epoch_when_they_do_not_divide_the_steps():
+    """3 trials x 2 episodes x 5 steps = 30 steps in 4 minibatches: 4 Adam steps per epoch
+    (sizes 8, 8, 7, 7), not a fifth on the 2 steps left over."""
+    learner = make(ppo_epochs=2, num_minibatches=4, vae_updates=1)
+    batch = collect(learner)
+    assert int(batch.mask.sum()) == 30
+    learner.update(batch)
+    steps = {int(s["step"]) for s in learner.optimizer.state.values()}
+    assert steps == {2 * 4}
+
+
 def test_trial_buffer_wraps_and_round_trips():
     buf = TrialBuffer(capacity=3, length=4, obs_dim=1, act_dim=1, input_dim=4)
 

@@ -200,6 +200,13 @@ def summary_metrics(returns: torch.Tensor, success: torch.Tensor | None, tag: st
     return out
 
 
+def minibatches(n: int, count: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """A random split of ``range(n)`` into ``count`` minibatches of sizes that differ by at
+    most one (``n`` of one where ``n < count``): every unit once per epoch, and no runt
+    minibatch when ``count`` does not divide ``n``."""
+    return torch.randperm(n, generator=generator).tensor_split(max(1, min(count, n)))
+
+
 def ppo_clip_objective(ratio: torch.Tensor, advantages: torch.Tensor, clip: float) -> torch.Tensor:
     """PPO's clipped surrogate, per sample: min(r A, clip(r, 1 - c, 1 + c) A) (maximise it)."""
     return torch.min(ratio * advantages, ratio.clamp(1 - clip, 1 + clip) * advantages)

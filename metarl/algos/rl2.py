@@ -25,6 +25,7 @@ from metarl.algos.base import (
     TrainContext,
     check_positive,
     clipped,
+    minibatches,
     ppo_clip_objective,
     register,
     summary_metrics,
@@ -250,10 +251,9 @@ class Rl2Learner(NoExtraState):
             h0, valid, seqs = windows(cfg.bptt_window, states, valid, *seqs)
         x, actions, old_logp, adv, returns = seqs
         n = x.shape[0]
-        per_mb = max(1, n // cfg.num_minibatches)
         stats: dict[str, float] = {}
         for _ in range(cfg.ppo_epochs):
-            for idx in torch.randperm(n, generator=self.generator).split(per_mb):
+            for idx in minibatches(n, cfg.num_minibatches, self.generator):
                 mean, std, value, _ = self.policy(x[idx], h0[idx])
                 mask = valid[idx].float()
                 count = mask.sum().clamp_min(1)

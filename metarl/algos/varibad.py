@@ -46,6 +46,7 @@ from metarl.algos.base import (
     LearnerSetup,
     check_positive,
     clipped,
+    minibatches,
     ppo_clip_objective,
     register,
 )
@@ -340,10 +341,9 @@ class VaribadLearner(Rl2Learner):
         else:  # units: valid steps
             data = {k: v[trials.mask] for k, v in data.items()}
         units = data["mask"].shape[0]
-        per_mb = max(1, units // cfg.num_minibatches)
         stats: dict[str, float] = {}
         for _ in range(cfg.ppo_epochs):
-            for idx in torch.randperm(units, generator=self.generator).split(per_mb):
+            for idx in minibatches(units, cfg.num_minibatches, self.generator):
                 d = {k: v[idx] for k, v in data.items()}
                 if cfg.rl_loss_through_encoder:
                     d["mean_z"], d["logvar_z"], _ = self.policy.encode(d["x"], d["h0"])
