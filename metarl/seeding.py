@@ -43,8 +43,8 @@ class Seeds:
     def learner(self) -> int:
         return self.seed
 
-    def train_tasks(self, iteration: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, iteration])
+    def train_tasks(self, iteration: int, draw: int = 0) -> np.random.Generator:
+        return np.random.default_rng([self.seed, iteration] + ([draw] if draw else []))
 
     def collection(self, iteration: int, phase: int) -> int:
         return collection_seed(self.seed, iteration, phase)

@@ -180,14 +180,15 @@ def test_rl2_cli_run_reports_episodes(cli, tmp_path):
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
 
 
-@pytest.mark.parametrize("config, size, unit", [("rl2_ppo/nav2d", "algo.gru_size=8", "episodes"),
-                                                ("varibad/nav2d", "algo.gru_size=8", "episodes"),
-                                                ("promp/nav2d", "policy.hidden_sizes=[8]", "gradient_steps")])
+@pytest.mark.parametrize("config, size, unit", [
+    ("rl2_ppo/nav2d", ["algo.gru_size=8"], "episodes"),
+    ("varibad/nav2d", ["algo.gru_size=8", "algo.vae_pretrain_collections=1", "algo.vae_pretrain_updates=2"], "episodes"),
+    ("promp/nav2d", ["policy.hidden_sizes=[8]"], "gradient_steps")])
 def test_learners_run_metaworlds_protocol(config, size, unit, cli, tmp_path):
     """RL², VariBAD and ProMP (whose LVC step divides by the log-likelihoods the protocol's
     agent records) through Meta-World's protocol from the CLI."""
     train = cli(["train", config, "tasks.name=ml1/reach-v3", "iterations=1", "meta_batch_size=2",
-                 "episodes_per_task=2", "max_episode_steps=10", size, "eval.num_tasks=2", "sampler.backend=local",
+                 "episodes_per_task=2", "max_episode_steps=10", *size, "eval.num_tasks=2", "sampler.backend=local",
                  "logger.wandb=false", f"run_dir={tmp_path}"])
     assert train.code == 0, train.stderr
     result = cli(["evaluate", str(tmp_path), "--protocol", "metaworld", "--num-evals", "1",

@@ -79,11 +79,12 @@ def test_cli_evaluate_writes_eval_json(cli, tmp_path):
 
 @pytest.mark.parametrize("config, extra", [("maml_trpo/nav2d", []),
                                            ("promp/nav2d", ["algo.adaptive_kl_penalty=true"]),
-                                           ("varibad/nav2d", ["algo.gru_size=8"])])
+                                           ("varibad/nav2d", ["algo.gru_size=8", "algo.vae_pretrain_collections=1",
+                                                              "algo.vae_pretrain_updates=2"])])
 def test_resume_continues_to_the_same_metrics(config, extra, tmp_path):
     """Resuming from a checkpoint gives the uninterrupted run's metrics (ProMP's adapted
     KL penalty included: it changes every iteration here and lives in the checkpoint;
-    VariBAD's VAE buffer and generator: its extra state)."""
+    VariBAD's VAE buffer and generator, after its VAE pretraining: its extra state)."""
     common = [*TINY, *extra, "checkpoint_every=1"]
     Trainer(load_config(config, [*common, "iterations=3", f"run_dir={tmp_path / 'full'}"])).run()
     Trainer(load_config(config, [*common, "iterations=2", f"run_dir={tmp_path / 'part'}"])).run()

@@ -10,6 +10,7 @@ import torch
 import metarl.envs
 from metarl.algos.rl2 import to_trials
 from metarl.algos.varibad import TrialBuffer, VaeTrials, VaribadConfig, VaribadLearner, vae_trials
+from metarl.errors import ConfigError
 from metarl.policies import VariBADPolicy, gaussian_log_prob
 from metarl.sampling import Sampler
 
@@ -146,6 +147,35 @@ def test_ppo_takes_num_minibatches_steps_per_epoch_when_they_do_not_divide_the_s
     learner.update(batch)
     steps = {int(s["step"]) for s in learner.optimizer.state.values()}
     assert steps == {2 * 4}
+
+
+def test_vae_pretraining_fills_the_buffer_and_trains_the_vae_before_the_first_policy_update(tmp_path):
+    from metarl.algos.base import TrainContext
+    from metarl.rundir import RunDir
+    from metarl.seeding import Seeds
+
+    learner = make(vae_pretrain_collections=2, vae_pretrain_updates=5, vae_updates=1, num_minibatches=2)
+    dist = metarl.envs.make("nav2d")
+    policy_before = learner.policy.actor[0].weight.clone()
+    with Sampler(dist, learner.policy_spec, backend="local") as s:
+        def step(i):
+            ctx = TrainContext(i, dist, s, Seeds(0), 3, 2, 5, RunDir(tmp_path))
+            return ctx, learner.train_step(ctx)
+
+        ctx, metrics = step(0)
+        assert len(learner.buffer) == 3 * 3  # two pretraining collections and the iteration's own
+        assert ctx.env_steps == 3 * (3 * 2 * 5)
+        vae_steps = {int(v["step"]) for v in learner.vae_optimizer.state.values()}
+        assert vae_steps == {5 + 1} and "pretrain/vae_loss" in metrics
+        assert {int(v["step"]) for v in learner.optimizer.state.values()} == {2 * 2}  # PPO once
+        assert not torch.equal(policy_before, learner.policy.actor[0].weight)
+        tasks = [ctx.train_tasks(draw=k) for k in range(3)]
+        assert len({tuple(t.params["goal"]) for ts in tasks for t in ts}) == 9  # each collection its own tasks
+        assert learner.state_dict()["vae_pretrained"]
+        _, metrics = step(1)  # pretrains once
+    assert len(learner.buffer) == 4 * 3 and "pretrain/vae_loss" not in metrics
+    with pytest.raises(ConfigError, match="vae_pretrain_collections >= 1"):
+        VaribadConfig(vae_pretrain_updates=10)
 
 
 def test_trial_buffer_wraps_and_round_trips():

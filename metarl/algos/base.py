@@ -87,9 +87,10 @@ class TrainContext:
     env_steps: int = 0
     sample_time_s: float = 0.0
 
-    def train_tasks(self, n: int | None = None) -> list[Task]:
-        """This iteration's training tasks (``meta_batch_size`` unless ``n``)."""
-        return self.dist.sample(n or self.meta_batch_size, "train", self.seeds.train_tasks(self.iteration))
+    def train_tasks(self, n: int | None = None, draw: int = 0) -> list[Task]:
+        """This iteration's training tasks (``meta_batch_size`` unless ``n``); ``draw`` > 0
+        gives another set, for a learner that collects on several in one iteration."""
+        return self.dist.sample(n or self.meta_batch_size, "train", self.seeds.train_tasks(self.iteration, draw))
 
     def collect(self, tasks: Sequence[Task], acting: Acting, phase: int, episodes: int | None = None) -> EpisodeBatch:
         """Roll ``episodes`` (default ``episodes_per_task``) episodes per task with ``acting``;

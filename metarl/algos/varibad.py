@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from metarl.algos.base import (
     AlgoConfig,
     LearnerSetup,
+    TrainContext,
     check_positive,
     clipped,
     minibatches,
@@ -82,6 +83,12 @@ class VaribadConfig(AlgoConfig):
     """Trials per VAE gradient step."""
     vae_buffer_trials: int = 1000
     """Latest trials the VAE samples from (metarl's choice; saved with checkpoints)."""
+    vae_pretrain_collections: int = 0
+    """Before the first policy update: collections of ``meta_batch_size`` trials by the
+    initial policy that only fill the VAE buffer (the reference's ``precollect_len``)."""
+    vae_pretrain_updates: int = 0
+    """Then VAE gradient steps on that buffer before the first policy update (the
+    reference's ``pretrain_len``): the posterior informative before PPO settles."""
     vae_subsample_elbos: int | None = 50
     """Posteriors per trial in each ELBO (None: all)."""
     vae_subsample_decodes: int | None = 50
@@ -108,6 +115,12 @@ class VaribadConfig(AlgoConfig):
                     "ppo_epochs", "num_minibatches"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"algo.{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("vae_pretrain_collections", "vae_pretrain_updates"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"algo.{key} must be >= 0, got {getattr(self, key)}")
+        if self.vae_pretrain_updates and not self.vae_pretrain_collections:
+            raise ConfigError("algo.vae_pretrain_updates needs trials to train on: set "
+                              "algo.vae_pretrain_collections >= 1")
         for key in ("vae_subsample_elbos", "vae_subsample_decodes"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"algo.{key} must be >= 1 or null, got {getattr(self, key)}")
@@ -232,6 +245,7 @@ class VaribadLearner(Rl2Learner):
         """Running moments of the policy's inputs (``normalize_policy_inputs``)."""
         self.generator = torch.Generator().manual_seed(seed)
         self.buffer = TrialBuffer(cfg.vae_buffer_trials, trial_steps, o, a, o + a + 2)
+        self.vae_pretrained = not (cfg.vae_pretrain_collections or cfg.vae_pretrain_updates)
 
     @classmethod
     def from_setup(cls, setup: LearnerSetup) -> VaribadLearner:
@@ -306,10 +320,11 @@ class VaribadLearner(Rl2Learner):
             idx = keys.argsort(-1)[..., :min(k, t)]
         return idx, idx < counts.unsqueeze(-1)
 
-    def vae_update(self) -> dict[str, float]:
-        """``vae_updates`` Adam steps on the negative ELBO of trials from the buffer."""
+    def vae_update(self, steps: int | None = None) -> dict[str, float]:
+        """``steps`` (default ``vae_updates``) Adam steps on the negative ELBO of trials
+        from the buffer."""
         stats: dict[str, float] = {}
-        for _ in range(self.cfg.vae_updates):
+        for _ in range(self.cfg.vae_updates if steps is None else steps):
             batch = self.buffer.sample(self.cfg.vae_batch_trials, self.generator)
             terms = self.elbo_loss(VaeTrials(*(v.to(self.device) for v in batch)))
             self.vae_optimizer.zero_grad()
@@ -318,14 +333,36 @@ class VaribadLearner(Rl2Learner):
             stats = {f"loss/vae_{k}": v.item() for k, v in terms.items()}
         return stats
 
+    def _store(self, batch: EpisodeBatch) -> Trials:
+        """The batch's trials, added to the VAE buffer."""
+        trials = to_trials(batch, self.policy, self.device)
+        self.buffer.add(VaeTrials(*(v.cpu() for v in vae_trials(trials, self.policy.obs_dim))))
+        return trials
+
+    def train_step(self, ctx: TrainContext) -> dict[str, float]:
+        """RL²'s iteration; the first one starts with the VAE's pretraining if configured."""
+        pretrain = {} if self.vae_pretrained else self.pretrain_vae(ctx)
+        return super().train_step(ctx) | pretrain
+
+    def pretrain_vae(self, ctx: TrainContext) -> dict[str, float]:
+        """``vae_pretrain_collections`` collections by the current (initial) policy into the
+        VAE buffer, each on its own training tasks, then ``vae_pretrain_updates`` VAE steps.
+        Returns the last step's ELBO terms under ``pretrain/``."""
+        cfg = self.cfg
+        for k in range(1, cfg.vae_pretrain_collections + 1):  # phase 0 is the iteration's own collection
+            tasks = ctx.train_tasks(draw=k)
+            self._store(ctx.collect(tasks, self.acting(self.init_adaptation(tasks)), phase=k))
+        stats = self.vae_update(cfg.vae_pretrain_updates)
+        self.vae_pretrained = True
+        return {k.replace("loss/", "pretrain/"): v for k, v in stats.items()}
+
     # ----------------------------------------------------------------- the policy
 
     def update(self, batch: EpisodeBatch) -> dict[str, float]:
         """Store the trials, PPO on the policy (minibatches of steps, or of whole trials
         when the RL loss trains the encoder), then the VAE."""
         cfg = self.cfg
-        trials = to_trials(batch, self.policy, self.device)
-        self.buffer.add(VaeTrials(*(v.cpu() for v in vae_trials(trials, self.policy.obs_dim))))
+        trials = self._store(batch)
         n = trials.x.shape[0]
         h0 = self.policy.initial_state(n).to(self.device)
         obs = trials.x[..., :self.policy.obs_dim]
@@ -386,6 +423,7 @@ class VaribadLearner(Rl2Learner):
         state = super().state_dict()
         state["optimizer"] = {"policy": state["optimizer"], "vae": self.vae_optimizer.state_dict()}
         state["input_stats"] = self.input_stats
+        state["vae_pretrained"] = self.vae_pretrained
         state["reward_decoder"] = {k: v.cpu() for k, v in self.reward_decoder.state_dict().items()}
         if self.state_decoder is not None:
             state["state_decoder"] = {k: v.cpu() for k, v in self.state_decoder.state_dict().items()}
@@ -399,6 +437,7 @@ class VaribadLearner(Rl2Learner):
         if self.state_decoder is not None:
             self.state_decoder.load_state_dict(state["state_decoder"])
         self.input_stats = state["input_stats"]
+        self.vae_pretrained = state.get("vae_pretrained", True)  # runs from before pretraining: never mid-run
         if optimizers is not None:
             self.vae_optimizer.load_state_dict(optimizers["vae"])
 
