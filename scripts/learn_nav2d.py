@@ -11,9 +11,10 @@
 - ``promp``: configs/promp/nav2d (maml_trpo's task settings, ProMP's algorithm settings);
   the same check as ``maml_trpo``.
 - ``rl2_ppo``: configs/rl2_ppo/nav2d (trials of 2 episodes). On 40 held-out tasks, the
-  second episode's return must beat the first's by >= 2.0.
+  second episode's return must be >= -20 and beat the first's by >= 2.0.
 - ``varibad``: configs/varibad/nav2d (rl2_ppo's trials and tasks per iteration, so equal
-  iterations are equal env steps); the same check as ``rl2_ppo``.
+  iterations are equal env steps, plus the VAE pretraining's 25 collections before the
+  first); the same check as ``rl2_ppo``.
 
 For scale: standing still scores about -38, walking straight to the goal about -2.
 """
@@ -33,7 +34,7 @@ from metarl.trainer import Trainer
 CHECKS = {
     "maml_trpo": (["eval.num_tasks=40", "eval.adapt_steps=3"],
                   lambda c: c[1] >= -20 and c[1] - c[0] >= 8),
-    "rl2_ppo": ([], lambda c: c[1] - c[0] >= 2.0),
+    "rl2_ppo": ([], lambda c: c[1] >= -20 and c[1] - c[0] >= 2.0),  # standing still scores -38
 }
 CHECKS["promp"] = CHECKS["maml_trpo"]
 CHECKS["varibad"] = CHECKS["rl2_ppo"]

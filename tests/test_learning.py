@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", ["maml_trpo", "promp", "rl2_ppo"])
+@pytest.mark.parametrize("algo", ["maml_trpo", "promp", "rl2_ppo", "varibad"])
 def test_learns_nav2d(tmp_path, algo):
     from learn_nav2d import ITERATIONS, run
 
