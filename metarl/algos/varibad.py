@@ -17,7 +17,10 @@ decoder is this squared error). With ``vae_subsample_elbos`` / ``vae_subsample_d
 only that many random posteriors per trial, and rewards per posterior (with replacement),
 enter the sums, as the reference does on long trials. The VAE learns from a buffer of the
 latest ``vae_buffer_trials`` trials (its own Adam, ``vae_updates`` steps per iteration on
-``vae_batch_trials`` trials each); the buffer is saved beside each checkpoint.
+``vae_batch_trials`` trials each); the buffer is saved beside each checkpoint. With
+``vae_pretrain_collections`` / ``vae_pretrain_updates`` the first iteration starts by
+filling the buffer with the initial policy's trials and training the VAE on them, so the
+posterior knows the task before PPO settles on a task-blind optimum (nav2d needs it).
 
 The policy is PPO on the state and the posterior's mean and log-variance, per step (given
 the posterior, the actor and critic are feed-forward), the posterior computed once per
