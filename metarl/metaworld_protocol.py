@@ -167,7 +167,11 @@ class ShardedVectorEnv(gym.vector.VectorEnv):
     """A vector env whose sub-envs are split over worker processes, each stepping its
     share as a ``SyncVectorEnv``; observations, rewards, flags and infos are those of one
     ``SyncVectorEnv`` over all ``env_fns`` (same order, same autoreset), so results do
-    not depend on ``num_workers``. ``num_workers=1`` steps in this process."""
+    not depend on ``num_workers``. ``num_workers=1`` steps in this process.
+
+    ``last_rewards`` holds the rewards of the latest ``step`` (zeros before the first): what
+    Meta-World's ``evaluation`` steps but never shows its agent.
+    """
 
     def __init__(self, env_fns: Sequence[Callable[[], gym.Env]], num_workers: int = 0,
                  autoreset_mode: Any = gym.vector.AutoresetMode.SAME_STEP) -> None:
@@ -206,6 +210,7 @@ class ShardedVectorEnv(gym.vector.VectorEnv):
             self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, n)
             self.action_space = gym.vector.utils.batch_space(self.single_action_space, n)
         self.metadata = {"autoreset_mode": autoreset_mode}
+        self.last_rewards = np.zeros(n, np.float32)
 
     def _all(self, method: str, args_per_shard: Sequence[tuple] | None = None, **kwargs: Any) -> list[Any]:
         if self._local is not None:
@@ -228,7 +233,9 @@ class ShardedVectorEnv(gym.vector.VectorEnv):
         offsets = np.cumsum([0, *self.sizes])
         parts = self._all("step", [(actions[a:b],) for a, b in zip(offsets[:-1], offsets[1:], strict=True)])
         obs, rew, term, trunc, infos = zip(*parts, strict=True)
-        return (np.concatenate(obs), np.concatenate(rew), np.concatenate(term), np.concatenate(trunc),
+        rewards = np.concatenate(rew)
+        self.last_rewards = rewards.astype(np.float32)
+        return (np.concatenate(obs), rewards, np.concatenate(term), np.concatenate(trunc),
                 merge_infos(infos, self.sizes))
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
@@ -254,13 +261,20 @@ class LearnerAgent:
     one lane of an :class:`~metarl.policies.acting.Actor`. ``init`` starts a new adaptation
     (``init_adaptation``); the first ``episodes`` episodes of each env are recorded and
     ``adapt`` hands them, with the actor's carried state, to the learner's ``adapt``.
+
+    A recurrent policy (RL², VariBAD) reads the previous step's reward as an input at every
+    step, as it did in training. Meta-World's ``evaluation`` calls only ``eval_action(obs)``
+    and ``reset(dones)``, so the agent reads the rewards of the step it acted on from
+    ``last_rewards`` (Meta-World+'s RL² sees them through its env wrapper's observation).
+    Without them the evaluation episodes ran on the last adaptation reward, frozen.
     """
 
     def __init__(self, learner: Any, num_envs: int, episodes: int, bounds: tuple[np.ndarray, np.ndarray],
-                 seed: int = 0) -> None:
-        """``bounds``: the action space's (low, high)."""
+                 last_rewards: Callable[[], np.ndarray], seed: int = 0) -> None:
+        """``bounds``: the action space's (low, high); ``last_rewards``: the rewards of the
+        vector env's latest step."""
         self.learner, self.num_envs, self.episodes, self.seed = learner, num_envs, episodes, seed
-        self.bounds = bounds
+        self.bounds, self.last_rewards = bounds, last_rewards
         self.spec = learner.policy_spec
         self.tasks = [Task("metaworld-protocol", {"env": i}) for i in range(num_envs)]
         self.lanes = np.arange(num_envs)
@@ -274,6 +288,7 @@ class LearnerAgent:
         self.state = self.learner.init_adaptation(self.tasks, collection_seed(self.seed, self.rounds))
         self._act_with(self.learner.acting(self.state))
         self.new = np.ones(self.num_envs, np.float32)
+        self.pending: torch.Tensor | None = None  # an evaluation action whose reward is not yet observed
         self._clear()
 
     def _act_with(self, acting: Acting) -> None:
@@ -300,8 +315,10 @@ class LearnerAgent:
         return self._env_actions(actions), {"log_probs": logp.numpy(), "actions": actions.numpy()}
 
     def eval_action(self, observations: np.ndarray) -> np.ndarray:
+        if self.pending is not None:  # the step since the last call: its action and reward
+            self.actor.observe(self.lanes, self.pending, self.last_rewards())
         actions, _ = self._act(observations, stochastic=False)
-        self.actor.observe(self.lanes, actions, None)  # the protocol shows no rewards here
+        self.pending = actions
         return self._env_actions(actions)
 
     def _env_actions(self, actions: torch.Tensor) -> np.ndarray:
@@ -325,6 +342,7 @@ class LearnerAgent:
                 self.current[i] = _new_episode()
 
     def adapt(self) -> None:
+        self.pending = None
         batch = _to_batch(self.episodes_done, self.episodes, self.tasks, self.actor.carry())
         self.state = self.learner.adapt(self.state, batch)
         self._act_with(self.learner.acting(self.state))
@@ -387,7 +405,8 @@ def run_protocol(learner: Any, dist: Any, settings: dict[str, int], seed: int = 
     start = time.perf_counter()
     envs = ShardedVectorEnv(protocol_env_fns(dist, settings, max_episode_steps), num_workers)
     space = envs.single_action_space
-    agent = LearnerAgent(learner, envs.num_envs, settings["adaptation_episodes"], (space.low, space.high), seed)
+    agent = LearnerAgent(learner, envs.num_envs, settings["adaptation_episodes"], (space.low, space.high),
+                         lambda: envs.last_rewards, seed)
     episode_keys = ("num_evals", *EPISODE_DEFAULTS)
     bar = tqdm(total=settings["num_evals"], desc="Meta-World protocol", unit="round", disable=None,
                dynamic_ncols=True)

@@ -5,17 +5,21 @@ from collections import namedtuple
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
 import metarl.envs
+from metarl.algos.rl2 import Rl2Config, Rl2Learner
 from metarl.config import ConfigError
 from metarl.envs.metaworld import split_classes
 from metarl.metaworld_protocol import (
     PROTOCOL_DEFAULTS,
+    LearnerAgent,
     ShardedVectorEnv,
     env_layout,
     protocol_env_fns,
     protocol_settings,
 )
+from metarl.policies import RecurrentGaussianPolicy
 
 FakeTask = namedtuple("FakeTask", "env_name data")
 
@@ -137,3 +141,34 @@ def test_sharded_vector_env_equals_a_sync_vector_env():
     finally:
         sync.close()
         sharded.close()
+
+
+def test_a_recurrent_agent_reads_each_evaluation_steps_reward():
+    """RL² and VariBAD take the previous reward as an input at every step. Meta-World's
+    ``evaluation`` shows its agent only observations, so the agent reads the rewards from
+    the vector env: after each evaluation step, across episode ends, the policy's reward
+    input is the reward that step returned (it stayed at the last adaptation reward)."""
+    dist = metarl.envs.make("ml1/reach-v3")
+    settings = protocol_settings("ml1", 1, meta_batch_size=2)
+    envs = ShardedVectorEnv(protocol_env_fns(dist, settings, max_episode_steps=4), num_workers=1)
+    torch.manual_seed(0)
+    policy = RecurrentGaussianPolicy(39, 4, gru_size=8, encoder_sizes=[8])
+    space = envs.single_action_space
+    agent = LearnerAgent(Rl2Learner(Rl2Config(gru_size=8), policy), envs.num_envs, 1, (space.low, space.high),
+                         lambda: envs.last_rewards)
+    try:
+        envs.call("toggle_sample_tasks_on_reset", False)
+        envs.call("sample_tasks")
+        obs, _ = envs.reset()
+        ends, rewards = 0, None
+        for _ in range(7):
+            actions = agent.eval_action(obs)
+            if rewards is not None:
+                assert torch.equal(agent.actor.state["prev_reward"], torch.from_numpy(rewards.astype(np.float32)))
+            obs, rewards, terminated, truncated, _ = envs.step(actions)
+            assert np.abs(rewards).min() > 0
+            agent.reset(terminated | truncated)
+            ends += int((terminated | truncated).sum())
+        assert ends == 2  # both envs started a second episode on the reward input of their first
+    finally:
+        envs.close()
