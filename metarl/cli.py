@@ -76,6 +76,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     from metarl.trainer import format_table, load_run
 
     cfg, trainer = load_run(Path(args.run_dir))
+    # Unset: what the run's final evaluation used, so eval.json re-checks what training wrote.
+    tasks = cfg.eval.num_tasks if args.tasks is None else args.tasks
+    adapt_steps = cfg.eval.adapt_steps if args.adapt_steps is None else args.adapt_steps
+    seed = cfg.seed if args.seed is None else args.seed
     protocol = None
     if args.protocol == "metaworld":
         from metarl.metaworld_protocol import protocol_settings, run_protocol
@@ -87,11 +91,11 @@ def _evaluate(args: argparse.Namespace) -> int:
                                      args.goals_per_class, args.num_evals,
                                      adaptation_episodes=args.adaptation_episodes,
                                      evaluation_episodes=args.evaluation_episodes)
-        protocol = run_protocol(trainer.learner, dist, settings, args.seed, args.max_episode_steps,
+        protocol = run_protocol(trainer.learner, dist, settings, args.protocol_seed, args.max_episode_steps,
                                 cfg.sampler.num_workers)
     sampler = trainer.make_sampler()
     try:
-        result = trainer.evaluate(sampler, args.tasks, args.adapt_steps, args.seed, args.split,
+        result = trainer.evaluate(sampler, tasks, adapt_steps, seed, args.split,
                                   extra={"metaworld_protocol": protocol} if protocol else None)
     finally:
         sampler.close()
@@ -139,9 +143,12 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="adaptation curve of a trained run on held-out tasks")
     e.add_argument("run_dir")
     e.add_argument("--split", default="test", choices=["train", "test"])
-    e.add_argument("--adapt-steps", type=int, default=3, help="largest k (default 3)")
-    e.add_argument("--tasks", type=int, default=10, help="number of tasks (default 10)")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--adapt-steps", type=int, default=None,
+                   help="largest k (default: the run's eval.adapt_steps, as training's final evaluation)")
+    e.add_argument("--tasks", type=int, default=None, help="number of tasks (default: the run's eval.num_tasks)")
+    e.add_argument("--seed", type=int, default=None, help="task and episode seed (default: the run's seed)")
+    e.add_argument("--protocol-seed", type=int, default=0,
+                   help="seed of the Meta-World protocol's adaptation episodes (default 0, as metarl benchmark)")
     e.add_argument("--protocol", choices=["adaptation", "metaworld"], default="adaptation",
                    help="metaworld: also run metaworld.evaluation.metalearning_evaluation and "
                         "record its numbers in eval.json")

@@ -67,7 +67,13 @@ def test_checkpoint_round_trip_evaluates_identically(tmp_path):
 
 
 def test_cli_evaluate_writes_eval_json(cli, tmp_path):
-    assert cli(["train", "maml_trpo/nav2d", *TINY, f"run_dir={tmp_path}"]).code == 0
+    assert cli(["train", "maml_trpo/nav2d", *TINY, "seed=4", "eval.adapt_steps=2", f"run_dir={tmp_path}"]).code == 0
+    written = json.loads((tmp_path / "eval.json").read_text())
+    # Without flags it evaluates as the run's final evaluation did (tasks, k, the run's seed).
+    again = cli(["evaluate", str(tmp_path)])
+    assert again.code == 0, again.stderr
+    assert json.loads((tmp_path / "eval.json").read_text()) == written
+    assert [row["k"] for row in written["adaptation"]] == [0, 1, 2]
     result = cli(["evaluate", str(tmp_path), "--adapt-steps", "2", "--tasks", "2", "--seed", "3"])
     assert result.code == 0, result.stderr
     ev = json.loads((tmp_path / "eval.json").read_text())
