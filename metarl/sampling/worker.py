@@ -170,9 +170,17 @@ class RolloutWorker:
         seeded as the item's episode ``first_episode + e``. Each episode's noise is drawn from
         its own generator at its reset, as many steps as it may take, so a lockstep's noise
         is one gather. Each step's mean and std go to ``out["mean"]`` and ``out["std"]``.
+
+        While every lane is active at the same step and the lanes' (row, episode) records
+        are evenly spaced in ``out`` (Meta-World, whose episodes all run to the horizon),
+        a lockstep reads and records through slices; otherwise through index arrays. The
+        envs' results are gathered per lockstep and written once.
         """
         n = len(envs)
+        per_row = out["obs"].shape[1]
+        flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in out.items()}  # views: row * per_row + episode
         rows_l, episode, t, done = rows.tolist(), first.tolist(), [0] * n, [0] * n
+        record = rows * per_row + first  # each lane's record in ``flat``
         obs_dim, act_dim = out["obs"].shape[-1], out["actions"].shape[-1]
         current = np.zeros((n, obs_dim), np.float32)
         new = np.ones(n, np.float32)
@@ -192,53 +200,67 @@ class RolloutWorker:
             if not deterministic:
                 noise[lane] = rng.standard_normal((max_steps, act_dim), dtype=np.float32)
             new[lane], t[lane] = 1.0, 0
+            record[lane] = rows_l[lane] * per_row + episode[lane]
 
         for lane in range(n):
             start(lane)
         active = list(range(n))
+        every = np.arange(n)
+        together, step_now, spaced = True, 0, _evenly_spaced(record)  # every lane at step_now
         while active:
-            lanes = np.array(active)
-            r = rows[lanes]
-            e = np.array([episode[i] for i in active])
-            ts = np.array([t[i] for i in active])
-            obs = current[lanes]
-            mean, std = actor.mean_std(lanes, obs, new[lanes] if recurrent else None)
-            actions = mean if deterministic else mean + std * noise[lanes, ts]
+            if together and spaced is not None:
+                lanes, at, obs = every, (spaced, step_now), current.copy()
+                step_noise, lane_new = noise[:, step_now], new
+            else:
+                lanes = np.array(active)
+                ts = np.array([t[i] for i in active])
+                at, obs, step_noise, lane_new = (record[lanes], ts), current[lanes], noise[lanes, ts], new[lanes]
+            mean, std = actor.mean_std(lanes, obs, lane_new if recurrent else None)
+            actions = mean if deterministic else mean + std * step_noise
             clipped = spec.env_action(actions, low, high)
-            out["obs"][r, e, ts] = obs
-            out["actions"][r, e, ts] = actions
-            out["mean"][r, e, ts] = mean
-            out["std"][r, e, ts] = std
+            flat["obs"][at] = obs
+            flat["actions"][at] = actions
+            flat["mean"][at] = mean
+            flat["std"][at] = std
             if recurrent:
                 new[lanes] = 0.0
-            rewards = np.empty(len(active), np.float32)
-            success = np.zeros(len(active), np.float32)
-            still = []
-            for j, lane in enumerate(active):
-                o2, reward, term, trunc, info = steps[lane](clipped[j])
-                rewards[j] = reward
-                if "success" in info:
-                    has_success = True
-                    success[j] = info["success"]
+            next_obs, rewards, success, ended = [], [], [], []
+            for lane, action in zip(active, clipped, strict=True):
+                o2, reward, term, trunc, info = steps[lane](action)
+                next_obs.append(o2)
+                rewards.append(reward)
+                success.append(info.get("success", 0.0))
+                has_success = has_success or "success" in info
                 if term or trunc or t[lane] == last:
-                    row, ep, step = rows_l[lane], episode[lane], t[lane]
-                    out["terminated"][row, ep, step] = bool(term)
-                    out["truncated"][row, ep, step] = not term
-                    out["mask"][row, ep, :step + 1] = True
-                    out["last_obs"][row, ep] = np.ravel(o2)
+                    ended.append((lane, term, o2))
+            k = len(active)
+            step_rewards = np.array(rewards, np.float32).reshape(k)
+            flat["rewards"][at] = step_rewards
+            if has_success:
+                flat["success"][at] = np.array(success, np.float32).reshape(k)
+            current[lanes] = np.asarray(next_obs).reshape(k, obs_dim)  # cast to float32; ended lanes reset below
+            for lane in active:
+                t[lane] += 1
+            still = active
+            if ended:
+                for lane, term, o2 in ended:
+                    r, step = record[lane], t[lane] - 1
+                    flat["terminated"][r, step] = bool(term)
+                    flat["truncated"][r, step] = not term
+                    flat["mask"][r, :step + 1] = True
+                    flat["last_obs"][r] = np.ravel(o2)
                     done[lane] += 1
                     if done[lane] < trial:
                         episode[lane] += 1
                         start(lane)
-                        still.append(lane)
-                else:
-                    current[lane] = np.ravel(o2)
-                    t[lane] += 1
-                    still.append(lane)
-            out["rewards"][r, e, ts] = rewards
-            if has_success:
-                out["success"][r, e, ts] = success
-            actor.observe(lanes, actions, rewards)
+                finished = {lane for lane, _, _ in ended if done[lane] >= trial}
+                still = [lane for lane in active if lane not in finished]
+                # Still together only if every lane ended here and started its next episode.
+                together = together and len(ended) == n and not finished
+                step_now, spaced = 0, _evenly_spaced(record) if together else None
+            else:
+                step_now += 1
+            actor.observe(lanes, actions, step_rewards)
             active = still
         if not has_success:
             del out["success"]
@@ -248,6 +270,14 @@ class RolloutWorker:
             for env in pool:
                 env.close()
         self._envs.clear()
+
+
+def _evenly_spaced(index: np.ndarray) -> slice | None:
+    """``index`` as a slice (``start + step * arange(len)``, step >= 1), or None."""
+    step = int(index[1] - index[0]) if len(index) > 1 else 1
+    if step < 1 or not np.array_equal(index, index[0] + step * np.arange(len(index))):
+        return None
+    return slice(int(index[0]), int(index[0]) + step * (len(index) - 1) + 1, step)
 
 
 def _lane_carry(lane_items: list[WorkItem], spec: PolicySpec) -> dict[str, torch.Tensor] | None:
