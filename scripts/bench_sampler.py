@@ -7,7 +7,9 @@ For each task family, side by side in one run:
   (c) metarl's process sampler with 1 and 2 workers;
   (d) metarl's ray sampler with 2 workers (when ray is installed);
 the raw env.step rate without any policy (the overhead's reference), and the ceiling: two
-independent single-env loops in two processes at once, their rates summed.
+independent single-env loops in two processes at once, their rates summed. Beside the
+ratios, where a worker's time goes: its own share (policy, noise, recording) and how much
+slower each env step is inside the worker than alone.
 
     python scripts/bench_sampler.py [--families ml1/pick-place-v3 halfcheetah-vel] [--metaworld-stock] [--json]
 """
@@ -121,37 +123,41 @@ def metarl_rate(dist, policy, tasks, episodes: int, backend: str, workers: int, 
         return float(np.median(rates)), cpu / wall
 
 
-def worker_overhead(dist, policy, tasks, episodes: int, max_steps: int) -> float:
+def worker_overhead(dist, policy, tasks, episodes: int, max_steps: int, max_lanes: int = 16) -> tuple[float, float]:
     """The rollout worker's own time (the policy, noise, clipping, recording) as a share of
     its envs' time (``env.step`` and ``env.reset``, which the env-only loop pays too),
     measured on the worker's own episodes in this process, so machine noise hits both
-    sides of the ratio alike."""
+    sides of the ratio alike; and the envs' time per env step (resets included)."""
     from metarl.policies import to_numpy
     from metarl.sampling.worker import RolloutWorker, WorkItem
 
-    worker = RolloutWorker(dist, policy.spec)
-    items = [WorkItem(i, task, 0, episodes) for i, task in enumerate(tasks)]
+    worker = RolloutWorker(dist, policy.spec, max_lanes=max_lanes)
+    # An item with more episodes than max_lanes would still step as one lockstep: split it.
+    per_item = min(episodes, max_lanes)
+    items = [WorkItem(i, task, 0, min(per_item, episodes - first), first)
+             for i, task in enumerate(tasks) for first in range(0, episodes, per_item)]
     params = {0: to_numpy(policy.params())}
     worker.collect(items, params, seed=0, max_steps=5)  # builds the envs
-    in_env = [0.0]
+    in_env, steps = [0.0], [0]
 
-    def timed(method):
+    def timed(method, count):
         def wrapper(*args, **kwargs):
             t0 = time.perf_counter()
             try:
                 return method(*args, **kwargs)
             finally:
                 in_env[0] += time.perf_counter() - t0
+                steps[0] += count
         return wrapper
 
     for pool in worker._envs.values():
         for env in pool:
-            env.step, env.reset = timed(env.step), timed(env.reset)
+            env.step, env.reset = timed(env.step, 1), timed(env.reset, 0)
     t0 = time.perf_counter()
     worker.collect(items, params, seed=1, max_steps=max_steps)
     total = time.perf_counter() - t0
     worker.close()
-    return total / in_env[0] - 1
+    return total / in_env[0] - 1, in_env[0] / steps[0]
 
 
 def main() -> None:
@@ -193,9 +199,20 @@ def main() -> None:
             for k, v in zip(("process_2", "main_cpu_per_s_process_2"),
                             metarl_rate(dist, policy, tasks, args.episodes, "process", 2, args.max_steps), strict=True):
                 pairs[k].append(v)
+        # Where the rest goes: each env step's own time alone (the env-only loop), in a worker
+        # that steps one episode at a time (the policy's actions, not uniform ones), and in
+        # the worker's lockstep of a task's episodes (its envs take turns in the caches).
+        inside: dict[str, list[float]] = {"overhead": [], "lockstep": [], "one_lane": [], "alone": []}
+        for _ in range(args.repeats):
+            overhead, inside_step = worker_overhead(dist, policy, tasks, args.episodes, args.max_steps)
+            inside["overhead"].append(overhead)
+            inside["lockstep"].append(inside_step)
+            inside["one_lane"].append(worker_overhead(dist, policy, tasks, args.episodes, args.max_steps, 1)[1])
+            inside["alone"].append(1 / plain_loop(dist, policy, tasks[0], min(steps, 10000), with_policy=False))
         row = {"num_envs": num_envs, **{k: float(np.median(v)) for k, v in pairs.items()},
-               "worker_overhead": float(np.median([worker_overhead(dist, policy, tasks, args.episodes,
-                                                                   args.max_steps) for _ in range(args.repeats)])),
+               "worker_overhead": float(np.median(inside["overhead"])),
+               "env_step_one_lane_vs_alone": float(np.median(np.divide(inside["one_lane"], inside["alone"]))),
+               "env_step_lockstep_vs_one_lane": float(np.median(np.divide(inside["lockstep"], inside["one_lane"]))),
                "plain_loop": plain_loop(dist, policy, tasks[0], min(steps, 3000)),
                "async_vector_env": async_vector(dist, policy, tasks, num_envs, steps),
                "process_1_vs_env_step_only": float(np.median(np.divide(pairs["process_1"], pairs["env_step_only"]))),
@@ -228,6 +245,8 @@ def main() -> None:
         print(f"{name:<20}" + "".join(f"{row[c]:>17.0f}" if row.get(c) else f"{'-':>17}" for c in cols))
         print("  " + ", ".join(f"{k} {row[k]:.2f}" for k in ratios)
               + f"; worker's own time / its envs' time {row['worker_overhead']:.1%}"
+              + f"; an env step in a worker, one episode at a time / alone {row['env_step_one_lane_vs_alone']:.2f}"
+              + f", in the lockstep / one at a time {row['env_step_lockstep_vs_one_lane']:.2f}"
               + f"; main-process CPU while 2 workers collect: {row['main_cpu_per_s_process_2']:.2f} s/s")
 
 
