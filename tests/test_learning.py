@@ -15,3 +15,13 @@ def test_learns_nav2d(tmp_path, algo):
 
     out = run(algo, ITERATIONS[algo], tmp_path / "run")
     assert out["passed"], out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("not __import__('torch').cuda.is_available()",
+                    reason="~20 h on 2 CPU cores: run scripts/learn_pearl.py, which resumes across sessions")
+def test_pearl_beats_maml_trpo_on_halfcheetah_vel_within_1m_env_steps(tmp_path):
+    from learn_pearl import ENV_STEPS, run
+
+    out = run(tmp_path / "run", ENV_STEPS, device="cuda")
+    assert out["env_steps"] <= ENV_STEPS and out["passed"], out
