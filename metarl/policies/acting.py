@@ -113,13 +113,11 @@ class Actor:
         if self.spec.recurrent or not self._fixed_std:
             with torch.no_grad():
                 mean, std = self.act(lanes, torch.from_numpy(obs), new)
-        elif len(self.bounds) == 1:  # one group acts on every lane: no gather
-            mean, std = self._fixed_std_forward(self.bounds[0][0], None, torch.from_numpy(obs))
         else:  # frozen modules (requires_grad=False): no graph to switch off
             mean, std = self._per_group(lanes, torch.from_numpy(obs), self._fixed_std_forward)
         return mean.numpy(), std.numpy()
 
-    def _fixed_std_forward(self, g: int, _idx: Tensor | None, obs: Tensor) -> tuple[Tensor, Tensor]:
+    def _fixed_std_forward(self, g: int, _idx: Tensor, obs: Tensor) -> tuple[Tensor, Tensor]:
         mean = self._means[g](obs)
         key = (g, obs.shape[0])
         std = self._std_cache.get(key)

@@ -178,7 +178,8 @@ class RolloutWorker:
         """
         n = len(envs)
         per_row = out["obs"].shape[1]
-        flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in out.items()}  # views: row * per_row + episode
+        # Views (``_empty``'s buffers are contiguous), indexed by row * per_row + episode.
+        flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in out.items()}
         rows_l, episode, t, done = rows.tolist(), first.tolist(), [0] * n, [0] * n
         record = rows * per_row + first  # each lane's record in ``flat``
         obs_dim, act_dim = out["obs"].shape[-1], out["actions"].shape[-1]
@@ -227,7 +228,7 @@ class RolloutWorker:
             next_obs, rewards, success, ended = [], [], [], []
             for lane, action in zip(active, clipped, strict=True):
                 o2, reward, term, trunc, info = steps[lane](action)
-                next_obs.append(o2)
+                next_obs.append(np.ravel(o2))
                 rewards.append(reward)
                 success.append(info.get("success", 0.0))
                 has_success = has_success or "success" in info
@@ -238,8 +239,8 @@ class RolloutWorker:
             flat["rewards"][at] = step_rewards
             if has_success:
                 flat["success"][at] = np.array(success, np.float32).reshape(k)
-            current[lanes] = np.asarray(next_obs).reshape(k, obs_dim)  # cast to float32; ended lanes reset below
-            for lane in active:
+            current[lanes] = next_obs  # cast to float32; ended lanes are reset below
+            for lane in active:  # ended lanes too: start() sets a new episode's to 0
                 t[lane] += 1
             still = active
             if ended:
