@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
@@ -18,7 +19,7 @@ def test_learns_nav2d(tmp_path, algo):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif("not __import__('torch').cuda.is_available()",
+@pytest.mark.skipif(not torch.cuda.is_available(),
                     reason="~20 h on 2 CPU cores: run scripts/learn_pearl.py, which resumes across sessions")
 def test_pearl_beats_maml_trpo_on_halfcheetah_vel_within_1m_env_steps(tmp_path):
     from learn_pearl import ENV_STEPS, run
