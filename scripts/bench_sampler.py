@@ -208,8 +208,10 @@ def main() -> None:
                             metarl_rate(dist, policy, tasks, args.episodes, "process", 2, args.max_steps), strict=True):
                 pairs[k].append(v)
         # Where the rest goes: each env step's own time alone (the env-only loop), in a worker
-        # that steps one episode at a time (the policy's actions, not uniform ones), and in
-        # the worker's lockstep of a task's episodes (its envs take turns in the caches).
+        # that steps one episode at a time (a policy forward between steps: each evicts the
+        # other's working set; the actions' distribution itself changed pick-place's step
+        # time by 1%), and in the worker's lockstep of a task's episodes (one forward per
+        # lockstep, the envs taking turns in the caches).
         inside: dict[str, list[float]] = {"overhead": [], "lockstep": [], "one_lane": [], "alone": []}
         for _ in range(args.repeats):
             overhead, inside_step = worker_overhead(dist, policy, tasks, args.episodes, args.max_steps)
