@@ -10,8 +10,8 @@ MAML-TRPO's held-out return after one gradient step at 9.6M env steps, -144.7 (R
 "Numbers").
 
 Re-running the same command continues an unfinished run from its last checkpoint, bit for
-bit (``checkpoint_every=5``; each checkpoint carries the replay buffers, ~170 B per
-transition: ~170 MB at 1M env steps), so the check can span sessions. `make test-slow`
+bit (``checkpoint_every=5``; each checkpoint carries the replay buffers, 168 B per
+transition: ~160 MB at 1M env steps), so the check can span sessions. `make test-slow`
 runs it where a GPU is present.
 """
 
