@@ -204,22 +204,27 @@ class Trainer:
         """``checkpoints/iter_N.pt`` and ``latest.pt``, each written atomically; keeps the
         last ``checkpoint_keep`` iteration files.
 
-        A learner's large state (``extra_state_dict``, e.g. replay buffers) goes to
-        ``checkpoints/extra/iter_N.pt`` first, named by the checkpoints that need it, so a
-        kill between the writes leaves ``latest.pt`` pointing at a complete file."""
+        State that only training needs goes to ``checkpoints/extra/iter_N.pt`` first: the
+        optimiser's (Adam's two moments per weight are two thirds of an RL² checkpoint) and a
+        learner's large state (``extra_state_dict``, e.g. replay buffers). The checkpoint keeps
+        what evaluation needs and names that file, so a kill between the writes leaves
+        ``latest.pt`` pointing at a complete file, and each file stays small enough to commit
+        with an unfinished run (ML10 RL²: 1.9 MB and 3.8 MB instead of one 5.7 MB file)."""
+        learner = self.learner.state_dict()
+        training = {"optimizer": learner.get("optimizer"), "extra": self.learner.extra_state_dict()}
         state = {"iteration": iteration, "env_steps": self.env_steps, "wall_time_s": wall_time_s,
-                 "learner": self.learner.state_dict(), "config": to_dict(self.cfg),
-                 "wandb_id": self.wandb_id}
-        extra = self.learner.extra_state_dict()
-        if extra is not None:
+                 "learner": learner, "config": to_dict(self.cfg), "wandb_id": self.wandb_id}
+        has_training = training["optimizer"] is not None or training["extra"] is not None
+        if has_training:
             path = self.paths.extra_state / f"iter_{iteration:06d}.pt"
-            checkpoint.save(extra, path)
+            checkpoint.save(training, path)
+            state["learner"] = learner | ({"optimizer": None} if "optimizer" in learner else {})
             state["extra_state"] = str(path.relative_to(self.paths.checkpoints))
         checkpoint.save(state, self.paths.iteration_checkpoint(iteration))
         checkpoint.save(state, self.paths.latest_checkpoint)
         for old in self.paths.iteration_checkpoints()[: -self.cfg.checkpoint_keep]:
             old.unlink()
-        if extra is not None:  # the extra files no kept checkpoint names
+        if has_training:  # the extra files no kept checkpoint names
             needed = {checkpoint.load(p).get("extra_state") for p in self.paths.iteration_checkpoints()}
             needed.add(state["extra_state"])
             for old in self.paths.extra_state.glob("iter_*.pt"):
@@ -234,9 +239,15 @@ class Trainer:
                 raise checkpoint.CheckpointError(
                     f"checkpoint in {self.run_dir} is for {key}.name={old[key]['name']}, "
                     f"not {getattr(self.cfg, key).name}; resume with the run's own config")
-        self.learner.load_state_dict(state["learner"])
+        learner = state["learner"]
+        training = {"optimizer": None, "extra": None}
         if state.get("extra_state"):
-            self.learner.load_extra_state_dict(checkpoint.load(self.paths.checkpoints / state["extra_state"]))
+            training = checkpoint.load(self.paths.checkpoints / state["extra_state"])
+        if training["optimizer"] is not None:
+            learner = learner | {"optimizer": training["optimizer"]}
+        self.learner.load_state_dict(learner)
+        if training["extra"] is not None:
+            self.learner.load_extra_state_dict(training["extra"])
         self.start_iteration, self.env_steps = state["iteration"], state["env_steps"]
         self.wall_offset, self.wandb_id = state["wall_time_s"], state.get("wandb_id")
         if not read_only:  # lines logged after the checkpoint are redone

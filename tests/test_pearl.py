@@ -336,7 +336,7 @@ def test_train_pearl_nav2d_end_to_end(tmp_path):
     assert [(r["k"], r["episodes"]) for r in ev["adaptation"]] == [(0, 0), (1, 1), (2, 2)]
     extra = sorted((run / "checkpoints" / "extra").iterdir())
     assert [p.name for p in extra] == ["iter_000001.pt", "iter_000002.pt"]
-    buffers = torch.load(extra[-1], weights_only=True)
+    buffers = torch.load(extra[-1], weights_only=True)["extra"]  # beside the optimisers' state
     assert set(buffers) == {"replay", "encoder_buffer", "generator"}
     assert len(buffers["replay"]["rows"]) == 4 and all(r.shape[0] > 0 for r in buffers["replay"]["rows"])
     assert int(buffers["replay"]["count"].sum()) == rows[-1]["env_steps"]  # every step reached the replay

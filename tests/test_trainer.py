@@ -83,14 +83,15 @@ def test_cli_evaluate_writes_eval_json(cli, tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 10_000
 
 
-@pytest.mark.parametrize("config, extra", [("maml_trpo/nav2d", []),
+@pytest.mark.parametrize("config, extra", [("maml_trpo/nav2d", []), ("rl2_ppo/nav2d", ["algo.gru_size=8"]),
                                            ("promp/nav2d", ["algo.adaptive_kl_penalty=true"]),
                                            ("varibad/nav2d", ["algo.gru_size=8", "algo.vae_pretrain_collections=1",
                                                               "algo.vae_pretrain_updates=2"])])
 def test_resume_continues_to_the_same_metrics(config, extra, tmp_path):
     """Resuming from a checkpoint gives the uninterrupted run's metrics (ProMP's adapted
     KL penalty included: it changes every iteration here and lives in the checkpoint;
-    VariBAD's VAE buffer and generator, after its VAE pretraining: its extra state)."""
+    VariBAD's VAE buffer and generator, after its VAE pretraining: its extra state; RL²'s
+    Adam moments, which live beside the checkpoint)."""
     common = [*TINY, *extra, "checkpoint_every=1"]
     Trainer(load_config(config, [*common, "iterations=3", f"run_dir={tmp_path / 'full'}"])).run()
     Trainer(load_config(config, [*common, "iterations=2", f"run_dir={tmp_path / 'part'}"])).run()
@@ -99,6 +100,11 @@ def test_resume_continues_to_the_same_metrics(config, extra, tmp_path):
     assert metrics(tmp_path / "part") == full
     if config.startswith("promp"):
         assert len({row["loss/kl_penalty_0"] for row in full}) == 3
+    if config.startswith("rl2"):  # the optimiser's state is in the extra file the checkpoint names
+        state = torch.load(tmp_path / "part" / "checkpoints" / "latest.pt", weights_only=True)
+        assert state["learner"]["optimizer"] is None and state["extra_state"] == "extra/iter_000003.pt"
+        moments = torch.load(tmp_path / "part" / "checkpoints" / state["extra_state"], weights_only=True)
+        assert moments["extra"] is None and moments["optimizer"]["state"]
 
 
 def test_resume_errors_leave_files_untouched(cli, tmp_path):
