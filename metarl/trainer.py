@@ -52,7 +52,8 @@ class Trainer:
     """Runs one training run described by a :class:`RunConfig`."""
 
     def __init__(self, cfg: RunConfig, read_only: bool = False) -> None:
-        """``read_only``: restore a run to evaluate it, changing none of its files."""
+        """``read_only``: restore a run's weights to evaluate it, changing none of its files
+        and reading none of the optimiser's or extra state beside its checkpoint."""
         self.cfg = cfg
         self.run_dir = Path(cfg.run_dir or default_run_dir(cfg))
         self.paths = RunDir(self.run_dir)
@@ -241,7 +242,7 @@ class Trainer:
                     f"not {getattr(self.cfg, key).name}; resume with the run's own config")
         learner = state["learner"]
         training = {"optimizer": None, "extra": None}
-        if state.get("extra_state"):
+        if state.get("extra_state") and not read_only:  # evaluation needs the weights only
             training = checkpoint.load(self.paths.checkpoints / state["extra_state"])
         if training["optimizer"] is not None:
             learner = learner | {"optimizer": training["optimizer"]}

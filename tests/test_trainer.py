@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -105,6 +106,8 @@ def test_resume_continues_to_the_same_metrics(config, extra, tmp_path):
         assert state["learner"]["optimizer"] is None and state["extra_state"] == "extra/iter_000003.pt"
         moments = torch.load(tmp_path / "part" / "checkpoints" / state["extra_state"], weights_only=True)
         assert moments["extra"] is None and moments["optimizer"]["state"]
+        shutil.rmtree(tmp_path / "part" / "checkpoints" / "extra")  # evaluation needs the weights only
+        assert load_run(tmp_path / "part")[1].start_iteration == 3
 
 
 def test_resume_errors_leave_files_untouched(cli, tmp_path):
