@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from metarl.benchmark import load_suite, run_suite
+from metarl.benchmark import SUITE_DIR, load_suite, run_suite
 from metarl.config import ConfigError, load_config
 from metarl.rundir import RunDir
 from metarl.trainer import Trainer, load_run
@@ -109,3 +109,14 @@ def test_overrides_may_follow_flags(capsys):
     with pytest.raises(SystemExit):
         main(["benchmark", "nope", "--seed-major", "--no-such-flag"])
     assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in SUITE_DIR.glob("*.yaml")))
+def test_every_shipped_suite_resolves_to_valid_run_configs(name):
+    """A typo in a suite file (an unknown key, config or override) would otherwise surface
+    hours into a multi-session benchmark, when the runner reaches that row."""
+    suite = load_suite(name)
+    assert suite.name == name
+    for run in suite.runs:
+        cfg = load_config(run.config, [*suite.overrides, *run.overrides, "seed=0"])
+        assert cfg.algo.name in run.name and run.env_steps > 0
