@@ -56,6 +56,12 @@ class Suite:
     overrides: list[str] = field(default_factory=list)
     """Applied to every run before its own overrides."""
     description: str = ""
+    curve: str = "success"
+    """What the curve PNG plots: ``success`` (Meta-World) or ``return`` (families without a
+    success measure, such as locomotion)."""
+
+
+CURVES = ("success", "return")
 
 
 def load_suite(name_or_path: str) -> Suite:
@@ -84,8 +90,11 @@ def load_suite(name_or_path: str) -> Suite:
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: run names must be unique, got {names}")
+    curve = data.get("curve", "success")
+    if curve not in CURVES:
+        raise ConfigError(f"{path}: curve must be one of {', '.join(CURVES)}, got {curve!r}")
     return Suite(name=data.get("name", path.stem), runs=runs, overrides=list(data.get("overrides", [])),
-                 description=data.get("description", ""))
+                 description=data.get("description", ""), curve=curve)
 
 
 def _keys(data: Any, cls: type, where: str) -> None:
@@ -246,7 +255,8 @@ def write_summary(suite: Suite, results: Path = RESULTS) -> dict[str, Any]:
         seeds = {seed: _run_summary(results / f"{run.name}-s{seed}") for seed in run.seeds}
         finished = [s for s in seeds.values() if s["status"] == "finished"]
         aggregate = {key: _mean_std([s.get(key) for s in finished])
-                     for key in ("protocol_success", "heldout_success_post", "heldout_return_post",
+                     for key in ("protocol_success", "heldout_success_post", "heldout_return_pre",
+                                 "heldout_return_post",
                                  "train/success_post", "train/return_post", "wall_time_s")}
         summary["runs"][run.name] = {"config": run.config, "env_steps_budget": run.env_steps,
                                      "overrides": [*suite.overrides, *run.overrides], "notes": run.notes,
@@ -259,8 +269,9 @@ def write_summary(suite: Suite, results: Path = RESULTS) -> dict[str, Any]:
 
 
 def plot_suite(suite: Suite, results: Path) -> Path | None:
-    """Train success (post-adaptation) and held-out success against env steps: mean and a
-    band of one standard deviation over seeds; the protocol's final number as a marker."""
+    """Train and held-out success (or return, as ``suite.curve`` says) after adaptation
+    against env steps: mean and a band of one standard deviation over seeds; as markers at
+    the final step, the protocol's success, or the held-out return before and after."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -276,7 +287,7 @@ def plot_suite(suite: Suite, results: Path) -> Path | None:
         curves = [c for c in curves if c]
         if not curves:
             continue
-        for ax, key in ((axes[0], "train/success_post"), (axes[1], "eval/success_post")):
+        for ax, key in ((axes[0], f"train/{suite.curve}_post"), (axes[1], f"eval/{suite.curve}_post")):
             series = [[(r["env_steps"], r[key]) for r in c if key in r] for c in curves]
             series = [s for s in series if s]
             if not series:
@@ -290,22 +301,30 @@ def plot_suite(suite: Suite, results: Path) -> Path | None:
                                 alpha=0.2, color=line.get_color())
             drawn = True
         summaries = [_run_summary(results / f"{run.name}-s{seed}") for seed in run.seeds]
-        finals = [(s["env_steps"], s["protocol_success"]) for s in summaries if "protocol_success" in s]
-        if finals:
-            axes[1].scatter([x for x, _ in finals], [y for _, y in finals], marker="*", s=80,
-                            label=f"{run.name}: Meta-World protocol")
+        markers = ([("protocol_success", "*", "Meta-World protocol")] if suite.curve == "success" else
+                   [("heldout_return_pre", "x", "before adaptation"), ("heldout_return_post", "*", "after")])
+        for key, marker, label in markers:
+            finals = [(s["env_steps"], s[key]) for s in summaries if key in s]
+            if finals:
+                axes[1].scatter([x for x, _ in finals], [y for _, y in finals], marker=marker, s=80,
+                                label=f"{run.name}: {label}")
+                drawn = True
     if not drawn:
         plt.close(fig)
         return None
-    axes[0].set_title("training tasks: success after adaptation")
-    axes[1].set_title("held-out tasks: success after adaptation")
+    what = "success" if suite.curve == "success" else "return"
+    axes[0].set_title(f"training tasks: {what} after adaptation")
+    axes[1].set_title(f"held-out tasks: {what} after adaptation" if suite.curve == "success" else
+                      "held-out tasks: return (metarl eval)")
     for ax in axes:
         ax.set_xlabel("environment steps")
-        ax.set_ylabel("success rate")
-        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylabel("success rate" if suite.curve == "success" else "episode return")
+        if suite.curve == "success":
+            ax.set_ylim(-0.02, 1.02)
         ax.xaxis.set_major_formatter(steps_formatter())
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     out = results / f"{suite.name}.png"
     fig.savefig(out, dpi=110)
@@ -321,13 +340,20 @@ def _fmt(agg: dict[str, float] | None, pct: bool = True) -> str:
     return f"{agg['mean']:.1f} ± {agg['std']:.1f}"
 
 
+def _returns(pre: dict[str, float] | None, post: dict[str, float] | None) -> str:
+    if pre is None or post is None:
+        return "–"
+    return f"{_fmt(pre, pct=False)} → {_fmt(post, pct=False)}"
+
+
 def _write_readme(results: Path) -> None:
     """The table of every suite summary in ``results``, between the README's markers."""
     begin, end = "<!-- results table: written by metarl benchmark -->", "<!-- end of results table -->"
     lines = [begin, "",
              "| suite | run | config | env steps (budget) | seeds done | held-out success, Meta-World "
-             "protocol | held-out success (metarl eval) | train success (last iteration) | wall time / seed "
-             "| commits |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "protocol | held-out success (metarl eval) | held-out return before → after (metarl eval) "
+             "| train success (last iteration) | wall time / seed | commits |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(results.glob("*.json")):
         summary = json.loads(path.read_text())
         if "runs" not in summary or "suite" not in summary:
@@ -345,6 +371,7 @@ def _write_readme(results: Path) -> None:
             lines.append(f"| {summary['suite']} | {name} | `{run['config']}` | {steps:,} "
                          f"({run['env_steps_budget']:,}) | {run['finished_seeds']}/{len(seeds)} | "
                          f"{_fmt(agg['protocol_success'])} | {_fmt(agg['heldout_success_post'])} | "
+                         f"{_returns(agg.get('heldout_return_pre'), agg['heldout_return_post'])} | "
                          f"{_fmt(agg['train/success_post'])} | {wall_s} | {', '.join(commits) or '–'} |")
     lines += ["", end]
     readme = results / "README.md"

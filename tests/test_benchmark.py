@@ -1,11 +1,13 @@
 """`metarl benchmark`: budgets, skip finished runs, resume unfinished ones, the table."""
 
+import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 
-from metarl.benchmark import SUITE_DIR, load_suite, run_suite
+from metarl.benchmark import SUITE_DIR, load_suite, plot_suite, run_suite
 from metarl.config import ConfigError, load_config
 from metarl.rundir import RunDir
 from metarl.trainer import Trainer, load_run
@@ -57,6 +59,15 @@ def test_suite_trains_to_budget_evaluates_and_skips_finished_runs(suite, tmp_pat
     table = (results / "README.md").read_text()
     assert "| tiny | nav-maml | `maml_trpo/nav2d` | 240 (200) | 2/2 |" in table
     assert (results / "tiny.png").stat().st_size > 0 and (results / "tiny.json").is_file()
+    # held-out return before -> after adaptation: mean and std over the seeds' eval.json
+    adaptation = [json.loads((results / f"nav-maml-s{s}" / "eval.json").read_text())["adaptation"] for s in (0, 1)]
+    pre, post = ([a[k]["return_mean"] for a in adaptation] for k in (0, -1))
+    row = next(line for line in table.splitlines() if "| nav-maml |" in line)
+    assert f"| {np.mean(pre):.1f} ± {np.std(pre):.1f} → {np.mean(post):.1f} ± {np.std(post):.1f} |" in row
+    # a suite of families without success plots returns
+    (results / "tiny.png").unlink()
+    assert plot_suite(dataclasses.replace(suite, curve="return"), results) == results / "tiny.png"
+    assert (results / "tiny.png").stat().st_size > 10_000
 
     # The committed checkpoint re-evaluates to the table's number.
     from metarl.benchmark import evaluate_protocol
@@ -96,6 +107,9 @@ def test_bad_suites_are_one_line_errors(tmp_path):
         load_suite(str(path))
     with pytest.raises(ConfigError, match="unknown benchmark suite 'nope'.*valid names: .*metaworld_ml1"):
         load_suite("nope")
+    path.write_text(SUITE + "curve: regret\n")
+    with pytest.raises(ConfigError, match="curve must be one of success, return, got 'regret'"):
+        load_suite(str(path))
     path.write_text(SUITE)
     with pytest.raises(ConfigError, match="unknown run 'x' in suite tiny; valid: nav-maml, reach-maml"):
         run_suite(load_suite(str(path)), tmp_path / "r", only=["x"])
