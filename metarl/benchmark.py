@@ -233,6 +233,7 @@ def _run_summary(run_dir: Path) -> dict[str, Any]:
         ev = json.loads(eval_path.read_text())
         rows_k = ev["adaptation"]
         out["heldout_return_pre"], out["heldout_return_post"] = rows_k[0]["return_mean"], rows_k[-1]["return_mean"]
+        out["heldout_k"] = rows_k[-1]["k"]
         out["heldout_success_pre"] = rows_k[0]["success_rate"]
         out["heldout_success_post"] = rows_k[-1]["success_rate"]
         if "metaworld_protocol" in ev:
@@ -302,7 +303,8 @@ def plot_suite(suite: Suite, results: Path) -> Path | None:
             drawn = True
         summaries = [_run_summary(results / f"{run.name}-s{seed}") for seed in run.seeds]
         markers = ([("protocol_success", "*", "Meta-World protocol")] if suite.curve == "success" else
-                   [("heldout_return_pre", "x", "before adaptation"), ("heldout_return_post", "*", "after")])
+                   [("heldout_return_pre", "x", "held-out, before adaptation"),
+                    ("heldout_return_post", "*", f"held-out, k = {summaries[0].get('heldout_k')}")])
         for key, marker, label in markers:
             finals = [(s["env_steps"], s[key]) for s in summaries if key in s]
             if finals:
@@ -312,9 +314,8 @@ def plot_suite(suite: Suite, results: Path) -> Path | None:
     if not drawn:
         plt.close(fig)
         return None
-    what = "success" if suite.curve == "success" else "return"
-    axes[0].set_title(f"training tasks: {what} after adaptation")
-    axes[1].set_title(f"held-out tasks: {what} after adaptation" if suite.curve == "success" else
+    axes[0].set_title(f"training tasks: {suite.curve} after adaptation")
+    axes[1].set_title("held-out tasks: success after adaptation" if suite.curve == "success" else
                       "held-out tasks: return (metarl eval)")
     for ax in axes:
         ax.set_xlabel("environment steps")
@@ -371,7 +372,7 @@ def _write_readme(results: Path) -> None:
             lines.append(f"| {summary['suite']} | {name} | `{run['config']}` | {steps:,} "
                          f"({run['env_steps_budget']:,}) | {run['finished_seeds']}/{len(seeds)} | "
                          f"{_fmt(agg['protocol_success'])} | {_fmt(agg['heldout_success_post'])} | "
-                         f"{_returns(agg.get('heldout_return_pre'), agg['heldout_return_post'])} | "
+                         f"{_returns(agg.get('heldout_return_pre'), agg['heldout_return_post'])} | "  # .get: summaries from before the column
                          f"{_fmt(agg['train/success_post'])} | {wall_s} | {', '.join(commits) or '–'} |")
     lines += ["", end]
     readme = results / "README.md"

@@ -5,7 +5,8 @@
     RUN_DIR/eval.json              the final evaluation (and Meta-World's protocol)
     RUN_DIR/eval_history.jsonl     periodic evaluations during training (eval.every)
     RUN_DIR/checkpoints/latest.pt  the latest checkpoint; iter_NNNNNN.pt the last few
-    RUN_DIR/checkpoints/extra/     large learner state saved beside it (replay buffers)
+    RUN_DIR/checkpoints/extra/     what only training needs, saved beside it (optimiser state,
+                                   replay buffers)
     RUN_DIR/videos/iter_NNNNNN.mp4
 """
 
@@ -57,7 +58,8 @@ class RunDir:
 
     @property
     def extra_state(self) -> Path:
-        """Where a learner keeps state too large for the checkpoint (see MetaLearner)."""
+        """Where the optimiser's state and a learner's large state (replay buffers) go, beside
+        the checkpoint that names them (see ``Trainer.save``)."""
         return self.checkpoints / "extra"
 
     def video(self, iteration: int) -> Path:

@@ -219,7 +219,8 @@ class Trainer:
         if has_training:
             path = self.paths.extra_state / f"iter_{iteration:06d}.pt"
             checkpoint.save(training, path)
-            state["learner"] = learner | ({"optimizer": None} if "optimizer" in learner else {})
+            if "optimizer" in learner:
+                state["learner"] = learner | {"optimizer": None}
             state["extra_state"] = str(path.relative_to(self.paths.checkpoints))
         checkpoint.save(state, self.paths.iteration_checkpoint(iteration))
         checkpoint.save(state, self.paths.latest_checkpoint)
@@ -243,7 +244,7 @@ class Trainer:
         learner = state["learner"]
         training = {"optimizer": None, "extra": None}
         if state.get("extra_state") and not read_only:  # evaluation needs the weights only
-            training = checkpoint.load(self.paths.checkpoints / state["extra_state"])
+            training = self._training_state(state["extra_state"])
         if training["optimizer"] is not None:
             learner = learner | {"optimizer": training["optimizer"]}
         self.learner.load_state_dict(learner)
@@ -256,6 +257,18 @@ class Trainer:
                 if path.exists():
                     kept = [row for row in read_jsonl(path) if row["iteration"] < self.start_iteration]
                     checkpoint.write_text(path, "".join(json.dumps(row) + "\n" for row in kept))
+
+    def _training_state(self, name: str) -> dict[str, Any]:
+        """The extra file ``latest.pt`` names, as ``{"optimizer", "extra"}``; a file written
+        before the optimiser's state moved there holds the learner's extra state alone."""
+        path = self.paths.checkpoints / name
+        if not path.is_file():
+            raise checkpoint.CheckpointError(
+                f"{self.paths.latest_checkpoint} names {name} (the optimiser's state and the learner's "
+                f"buffers), which is missing: copy checkpoints/extra/ with the run to resume it "
+                f"(evaluating it needs latest.pt only)")
+        state = checkpoint.load(path)
+        return state if set(state) == {"optimizer", "extra"} else {"optimizer": None, "extra": state}
 
     def _logger(self) -> MultiLogger:
         loggers: list = [JsonlLogger(self.paths.metrics)]

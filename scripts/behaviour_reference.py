@@ -19,11 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from metarl import checkpoint
 
 CASES = {
     "maml_trpo": ["maml_trpo/nav2d", "iterations=3", "meta_batch_size=4", "episodes_per_task=4",
@@ -48,6 +49,18 @@ def run_case(name: str, run_dir: Path) -> tuple[list[dict], dict]:
     evaluation = json.loads((run_dir / "eval.json").read_text())
     evaluation.pop("wall_time_s", None)
     return rows, evaluation
+
+
+def self_contained(checkpoints: Path) -> dict:
+    """``latest.pt`` with the optimiser's state from the extra file it names folded back in,
+    so each recorded checkpoint is one file (these cases keep no other extra state)."""
+    state = checkpoint.load(checkpoints / "latest.pt")
+    name = state.pop("extra_state", None)
+    if name:
+        training = checkpoint.load(checkpoints / name)
+        assert training["extra"] is None, "a case with buffers needs its extra file recorded too"
+        state["learner"]["optimizer"] = training["optimizer"]
+    return state
 
 
 def differences(ref: list | dict, new: list | dict, where: str = "") -> list[str]:
@@ -93,7 +106,7 @@ def main() -> int:
                 args.dir.mkdir(parents=True, exist_ok=True)
                 (args.dir / f"{name}.metrics.json").write_text(json.dumps(rows, indent=1))
                 (args.dir / f"{name}.eval.json").write_text(json.dumps(evaluation, indent=1))
-                shutil.copy(run_dir / "checkpoints" / "latest.pt", args.dir / f"{name}.latest.pt")
+                checkpoint.save(self_contained(run_dir / "checkpoints"), args.dir / f"{name}.latest.pt")
                 print(f"{name}: recorded {len(rows)} iterations")
                 continue
             ref_rows = json.loads((args.dir / f"{name}.metrics.json").read_text())

@@ -26,6 +26,10 @@ runs:
   - name: reach-maml
     config: maml_trpo/ml1_reach
     env_steps: 80
+  - name: nav-rl2
+    config: rl2_ppo/nav2d
+    env_steps: 80
+    overrides: [algo.gru_size=8]
 """
 
 
@@ -56,6 +60,10 @@ def test_suite_trains_to_budget_evaluates_and_skips_finished_runs(suite, tmp_pat
     # weights only: no optimiser state, no iteration files
     state = torch.load(RunDir(reach).latest_checkpoint, weights_only=True)
     assert state["learner"]["optimizer"] is None and not list((reach / "checkpoints").glob("iter_*"))
+    # an Adam learner's moments, beside the checkpoint while it trains, go too
+    rl2 = RunDir(results / "nav-rl2-s0")
+    assert "extra_state" not in torch.load(rl2.latest_checkpoint, weights_only=True)
+    assert not list(rl2.extra_state.glob("*.pt")) and not list(rl2.checkpoints.glob("iter_*"))
     table = (results / "README.md").read_text()
     assert "| tiny | nav-maml | `maml_trpo/nav2d` | 240 (200) | 2/2 |" in table
     assert (results / "tiny.png").stat().st_size > 0 and (results / "tiny.json").is_file()
@@ -64,9 +72,11 @@ def test_suite_trains_to_budget_evaluates_and_skips_finished_runs(suite, tmp_pat
     pre, post = ([a[k]["return_mean"] for a in adaptation] for k in (0, -1))
     row = next(line for line in table.splitlines() if "| nav-maml |" in line)
     assert f"| {np.mean(pre):.1f} ± {np.std(pre):.1f} → {np.mean(post):.1f} ± {np.std(post):.1f} |" in row
-    # a suite of families without success plots returns
+    # nav2d has no success measure: its curve is the return
+    nav = dataclasses.replace(suite, runs=suite.runs[:1])
     (results / "tiny.png").unlink()
-    assert plot_suite(dataclasses.replace(suite, curve="return"), results) == results / "tiny.png"
+    assert plot_suite(nav, results) is None and not (results / "tiny.png").exists()
+    assert plot_suite(dataclasses.replace(nav, curve="return"), results) == results / "tiny.png"
     assert (results / "tiny.png").stat().st_size > 10_000
 
     # The committed checkpoint re-evaluates to the table's number.
@@ -79,10 +89,10 @@ def test_suite_trains_to_budget_evaluates_and_skips_finished_runs(suite, tmp_pat
     capsys.readouterr()
     run_suite(suite, results, seed_major=True)
     out = capsys.readouterr().out
-    assert out.count("finished, skipped") == 3
+    assert out.count("finished, skipped") == 4
     # seed-major order: every run's first seed, then the second seeds
     assert [line.split(":")[0] for line in out.splitlines() if "skipped" in line] == \
-        ["[1/3] nav-maml seed 0", "[2/3] reach-maml seed 0", "[3/3] nav-maml seed 1"]
+        ["[1/4] nav-maml seed 0", "[2/4] reach-maml seed 0", "[3/4] nav-rl2 seed 0", "[4/4] nav-maml seed 1"]
     assert before == {p: p.stat().st_mtime_ns for p in results.rglob("metrics.jsonl")}
 
 
@@ -111,7 +121,7 @@ def test_bad_suites_are_one_line_errors(tmp_path):
     with pytest.raises(ConfigError, match="curve must be one of success, return, got 'regret'"):
         load_suite(str(path))
     path.write_text(SUITE)
-    with pytest.raises(ConfigError, match="unknown run 'x' in suite tiny; valid: nav-maml, reach-maml"):
+    with pytest.raises(ConfigError, match="unknown run 'x' in suite tiny; valid: nav-maml, reach-maml, nav-rl2"):
         run_suite(load_suite(str(path)), tmp_path / "r", only=["x"])
 
 

@@ -121,6 +121,30 @@ def test_a_learner_defined_in_a_test_trains_evaluates_and_runs_metaworlds_protoc
     assert "Meta-World protocol: success rate" in capsys.readouterr().out
 
 
+def test_a_run_resumes_from_an_extra_file_written_before_the_optimiser_moved_there(tmp_path):
+    """Extra files once held the learner's extra state alone (PEARL's buffers, VariBAD's
+    trials); now ``{"optimizer", "extra"}``. Both resume; a missing one is a one-line error."""
+    from metarl.checkpoint import CheckpointError
+    from metarl.config import load_config
+    from metarl.trainer import Trainer
+
+    config = tmp_path / "best.yaml"
+    config.write_text(yaml.safe_dump({"algo": {"name": "best_episode"}, "tasks": {"name": "ml1/reach-v3"}}))
+    common = ["sampler.backend=local", "logger.wandb=false", "meta_batch_size=2", "episodes_per_task=2",
+              "max_episode_steps=10", "eval.num_tasks=1", "eval.adapt_steps=1", "checkpoint_every=1",
+              f"run_dir={tmp_path / 'run'}"]
+    Trainer(load_config(str(config), [*common, "iterations=2"])).run()
+    path = tmp_path / "run" / "checkpoints" / "extra" / "iter_000002.pt"
+    saved = torch.load(path, weights_only=True)
+    assert saved["optimizer"] is None and saved["extra"]["adapt_calls"] > 0
+    torch.save(saved["extra"], path)  # the layout before
+    resumed = Trainer(load_config(str(config), [*common, "iterations=3", "resume=true"]))
+    assert resumed.start_iteration == 2 and resumed.learner.adapt_calls == saved["extra"]["adapt_calls"]
+    path.unlink()
+    with pytest.raises(CheckpointError, match="names extra/iter_000002.pt .*which is missing: copy checkpoints/extra/"):
+        Trainer(load_config(str(config), [*common, "iterations=3", "resume=true"]))
+
+
 def test_every_registered_learner_has_a_nav2d_config_and_satisfies_the_protocol(tmp_path):
     from metarl.algos import algorithm_names
     from metarl.config import load_config

@@ -93,7 +93,7 @@ def test_resume_continues_to_the_same_metrics(config, extra, tmp_path):
     KL penalty included: it changes every iteration here and lives in the checkpoint;
     VariBAD's VAE buffer and generator, after its VAE pretraining: its extra state; RL²'s
     Adam moments, which live beside the checkpoint)."""
-    common = [*TINY, *extra, "checkpoint_every=1"]
+    common = [*TINY, *extra, "checkpoint_every=1", "checkpoint_keep=2"]
     Trainer(load_config(config, [*common, "iterations=3", f"run_dir={tmp_path / 'full'}"])).run()
     Trainer(load_config(config, [*common, "iterations=2", f"run_dir={tmp_path / 'part'}"])).run()
     Trainer(load_config(config, [*common, "iterations=3", "resume=true", f"run_dir={tmp_path / 'part'}"])).run()
@@ -106,6 +106,9 @@ def test_resume_continues_to_the_same_metrics(config, extra, tmp_path):
         assert state["learner"]["optimizer"] is None and state["extra_state"] == "extra/iter_000003.pt"
         moments = torch.load(tmp_path / "part" / "checkpoints" / state["extra_state"], weights_only=True)
         assert moments["extra"] is None and moments["optimizer"]["state"]
+        # one extra file per kept checkpoint: iteration 1's went with its checkpoint
+        assert sorted(p.name for p in (tmp_path / "part" / "checkpoints" / "extra").iterdir()) == \
+            ["iter_000002.pt", "iter_000003.pt"]
         shutil.rmtree(tmp_path / "part" / "checkpoints" / "extra")  # evaluation needs the weights only
         assert load_run(tmp_path / "part")[1].start_iteration == 3
 

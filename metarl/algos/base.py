@@ -140,9 +140,12 @@ class MetaLearner(Protocol):
     def adapt(self, state: Any, batch: EpisodeBatch) -> Any:
         """The state after also seeing ``batch`` (episodes of the state's tasks)."""
 
-    def state_dict(self) -> dict[str, Any]: ...
+    def state_dict(self) -> dict[str, Any]:
+        """Networks and statistics; the optimisers' state, if any, under ``optimizer`` (the
+        trainer saves that entry beside the checkpoint, with :meth:`extra_state_dict`)."""
 
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; ``optimizer`` is None in a weights-only checkpoint."""
 
     def extra_state_dict(self) -> dict[str, Any] | None:
         """State too large for every checkpoint's ``learner`` entry (replay buffers): the
