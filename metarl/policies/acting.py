@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import GaussianMLPPolicy, Params, PolicySpec
+from . import Params, PolicySpec
 
 CARRY_KEYS = ("h", "prev_action", "prev_reward")
 """A recurrent trial's state between episodes: GRU state, last action, last raw reward."""
@@ -57,9 +57,9 @@ class Actor:
     """A policy acting on ``n`` lanes in lockstep.
 
     Lane ``l`` belongs to forward group ``groups[l]`` (lanes of one group are contiguous)
-    and group ``g`` acts with ``param_sets[g]``. A feed-forward policy runs one module per
-    group, its parameters loaded once (so a lane's numbers do not depend on the other
-    groups); a recurrent policy steps the GRU once per group on the group's active lanes
+    and group ``g`` acts with ``param_sets[g]``. A feed-forward policy computes each lane's
+    row on its own (:meth:`~metarl.policies.GaussianMLPPolicy.rowwise`), so a lane's
+    numbers do not depend on the other lanes, of its group or another; a recurrent policy steps the GRU once per group on the group's active lanes
     and carries each lane's state across its episodes, starting from ``carry`` (per lane)
     or from a new trial.
 
@@ -84,46 +84,28 @@ class Actor:
         else:
             if carry is not None:
                 raise ValueError("a feed-forward policy carries no state between episodes")
-            self.modules = modules if modules is not None else []
-            while len(self.modules) < len(param_sets):
-                self.modules.append(frozen_copy(spec))
+            # Each group's forward is a snapshot of one module loaded with its parameters.
+            module = modules[0] if modules else frozen_copy(spec)
+            self._rowwise = []
             with torch.no_grad():
-                for module, p in zip(self.modules, self.params, strict=False):
+                for p in self.params:
                     for k, v in p.items():
                         module.get_parameter(k).copy_(v)
-            # A state-independent std is the same every step: computed once per group and
-            # row count (as the module computes it), only the mean runs per step.
-            self._fixed_std = (spec.std_type == "param"
-                               and all(isinstance(m, GaussianMLPPolicy) for m in self.modules))
-            self._std_cache: dict[tuple[int, int], Tensor] = {}
-            self._means = [m.mean_function() for m in self.modules] if self._fixed_std else []
+                    self._rowwise.append(module.rowwise())
 
     def act(self, lanes: np.ndarray, obs: Tensor, new: np.ndarray) -> tuple[Tensor, Tensor]:
         if self.spec.recurrent:
             self.new[torch.from_numpy(lanes)] = torch.from_numpy(np.asarray(new, np.float32))
             return self._per_group(lanes, obs, self._recurrent_forward)
-        return self._per_group(lanes, obs, lambda g, _idx, x: self.modules[g](x))
+        return self._per_group(lanes, obs, lambda g, _idx, x: self._rowwise[g](x))
 
     def mean_std(self, lanes: np.ndarray, obs: np.ndarray,
                  new: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`act` for the sampler's lockstep, on and to float32 arrays (``new`` may be
-        None for a feed-forward policy, which does not read it): the same numbers, with a
-        state-independent std computed once per group and row count (as the module computes
-        it) so that only the mean runs per step."""
-        if self.spec.recurrent or not self._fixed_std:
-            with torch.no_grad():
-                mean, std = self.act(lanes, torch.from_numpy(obs), new)
-        else:  # frozen modules (requires_grad=False): no graph to switch off
-            mean, std = self._per_group(lanes, torch.from_numpy(obs), self._fixed_std_forward)
+        None for a feed-forward policy, which does not read it)."""
+        with torch.no_grad():
+            mean, std = self.act(lanes, torch.from_numpy(obs), new)
         return mean.numpy(), std.numpy()
-
-    def _fixed_std_forward(self, g: int, _idx: Tensor, obs: Tensor) -> tuple[Tensor, Tensor]:
-        mean = self._means[g](obs)
-        key = (g, obs.shape[0])
-        std = self._std_cache.get(key)
-        if std is None:
-            std = self._std_cache[key] = self.modules[g].param_std(mean)
-        return mean, std
 
     def observe(self, lanes: np.ndarray, actions: Tensor | np.ndarray, rewards: np.ndarray | None) -> None:
         """The lanes' actions and rewards (None: no reward seen, the last one stays)."""

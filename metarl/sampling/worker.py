@@ -3,12 +3,13 @@
 The same class runs in process (``local``), in a worker process (``process``) and as a
 Ray actor (``ray``). One call to :meth:`RolloutWorker.collect` rolls every episode of the
 work items it is given, with no round trip per step: all episodes of a task step in
-lockstep and share one batched policy forward.
+lockstep and share one batched policy call.
 
 Randomness is per episode: episode ``e`` of task slot ``i`` in a collection with seed
 ``s`` resets its env with, and draws its action noise from, ``SeedSequence([s, i, e])``.
-With a feed-forward policy, results therefore do not depend on the backend, the number
-of workers or which worker ran what; a recurrent policy's trials of one parameter set
+A feed-forward policy computes each lane's row on its own
+(:class:`~metarl.policies.RowwiseMLP`), so its results do not depend on the backend, the
+number of workers, ``max_lanes`` or which worker ran what; a recurrent policy's trials of one parameter set
 share a GRU batch per lockstep, whose rounding may depend on its size (see
 :mod:`metarl.sampling.sampler`).
 """
@@ -66,7 +67,6 @@ class RolloutWorker:
         self.dist = dist
         self.policy = frozen_copy(spec)
         self.max_lanes = max_lanes
-        self._modules: list[torch.nn.Module] = [self.policy]  # feed-forward: one per item of a lockstep
         self._envs: dict[str, list[Any]] = {}
 
     def _lanes(self, tasks: list[Task]) -> list[Any]:
@@ -143,7 +143,7 @@ class RolloutWorker:
             rows = np.repeat(np.arange(n), [it.episodes for it in items])
             first = np.concatenate([np.arange(it.episodes) for it in items])
             lane_items = [items[i] for i in rows]
-            actor = Actor(spec, [params[it.param_key] for it in items], rows.tolist(), modules=self._modules)
+            actor = Actor(spec, [params[it.param_key] for it in items], rows.tolist(), modules=[self.policy])
             trial = 1
         envs = self._lanes([it.task for it in lane_items])
         self._run_lanes(envs, lane_items, rows, first, trial, out, actor, seed, max_steps, deterministic)
