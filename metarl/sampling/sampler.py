@@ -7,8 +7,8 @@
   again, up to ``max_retries`` times; after that the collection raises ``SamplerError``.
 - ``ray``: the same workers as Ray actors (``ray.init(address=...)``), for many machines.
 
-For the same seed a feed-forward policy's batch is the same, bit for bit, on every backend
-and any number of workers (see :mod:`metarl.sampling.worker`). A recurrent policy's is the
+For the same seed a feed-forward policy's batch is the same, bit for bit, on every backend,
+any number of workers and any ``max_lanes`` (see :mod:`metarl.sampling.worker`). A recurrent policy's is the
 same for the same number of workers and ``max_lanes``: its trials sharing a parameter set go
 through the GRU as one batch per lockstep, and a BLAS may round a row differently when the
 batch has another size, so a different split over workers can move the last bit.
