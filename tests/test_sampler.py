@@ -260,7 +260,7 @@ def test_ray_cluster_spreads_workers_and_survives_a_lost_node():
 @pytest.mark.parametrize("kind, kwargs", [
     ("gaussian_mlp", {"hidden_sizes": [512, 512]}),  # MAML-TRPO's ML1 policy
     ("gaussian_mlp", {"hidden_sizes": [32, 32], "activation": "relu", "max_std": 0.5, "init_std": 2.0}),
-    ("gaussian_mlp", {"hidden_sizes": [32], "std_type": "head"}),
+    ("gaussian_mlp", {"hidden_sizes": [20], "std_type": "head"}),  # a width the row-wise forward pads
     ("latent_gaussian_mlp", {"hidden_sizes": [32], "latent_dim": 5}),
 ])
 def test_acting_paths_give_the_module_calls_numbers_and_each_lane_its_own(kind, kwargs):
@@ -311,3 +311,7 @@ def test_acting_paths_give_the_module_calls_numbers_and_each_lane_its_own(kind, 
         mean, std = actor.mean_std(some, obs.numpy()[some], None)
         assert np.array_equal(mean, np.concatenate([alone[i][0] for i in some])), some
         assert np.array_equal(std, np.concatenate([alone[i][1] for i in some])), some
+    saturated = obs[:1].clone()
+    saturated[0, 3] = float("inf")  # saturates the first layer's tanh; padding must not turn it to nan
+    mean, _ = actor.mean_std(lanes[:1], saturated.numpy(), None)
+    np.testing.assert_allclose(mean, by_modules(param_sets[0], saturated)[0].numpy(), rtol=1e-4, atol=1e-5)

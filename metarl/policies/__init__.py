@@ -211,7 +211,9 @@ class RowwiseMLP:
     worker stepped with it. Here every row is its own (1 x K) @ (K x N) product in one
     batched call: each product has the same shapes, so the same kernel. Widths are padded
     with zeros to whole 64-byte rows (16 floats), so every row's data is aligned alike
-    and an activation's vector loop covers each row whole; a padded unit adds exact zeros.
+    and an activation's vector loop covers each row whole; a padded unit stays at exactly
+    zero (reset after each product, since an infinite input times a padded zero weight
+    is nan) and adds exact zeros to the next layer.
     A call always sends at least two rows, as a batch of one goes to another BLAS path.
 
     About twice the cost of the one product (2x512 on 10 rows: ~130 vs ~65 us), a few
@@ -226,7 +228,7 @@ class RowwiseMLP:
         self.activation = activation
         self.in_dim, self.out_dim = layers[0][0].shape[1], layers[-1][0].shape[0]
         self.padded_in = _round_up(self.in_dim, self.ALIGN)
-        self.layers: list[tuple[Tensor, Tensor]] = []
+        self.layers: list[tuple[Tensor, Tensor, int]] = []
         rows_in = self.padded_in
         for weight, bias in layers:
             out_dim, in_dim = weight.shape
@@ -234,7 +236,7 @@ class RowwiseMLP:
             wt[:in_dim, :out_dim] = weight.detach().t()
             b = bias.new_zeros(wt.shape[1])
             b[:out_dim] = bias.detach()
-            self.layers.append((wt, b))
+            self.layers.append((wt, b, out_dim))
             rows_in = wt.shape[1]
 
     def __call__(self, x: Tensor) -> Tensor:
@@ -243,9 +245,11 @@ class RowwiseMLP:
         h = x.new_zeros(n, 1, self.padded_in)
         h[:m, 0, :self.in_dim] = x
         last = len(self.layers) - 1
-        for i, (wt, b) in enumerate(self.layers):
+        for i, (wt, b, out_dim) in enumerate(self.layers):
             h = torch.bmm(h, wt.expand(n, *wt.shape)).add_(b)
             if i < last:
+                if out_dim < wt.shape[1]:  # an infinite input makes 0 * inf = nan in the padding
+                    h[..., out_dim:] = 0.0
                 h = self.activation(h)
         return h[:m, 0, :self.out_dim]
 

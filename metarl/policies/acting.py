@@ -57,9 +57,10 @@ class Actor:
     """A policy acting on ``n`` lanes in lockstep.
 
     Lane ``l`` belongs to forward group ``groups[l]`` (lanes of one group are contiguous)
-    and group ``g`` acts with ``param_sets[g]``. A feed-forward policy computes each lane's
-    row on its own (:meth:`~metarl.policies.GaussianMLPPolicy.rowwise`), so a lane's
-    numbers do not depend on the other lanes, of its group or another; a recurrent policy steps the GRU once per group on the group's active lanes
+    and group ``g`` acts with ``param_sets[g]``. A feed-forward policy computes each
+    lane's row on its own (:meth:`~metarl.policies.GaussianMLPPolicy.rowwise`), so a
+    lane's numbers do not depend on the other lanes, of its group or another; a recurrent
+    policy steps the GRU once per group on the group's active lanes
     and carries each lane's state across its episodes, starting from ``carry`` (per lane)
     or from a new trial.
 
@@ -84,14 +85,17 @@ class Actor:
         else:
             if carry is not None:
                 raise ValueError("a feed-forward policy carries no state between episodes")
-            # Each group's forward is a snapshot of one module loaded with its parameters.
+            # Each group's forward is a snapshot of one module loaded with its parameters,
+            # one per distinct parameter set (a worker's items often share theirs).
             module = modules[0] if modules else frozen_copy(spec)
-            self._rowwise = []
+            snapshots: dict[int, Any] = {}
             with torch.no_grad():
-                for p in self.params:
-                    for k, v in p.items():
-                        module.get_parameter(k).copy_(v)
-                    self._rowwise.append(module.rowwise())
+                for raw, p in zip(param_sets, self.params, strict=True):
+                    if id(raw) not in snapshots:
+                        for k, v in p.items():
+                            module.get_parameter(k).copy_(v)
+                        snapshots[id(raw)] = module.rowwise()
+            self._rowwise = [snapshots[id(raw)] for raw in param_sets]
 
     def act(self, lanes: np.ndarray, obs: Tensor, new: np.ndarray) -> tuple[Tensor, Tensor]:
         if self.spec.recurrent:
