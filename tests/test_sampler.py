@@ -272,7 +272,9 @@ def test_acting_paths_give_the_module_calls_numbers_and_each_lane_its_own(kind, 
     rows rounds a row by the row count)."""
     from torch.func import functional_call
 
-    from metarl.policies import PolicySpec, to_numpy
+    from threadpoolctl import threadpool_limits
+
+    from metarl.policies import PolicySpec, one_blas_thread, to_numpy
     from metarl.policies.acting import Actor
 
     spec = PolicySpec(kind, 39, 4, **kwargs)
@@ -303,15 +305,23 @@ def test_acting_paths_give_the_module_calls_numbers_and_each_lane_its_own(kind, 
         assert torch.equal(mean, expected[g][0]) and torch.equal(std, expected[g][1])
     actor = Actor(spec, [to_numpy(p) for p in param_sets], [0] * rows + [1] * rows)
     lanes = np.arange(2 * rows)
-    mean, std = actor.mean_std(lanes, obs.numpy(), None)
-    np.testing.assert_allclose(mean, torch.cat([e[0] for e in expected]).numpy(), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(std, torch.cat([e[1] for e in expected]).numpy(), rtol=1e-4, atol=1e-6)
-    alone = [actor.mean_std(np.array([lane]), obs.numpy()[lane:lane + 1], None) for lane in lanes]
-    for some in (lanes, lanes[:2], lanes[rows - 3:rows + 7], lanes[1::2], lanes[5:15], lanes[rows:]):
-        mean, std = actor.mean_std(some, obs.numpy()[some], None)
-        assert np.array_equal(mean, np.concatenate([alone[i][0] for i in some])), some
-        assert np.array_equal(std, np.concatenate([alone[i][1] for i in some])), some
-    saturated = obs[:1].clone()
-    saturated[0, 3] = float("inf")  # saturates the first layer's tanh; padding must not turn it to nan
-    mean, _ = actor.mean_std(lanes[:1], saturated.numpy(), None)
-    np.testing.assert_allclose(mean, by_modules(param_sets[0], saturated)[0].numpy(), rtol=1e-4, atol=1e-5)
+    with one_blas_thread():  # as a worker's collection runs it
+        mean, std = actor.mean_std(lanes, obs.numpy(), None)
+        np.testing.assert_allclose(mean, torch.cat([e[0] for e in expected]).numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(std, torch.cat([e[1] for e in expected]).numpy(), rtol=1e-4, atol=1e-6)
+        alone = [actor.mean_std(np.array([lane]), obs.numpy()[lane:lane + 1], None) for lane in lanes]
+        for some in (lanes, lanes[:2], lanes[rows - 3:rows + 7], lanes[1::2], lanes[5:15], lanes[rows:]):
+            mean, std = actor.mean_std(some, obs.numpy()[some], None)
+            assert np.array_equal(mean, np.concatenate([alone[i][0] for i in some])), some
+            assert np.array_equal(std, np.concatenate([alone[i][1] for i in some])), some
+        saturated = obs[:1].clone()
+        saturated[0, 3] = float("inf")  # saturates the first layer's tanh; padding must not turn it to nan
+        mean, _ = actor.mean_std(lanes[:1], saturated.numpy(), None)
+        np.testing.assert_allclose(mean, by_modules(param_sets[0], saturated)[0].numpy(), rtol=1e-4, atol=1e-5)
+    # Actor.act (Meta-World's protocol, videos) takes its one BLAS thread itself, whatever the
+    # process's setting, and gives the lockstep's numbers as tensors.
+    with threadpool_limits(limits=2, user_api="blas"):
+        for some in (lanes, lanes[5:15]):
+            mean, std = actor.act(some, obs[some], np.zeros(len(some)))
+            assert torch.equal(mean, torch.from_numpy(np.concatenate([alone[i][0] for i in some])))
+            assert torch.equal(std, torch.from_numpy(np.concatenate([alone[i][1] for i in some])))

@@ -114,29 +114,30 @@ class GaussianMLPPolicy(nn.Module):
         log_std = self.log_std.expand_as(mean) if self.spec.std_type == "param" else self.log_std_head(h)
         return mean, self._bounded_exp(log_std)
 
-    def rowwise(self) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
-        """:meth:`forward` as a function of ``obs`` (M, O) -> mean, std (M, A) in which every
-        row's numbers come from that row alone (see :class:`RowwiseMLP`): what the sampler
-        acts with, so a lane's actions do not depend on which lanes share its lockstep.
-        A snapshot of the parameters as they are now."""
+    def rowwise(self) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """:meth:`forward` as a function of float32 ``obs`` (M, O) -> mean, std (M, A), on
+        numpy arrays, in which every row's numbers come from that row alone (see
+        :class:`RowwiseMLP`): what the sampler acts with, so a lane's actions do not depend
+        on which lanes share its lockstep. A snapshot of the parameters as they are now."""
         *hidden, head = self._layers()
         act_dim = self.spec.act_dim
         if self.spec.std_type == "param":
-            net = RowwiseMLP([*hidden, head], self._activation)
-            std = self._bounded_exp(self.log_std.detach().clone())
+            net = RowwiseMLP([*hidden, head], self.spec.activation)
+            std = self._bounded_exp(self.log_std.detach().clone()).numpy()
 
-            def param_std(obs: Tensor) -> tuple[Tensor, Tensor]:
+            def param_std(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 mean = net(obs)
-                return mean, std.expand_as(mean)
+                return mean, np.broadcast_to(std, mean.shape)
 
             return param_std
         # One output layer for both heads: the mean's and the log-std's rows side by side.
         both = (torch.cat([head[0], self.log_std_head.weight]), torch.cat([head[1], self.log_std_head.bias]))
-        net = RowwiseMLP([*hidden, both], self._activation)
+        net = RowwiseMLP([*hidden, both], self.spec.activation)
 
-        def head_std(obs: Tensor) -> tuple[Tensor, Tensor]:
+        def head_std(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             out = net(obs)
-            return out[:, :act_dim], self._bounded_exp(out[:, act_dim:])
+            with torch.no_grad():
+                return out[:, :act_dim], self._bounded_exp(torch.from_numpy(out[:, act_dim:])).numpy()
 
         return head_std
 
@@ -182,10 +183,10 @@ class LatentGaussianMLPPolicy(GaussianMLPPolicy):
         """Mean and std at ``obs`` given ``z`` (the module's own ``z`` when None)."""
         return super().forward(self._with_z(obs, z))
 
-    def rowwise(self) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+    def rowwise(self) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
         """:meth:`GaussianMLPPolicy.rowwise` with the module's ``z`` as it is now."""
-        forward, z = super().rowwise(), self.z.detach().clone()
-        return lambda obs: forward(self._with_z(obs, z))
+        forward, z = super().rowwise(), self.z.detach().numpy().copy()
+        return lambda obs: forward(np.concatenate([obs, np.broadcast_to(z, (len(obs), len(z)))], -1))
 
     def _with_z(self, obs: Tensor, z: Tensor | None) -> Tensor:
         z = self.z if z is None else z
@@ -201,57 +202,103 @@ def _mlp_forward(layers: list[tuple[Tensor, Tensor]], activation: Callable[[Tens
 
 
 class RowwiseMLP:
-    """An MLP (``activation`` after every (weight, bias) layer but the last) whose every
-    output row comes from its input row alone, in arithmetic that does not depend on how
-    many rows share the call, or which, or where a row sits among them.
+    """An MLP (``activation`` after every (weight, bias) layer but the last) on float32
+    arrays, whose every output row comes from its input row alone, in arithmetic that does
+    not depend on how many rows share the call, or which, or where a row sits among them.
 
     One matrix product over all rows lets the BLAS choose its kernel by the row count (MKL
     on one Intel CPU rounds a 2x256 MLP's rows differently below about ten rows than above,
     and another CPU at other sizes), so a lane's action would depend on how many lanes its
-    worker stepped with it. Here every row is its own (1 x K) @ (K x N) product in one
-    batched call: each product has the same shapes, so the same kernel. Widths are padded
-    with zeros to whole 64-byte rows (16 floats), so every row's data is aligned alike
-    and an activation's vector loop covers each row whole; a padded unit stays at exactly
-    zero (reset after each product, since an infinite input times a padded zero weight
-    is nan) and adds exact zeros to the next layer.
-    A call always sends at least two rows, as a batch of one goes to another BLAS path.
+    worker stepped with it. Here every row is its own (1 x K) @ (K x N) product, numpy's
+    stacked ``matmul`` calling the BLAS once per row with the same shapes, so the same
+    kernel; call it inside :func:`one_blas_thread` (the sampler's workers and
+    :meth:`~metarl.policies.acting.Actor.act` do). Rows are padded with zeros to whole 64-byte rows (16
+    floats) in 64-byte aligned buffers, so every row's data is aligned alike; a padded unit
+    stays at exactly zero (reset after each product, since an infinite input times a
+    padded zero weight is nan) and adds exact zeros to the next layer. A call always sends
+    at least two rows.
 
-    About twice the cost of the one product (2x512 on 10 rows: ~130 vs ~65 us), a few
-    percent of a Meta-World lockstep. A snapshot: it holds copies of the weights.
+    In numpy rather than torch: between env steps a torch call's dispatch runs from cold
+    caches, and the forward cost a lockstep of 10 pick-place envs 3.5x more in torch (64x64
+    on 10 rows: ~310 against ~90 us on the sampler's path; 2x512 ~880 against ~510 us;
+    ``scripts/bench_rowwise.py``). A snapshot: it holds copies of the weights, and buffers
+    that one call at a time reuses.
 
     Shapes: ``x`` (M, K) -> (M, N) for the first layer's K and the last's N.
     """
 
     ALIGN = 16
 
-    def __init__(self, layers: Sequence[tuple[Tensor, Tensor]], activation: Callable[[Tensor], Tensor]) -> None:
-        self.activation = activation
+    def __init__(self, layers: Sequence[tuple[Tensor, Tensor]], activation: str) -> None:
+        self.activation = _ACTIVATION_NP[activation]
         self.in_dim, self.out_dim = layers[0][0].shape[1], layers[-1][0].shape[0]
         self.padded_in = _round_up(self.in_dim, self.ALIGN)
-        self.layers: list[tuple[Tensor, Tensor, int]] = []
+        self.layers: list[tuple[np.ndarray, np.ndarray, int]] = []
         rows_in = self.padded_in
         for weight, bias in layers:
             out_dim, in_dim = weight.shape
-            wt = weight.new_zeros(rows_in, _round_up(out_dim, self.ALIGN))
-            wt[:in_dim, :out_dim] = weight.detach().t()
-            b = bias.new_zeros(wt.shape[1])
-            b[:out_dim] = bias.detach()
+            wt = _aligned_zeros((rows_in, _round_up(out_dim, self.ALIGN)))
+            wt[:in_dim, :out_dim] = weight.detach().t().numpy()
+            b = _aligned_zeros(wt.shape[1:])
+            b[:out_dim] = bias.detach().numpy()
             self.layers.append((wt, b, out_dim))
             rows_in = wt.shape[1]
+        self._buffers: dict[int, list[np.ndarray]] = {}
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def __call__(self, x: np.ndarray) -> np.ndarray:
         m = x.shape[0]
         n = max(m, 2)
-        h = x.new_zeros(n, 1, self.padded_in)
+        buffers = self._buffers.get(n)
+        if buffers is None:
+            buffers = [_aligned_zeros((n, 1, self.padded_in))] + [_aligned_zeros((n, 1, wt.shape[1]))
+                                                                   for wt, _, _ in self.layers]
+            self._buffers[n] = buffers
+        h = buffers[0]
         h[:m, 0, :self.in_dim] = x
         last = len(self.layers) - 1
-        for i, (wt, b, out_dim) in enumerate(self.layers):
-            h = torch.bmm(h, wt.expand(n, *wt.shape)).add_(b)
-            if i < last:
-                if out_dim < wt.shape[1]:  # an infinite input makes 0 * inf = nan in the padding
-                    h[..., out_dim:] = 0.0
-                h = self.activation(h)
-        return h[:m, 0, :self.out_dim]
+        # As torch's forward does, an infinite or nan input gives nan outputs without a warning.
+        with np.errstate(invalid="ignore", over="ignore"):
+            for i, (wt, b, out_dim) in enumerate(self.layers):
+                out = buffers[i + 1]
+                np.matmul(h, wt, out=out)
+                out += b
+                if i < last:
+                    if out_dim < wt.shape[1]:  # an infinite input makes 0 * inf = nan in the padding
+                        out[..., out_dim:] = 0.0
+                    self.activation(out)
+                h = out
+        return h[:m, 0, :self.out_dim].copy()
+
+
+_ACTIVATION_NP: dict[str, Callable[[np.ndarray], Any]] = {
+    "tanh": lambda x: np.tanh(x, out=x), "relu": lambda x: np.maximum(x, 0.0, out=x)}
+"""In-place numpy counterparts of ``_ACTIVATION_FNS``, for :class:`RowwiseMLP`."""
+
+
+def _aligned_zeros(shape: tuple[int, ...]) -> np.ndarray:
+    """A zeroed float32 array whose data starts on a 64-byte boundary."""
+    size = int(np.prod(shape))
+    raw = np.zeros(size + 16, np.float32)
+    start = (-raw.ctypes.data % 64) // 4
+    return raw[start:start + size].reshape(shape)
+
+
+_BLAS: Any = None
+
+
+def one_blas_thread() -> Any:
+    """A context manager that runs numpy's BLAS on one thread inside it (threadpoolctl's
+    limiter; about 20 us to enter and leave, so callers hold it around many forwards).
+
+    :class:`RowwiseMLP` needs it for its rows to be independent: a multi-threaded BLAS
+    splits a product's outputs between threads, and where a split falls decides which
+    outputs take a kernel's vector body and which its remainder loop."""
+    global _BLAS
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS = ThreadpoolController().select(user_api="blas")
+    return _BLAS.limit(limits=1)
 
 
 def _round_up(n: int, multiple: int) -> int:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import Params, PolicySpec
+from . import Params, PolicySpec, one_blas_thread
 
 CARRY_KEYS = ("h", "prev_action", "prev_reward")
 """A recurrent trial's state between episodes: GRU state, last action, last raw reward."""
@@ -101,12 +101,18 @@ class Actor:
         if self.spec.recurrent:
             self.new[torch.from_numpy(lanes)] = torch.from_numpy(np.asarray(new, np.float32))
             return self._per_group(lanes, obs, self._recurrent_forward)
-        return self._per_group(lanes, obs, lambda g, _idx, x: self._rowwise[g](x))
+        with one_blas_thread():
+            mean, std = self.mean_std(lanes, obs.detach().cpu().numpy(), None)
+        return torch.from_numpy(np.ascontiguousarray(mean)), torch.from_numpy(np.ascontiguousarray(std))
 
     def mean_std(self, lanes: np.ndarray, obs: np.ndarray,
                  new: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`act` for the sampler's lockstep, on and to float32 arrays (``new`` may be
-        None for a feed-forward policy, which does not read it)."""
+        None for a feed-forward policy, which does not read it). A feed-forward policy's
+        forward runs in numpy, without a torch call, and must run inside
+        :func:`~metarl.policies.one_blas_thread`; its std may be a read-only broadcast."""
+        if not self.spec.recurrent:
+            return self._per_group(lanes, obs, lambda g, _idx, x: self._rowwise[g](x))
         with torch.no_grad():
             mean, std = self.act(lanes, torch.from_numpy(obs), new)
         return mean.numpy(), std.numpy()
@@ -122,27 +128,30 @@ class Actor:
     def carry(self) -> dict[str, Tensor] | None:
         return {k: v.clone() for k, v in self.state.items()} if self.spec.recurrent else None
 
-    def _recurrent_forward(self, g: int, idx: Tensor, obs: Tensor) -> tuple[Tensor, Tensor]:
-        p, s = self.params[g], self.state
+    def _recurrent_forward(self, g: int, lanes: np.ndarray, obs: Tensor) -> tuple[Tensor, Tensor]:
+        p, s, idx = self.params[g], self.state, torch.from_numpy(lanes)
         x = self.policy.inputs(obs, s["prev_action"][idx], s["prev_reward"][idx], self.new[idx],
                                p["reward_scale"])
         mean, std, _, s["h"][idx] = self.policy.step(x, s["h"][idx], p)
         return mean, std
 
-    def _per_group(self, lanes: np.ndarray, obs: Tensor, forward: Any) -> tuple[Tensor, Tensor]:
+    def _per_group(self, lanes: np.ndarray, obs: Any, forward: Any) -> tuple[Any, Any]:
         """``forward(group, lane indices, obs rows)`` on each group's active lanes, gathered
-        in ``lanes`` order."""
+        in ``lanes`` order (tensors or, for ``obs`` an array, arrays)."""
         if len(self.bounds) == 1:  # every lane is the one group's
-            return forward(self.bounds[0][0], torch.from_numpy(lanes), obs)
+            return forward(self.bounds[0][0], lanes, obs)
         parts = []
         for g, lo, hi in self.bounds:
             a, b = np.searchsorted(lanes, (lo, hi))
             if b > a:
-                parts.append((a, b, forward(g, torch.from_numpy(lanes[a:b]), obs[a:b])))
+                parts.append((a, b, forward(g, lanes[a:b], obs[a:b])))
         if len(parts) == 1:
             return parts[0][2]
-        act_dim = parts[0][2][0].shape[-1]
-        mean, std = torch.empty(len(lanes), act_dim), torch.empty(len(lanes), act_dim)
+        shape = (len(lanes), parts[0][2][0].shape[-1])
+        if isinstance(obs, np.ndarray):
+            mean, std = np.empty(shape, np.float32), np.empty(shape, np.float32)
+        else:
+            mean, std = torch.empty(shape), torch.empty(shape)
         for a, b, (m, s) in parts:
             mean[a:b], std[a:b] = m, s
         return mean, std

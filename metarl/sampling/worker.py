@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from metarl.envs import Task, TaskDistribution
-from metarl.policies import PolicySpec, gaussian_log_prob
+from metarl.policies import PolicySpec, gaussian_log_prob, one_blas_thread
 from metarl.policies.acting import CARRY_KEYS, Actor, frozen_copy
 
 
@@ -101,6 +101,11 @@ class RolloutWorker:
         A feed-forward item's rows are therefore computed the same whichever other items
         share the worker or the lockstep.
         """
+        with one_blas_thread():  # the row-wise forward's rows are independent on one BLAS thread
+            return self._collect(items, params, seed, max_steps, deterministic)
+
+    def _collect(self, items: list[WorkItem], params: dict[int, dict[str, np.ndarray]],
+                 seed: int, max_steps: int, deterministic: bool) -> list[dict[str, np.ndarray]]:
         per_lane = 1 if self.policy.spec.recurrent else None
         results: list[dict[str, np.ndarray]] = []
         chunk: list[WorkItem] = []
