@@ -270,9 +270,8 @@ def test_acting_paths_give_the_module_calls_numbers_and_each_lane_its_own(kind, 
     to rounding, and each lane's bit for bit whichever lanes are active with it: alone, a
     few, every other one, all 2 x 64 (at ML1's shapes, where a BLAS's one product over the
     rows rounds a row by the row count)."""
-    from torch.func import functional_call
-
     from threadpoolctl import threadpool_limits
+    from torch.func import functional_call
 
     from metarl.policies import PolicySpec, one_blas_thread, to_numpy
     from metarl.policies.acting import Actor

@@ -212,17 +212,17 @@ class RowwiseMLP:
     worker stepped with it. Here every row is its own (1 x K) @ (K x N) product, numpy's
     stacked ``matmul`` calling the BLAS once per row with the same shapes, so the same
     kernel; call it inside :func:`one_blas_thread` (the sampler's workers and
-    :meth:`~metarl.policies.acting.Actor.act` do). Rows are padded with zeros to whole 64-byte rows (16
-    floats) in 64-byte aligned buffers, so every row's data is aligned alike; a padded unit
-    stays at exactly zero (reset after each product, since an infinite input times a
-    padded zero weight is nan) and adds exact zeros to the next layer. A call always sends
-    at least two rows.
+    :meth:`~metarl.policies.acting.Actor.act` do). Rows are padded with zeros to whole
+    64-byte rows (16 floats) in 64-byte aligned buffers, so every row's data is aligned
+    alike; a padded unit stays at exactly zero (reset after each product, since an
+    infinite input times a padded zero weight is nan) and adds exact zeros to the next
+    layer. A call always sends at least two rows, as a stack of one may take another path.
 
     In numpy rather than torch: between env steps a torch call's dispatch runs from cold
-    caches, and the forward cost a lockstep of 10 pick-place envs 3.5x more in torch (64x64
-    on 10 rows: ~310 against ~90 us on the sampler's path; 2x512 ~880 against ~510 us;
-    ``scripts/bench_rowwise.py``). A snapshot: it holds copies of the weights, and buffers
-    that one call at a time reuses.
+    caches. Called after each round of 10 pick-place steps, on 10 rows, the 64x64 forward
+    took 163 us against 406 us for torch's one product, 2x512 607 against 919 us
+    (``scripts/bench_rowwise.py``, an AMD EPYC VM). A snapshot: it holds copies of the
+    weights, and buffers that one call at a time reuses.
 
     Shapes: ``x`` (M, K) -> (M, N) for the first layer's K and the last's N.
     """
