@@ -291,7 +291,7 @@ def one_blas_thread() -> Any:
     limiter; about 20 us to enter and leave, so callers hold it around many forwards).
 
     :class:`RowwiseMLP` needs it for its rows to be independent: a multi-threaded BLAS
-    splits a product's outputs between threads, and where a split falls decides which
+    splits a product's outputs between threads, and where a split falls can decide which
     outputs take a kernel's vector body and which its remainder loop."""
     global _BLAS
     if _BLAS is None:
