@@ -317,10 +317,22 @@ def test_acting_paths_give_the_module_calls_numbers_and_each_lane_its_own(kind, 
         saturated[0, 3] = float("inf")  # saturates the first layer's tanh; padding must not turn it to nan
         mean, _ = actor.mean_std(lanes[:1], saturated.numpy(), None)
         np.testing.assert_allclose(mean, by_modules(param_sets[0], saturated)[0].numpy(), rtol=1e-4, atol=1e-5)
-    # Actor.act (Meta-World's protocol, videos) takes its one BLAS thread itself, whatever the
-    # process's setting, and gives the lockstep's numbers as tensors.
+    # Actor.act (Meta-World's protocol, videos) runs the forward on one BLAS thread itself,
+    # whatever the process's setting, and gives the lockstep's numbers as tensors.
+    from threadpoolctl import threadpool_info
+
+    threads_seen, forwards = [], list(actor._rowwise)
+
+    def spy(g):
+        def forward(x):
+            threads_seen.append(max(lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"))
+            return forwards[g](x)
+        return forward
+
+    actor._rowwise = [spy(g) for g in range(len(forwards))]
     with threadpool_limits(limits=2, user_api="blas"):
         for some in (lanes, lanes[5:15]):
             mean, std = actor.act(some, obs[some], np.zeros(len(some)))
             assert torch.equal(mean, torch.from_numpy(np.concatenate([alone[i][0] for i in some])))
             assert torch.equal(std, torch.from_numpy(np.concatenate([alone[i][1] for i in some])))
+    assert threads_seen and set(threads_seen) == {1}
