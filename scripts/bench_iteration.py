@@ -2,8 +2,10 @@
 
 Each algorithm runs ``--iterations`` real iterations of ``<algo>/ml1_pick_place`` (fresh
 workers, real envs, real updates) and reports, per iteration, the seconds spent sampling
-and updating, env steps per second while sampling, and the main process's CPU seconds
-while the workers collect (it should sleep).
+and updating, env steps per second while sampling, the main process's CPU seconds
+while the workers collect (it should sleep), and its resident memory after the iteration.
+The first update of a process faults in its memory; later ones reuse it
+(:func:`metarl.trainer.retain_freed_memory`), so ``--iterations 2`` shows both.
 
     python scripts/bench_iteration.py                                  # maml_trpo and rl2_ppo
     python scripts/bench_iteration.py --algos maml_trpo --set algo.hvp_subsample=0.1
@@ -23,6 +25,12 @@ from pathlib import Path
 def _cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def _rss_gb() -> float:
+    """This process's resident memory now (Linux), GB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 1e9
 
 
 def bench(algo: str, iterations: int, sets: list[str]) -> dict:
@@ -52,7 +60,8 @@ def bench(algo: str, iterations: int, sets: list[str]) -> dict:
                 rows.append({"sample_s": metrics["time/sample_s"], "update_s": metrics["time/update_s"],
                              "update_over_sample": metrics["time/update_s"] / metrics["time/sample_s"],
                              "env_steps_per_s": metrics["time/env_steps_per_s"],
-                             "iteration_s": time.perf_counter() - t0, "main_cpu_while_sampling_s": sampling_cpu[0]})
+                             "iteration_s": time.perf_counter() - t0, "main_cpu_while_sampling_s": sampling_cpu[0],
+                             "main_rss_gb": _rss_gb()})
         finally:
             sampler.close()
     return {"algo": algo, "config": f"{algo}/ml1_pick_place", "overrides": sets,
@@ -77,7 +86,8 @@ def main() -> None:
         for i, row in enumerate(r["iterations"]):
             print(f"  iteration {i}: sampling {row['sample_s']:6.1f} s ({row['env_steps_per_s']:,.0f} env steps/s), "
                   f"update {row['update_s']:6.1f} s, update/sampling {row['update_s'] / row['sample_s']:.2f}, "
-                  f"main-process CPU while sampling {row['main_cpu_while_sampling_s']:.1f} s")
+                  f"main-process CPU while sampling {row['main_cpu_while_sampling_s']:.1f} s, "
+                  f"main-process memory {row['main_rss_gb']:.1f} GB")
 
 
 if __name__ == "__main__":

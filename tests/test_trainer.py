@@ -1,4 +1,5 @@
 import json
+import resource
 import shutil
 
 import pytest
@@ -9,7 +10,7 @@ from metarl.config import load_config
 from metarl.evaluation import adaptation_curve
 from metarl.rundir import RunDir
 from metarl.sampling import Sampler
-from metarl.trainer import Trainer, load_run
+from metarl.trainer import Trainer, load_run, retain_freed_memory
 
 TINY = ["iterations=2", "meta_batch_size=3", "episodes_per_task=2", "max_episode_steps=20",
         "policy.hidden_sizes=[16]", "eval.num_tasks=3", "eval.adapt_steps=1", "sampler.backend=local",
@@ -181,3 +182,22 @@ def test_periodic_evaluation_uses_one_held_out_set_and_leaves_eval_json_to_the_e
         again = [adaptation_curve(trainer.learner, s, tasks, 1, cfg.seed, trainer.max_steps) for _ in range(2)]
     assert again[0] == again[1]
     assert again[0]["adaptation"][0] == final["adaptation"][0]  # k = 0: the final evaluation's episodes
+
+
+def test_retain_freed_memory_reuses_freed_tensors_pages():
+    """Tensors as large as a meta-update's activations, freed and allocated again, reuse
+    their pages: glibc keeps freed memory instead of unmapping it."""
+    if not retain_freed_memory():
+        pytest.skip("not glibc: malloc's settings are left alone")
+
+    def faults() -> int:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+    numel = 64 * 2 ** 20 // 4  # 64 MB, above any mmap threshold glibc would pick itself
+    pages = numel * 4 // resource.getpagesize()
+    for _ in range(3):  # faulted in, freed; the heap settles (an aligned request can miss a
+        torch.ones(numel)  # freed chunk by a few bytes and grow the heap once more)
+    before = faults()
+    for _ in range(20):
+        assert torch.ones(numel).sum().item() == numel
+    assert faults() - before < 4 * pages  # unmapped on every free: 20 x pages

@@ -438,6 +438,31 @@ class MamlLearner(NoExtraState):
     def _trpo_step(self, steps: list[TaskData], post: TaskData, closed_form: bool) -> dict[str, float]:
         cfg = self.cfg
         theta = self._theta()
+        full_step, old, g, loss_before = self._trpo_direction(theta, steps, post, closed_form)
+        base = _flat(theta)
+        accepted, loss_after, kl_after, steps_taken = False, loss_before, 0.0, 0
+        for j in range(cfg.ls_max_steps):
+            candidate = _unflat(base + cfg.ls_backtrack_ratio ** j * full_step, theta)
+            loss, kl = self.evaluate_objectives(candidate, steps, post, old)
+            steps_taken = j + 1
+            if kl <= cfg.max_kl and loss < loss_before:
+                accepted, loss_after, kl_after = True, loss, kl
+                with torch.no_grad():
+                    for k, v in candidate.items():
+                        self.meta[k].copy_(v)
+                break
+        return {"loss/surrogate_before": loss_before, "loss/surrogate_after": loss_after,
+                "loss/kl": kl_after, "loss/grad_norm": g.norm().item(),
+                "loss/line_search_steps": float(steps_taken), "loss/step_accepted": float(accepted)}
+
+    def _trpo_direction(self, theta: dict[str, Tensor], steps: list[TaskData], post: TaskData, closed_form: bool
+                        ) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor, float]:
+        """TRPO's full step at ``theta`` (the conjugate gradient's direction scaled to the
+        trust region), the adapted policies' mean and std on ``post`` (the line search's old
+        policies), the meta-gradient and the surrogate loss at ``theta``. Its passes and
+        products are freed when it returns, before the line search builds its own.
+        """
+        cfg = self.cfg
         # The curvature products of the conjugate gradient may run on a subsample of the steps.
         exact = cfg.hvp_subsample == 1
         cg_steps = [subsample(s, cfg.hvp_subsample) for s in steps]
@@ -482,21 +507,7 @@ class MamlLearner(NoExtraState):
         step_dir, h_step_dir = conjugate_gradient(hessian_vector_product, -g, cfg.cg_iters, return_product=True)
         shs = 0.5 * (step_dir @ h_step_dir)
         full_step = step_dir * torch.sqrt(cfg.max_kl / shs.clamp_min(1e-12))  # 0.5 s'Hs = max_kl
-        base = _flat(theta)
-        accepted, loss_after, kl_after, steps_taken = False, loss_before, 0.0, 0
-        for j in range(cfg.ls_max_steps):
-            candidate = _unflat(base + cfg.ls_backtrack_ratio ** j * full_step, theta)
-            loss, kl = self.evaluate_objectives(candidate, steps, post, old)
-            steps_taken = j + 1
-            if kl <= cfg.max_kl and loss < loss_before:
-                accepted, loss_after, kl_after = True, loss, kl
-                with torch.no_grad():
-                    for k, v in candidate.items():
-                        self.meta[k].copy_(v)
-                break
-        return {"loss/surrogate_before": loss_before, "loss/surrogate_after": loss_after,
-                "loss/kl": kl_after, "loss/grad_norm": g.norm().item(),
-                "loss/line_search_steps": float(steps_taken), "loss/step_accepted": float(accepted)}
+        return full_step, old, g, loss_before
 
     def _ppo(self, steps: list[TaskData], post: TaskData) -> dict[str, float]:
         """``maml_ppo`` and ``promp``: ``ppo_epochs`` Adam steps on :meth:`ppo_loss`, all on
