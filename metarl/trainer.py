@@ -32,8 +32,8 @@ def retain_freed_memory() -> bool:
     A meta-update allocates and frees tensors of hundreds of MB: one activation of ML1
     MAML-TRPO's batch is 100k steps x 512 units, 205 MB. glibc serves each allocation that
     large with a fresh ``mmap`` and unmaps it when freed, so every new tensor faults in and
-    zeroes its pages again. On a 2-core VM that was a third of the update's time, mostly in
-    the kernel (README, Numbers). With ``mmap`` off for ``malloc`` and no trimming of the
+    zeroes its pages again. On a 2-core VM that was a quarter to a half of the update's
+    time, spent in the kernel (README, Numbers). With ``mmap`` off for ``malloc`` and no trimming of the
     heap, freed memory is reused; the price is that the process keeps its peak memory until
     it exits. Process-wide: it changes how this process's ``malloc`` works from now on.
     """
