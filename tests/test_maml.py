@@ -248,14 +248,19 @@ def test_cuda_learner_matches_cpu(monkeypatch, closed_form):
     torch.testing.assert_close(hv_gpu, hv_cpu, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("closed_form", [True, False])
-def test_subsampled_curvature_is_the_kl_hessian_on_every_second_step(closed_form):
+@pytest.mark.parametrize("closed_form,chunk_steps", [(True, None), (True, 12), (False, None)])
+def test_subsampled_curvature_is_the_kl_hessian_on_every_second_step(closed_form, chunk_steps, monkeypatch):
     """algo.hvp_subsample=0.5: the gradient is still the full batch's; the conjugate
     gradient's product is J_s^T F_s J_s v, the KL's Hessian (double backward) when the
     adaptation's Jacobian comes from every second pre-adaptation step and the Fisher from
-    every second post-adaptation step, taken at the full batch's adapted policy."""
+    every second post-adaptation step, taken at the full batch's adapted policy. With
+    ``chunk_steps`` 12 the closed form takes the gradient and the line search's candidates
+    one task at a time (12 steps each), as it does at Meta-World's shapes."""
+    import metarl.algos.maml as maml_module
     from metarl.algos.maml import subsample
 
+    if chunk_steps:
+        monkeypatch.setattr(maml_module, "CHUNK_STEPS", chunk_steps)
     lrn = learner(hvp_subsample=0.5)
     lrn.closed_form = closed_form
     steps = [prepare(random_batch(seed=5), lrn.cfg, lrn.device)]
@@ -281,8 +286,6 @@ def test_subsampled_curvature_is_the_kl_hessian_on_every_second_step(closed_form
     ref = torch.cat([r.reshape(-1) for r in torch.autograd.grad(
         torch.cat([g.reshape(-1) for g in grads]) @ v, list(theta.values()))])
 
-    import metarl.algos.maml as maml_module
-
     captured, original = {}, maml_module.conjugate_gradient
 
     def spy(avp, b, iters, **kwargs):
@@ -303,3 +306,41 @@ def test_subsampled_curvature_is_the_kl_hessian_on_every_second_step(closed_form
     torch.testing.assert_close(captured["g"][0], captured["g"][1], atol=1e-7, rtol=1e-6)
     # The line search checks the exact KL and surrogate: the trust region holds as before.
     assert stats["loss/step_accepted"] == 1.0 and 0 < stats["loss/kl"] <= lrn.cfg.max_kl
+
+
+def test_task_chunks_cover_every_task_once_within_the_step_budget():
+    from metarl.algos.maml import task_chunks
+
+    data = prepare(random_batch(n=7), MamlConfig(name="maml_trpo"), torch.device("cpu"))  # 12 steps a task
+    for budget, sizes in [(1, [1] * 7), (12, [1] * 7), (30, [2, 2, 1, 2]), (84, [7]), (10**6, [7])]:
+        chunks = task_chunks(data, budget)
+        assert [c.stop - c.start for c in chunks] == sizes, budget
+        assert chunks[0].start == 0 and chunks[-1].stop == 7
+        assert all(a.stop == b.start for a, b in zip(chunks, chunks[1:], strict=False))
+
+
+def test_line_search_candidates_by_task_groups_equal_the_whole_batch(monkeypatch):
+    """The line search evaluates each candidate's surrogate and KL a group of tasks at a
+    time (CHUNK_STEPS): the same numbers as on the whole batch at once, to rounding. (The
+    direction's gradient and curvature products by groups are checked against double
+    backward in the subsampled-curvature test.)"""
+    import metarl.algos.maml as maml_module
+
+    lrn = learner()
+    steps = [prepare(random_batch(n=5, seed=7), lrn.cfg, lrn.device)]
+    post = prepare(random_batch(n=5, seed=8), lrn.cfg, lrn.device)
+    theta = lrn._theta()
+    old = maml_module.maml_mlp.MlpMamlProducts(lrn.policy, theta, steps[0], post, lrn.cfg.inner_lr).adapted_policy
+    g = torch.Generator().manual_seed(1)
+    candidates = [{k: v + scale * torch.randn(v.shape, generator=g) for k, v in theta.items()} for scale in (0.01, 0.1)]
+    values = {}
+    for chunk_steps in (10**6, 24, 12):
+        monkeypatch.setattr(maml_module, "CHUNK_STEPS", chunk_steps)
+        assert len(maml_module.task_chunks(post)) == {10**6: 1, 24: 3, 12: 5}[chunk_steps]
+        values[chunk_steps] = [lrn.evaluate_objectives(c, steps, post, old) for c in candidates]
+    whole = values.pop(10**6)
+    assert all(kl > 0 for _, kl in whole)
+    for chunked in values.values():
+        for (loss_a, kl_a), (loss_b, kl_b) in zip(chunked, whole, strict=True):
+            assert loss_a == pytest.approx(loss_b, rel=1e-5, abs=1e-7)
+            assert kl_a == pytest.approx(kl_b, rel=1e-5, abs=1e-9)

@@ -206,6 +206,29 @@ def subsample(data: TaskData, fraction: float) -> TaskData:
                     data.sampling_log_prob[:, keep])
 
 
+CHUNK_STEPS = 32_768
+"""Most steps (tasks x steps per task) the closed-form update holds passes for at once where
+it need not keep them: the subsampled update's gradient and the line search's candidates
+run over groups of tasks of about this size, so their activations (steps x hidden units
+each) are a fraction of the whole batch's. The exact update keeps the whole batch's passes
+for its conjugate gradient."""
+
+
+def task_chunks(data: TaskData, max_steps: int | None = None) -> list[slice]:
+    """Contiguous groups of the N tasks, as even as possible, each of at most ``max_steps``
+    steps (default :data:`CHUNK_STEPS`; one task at least)."""
+    max_steps = max_steps or CHUNK_STEPS
+    n, s = data.obs.shape[:2]
+    count = math.ceil(n / max(1, max_steps // max(s, 1)))
+    bounds = [round(i * n / count) for i in range(count + 1)]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+def take(data: TaskData, tasks: slice) -> TaskData:
+    """The tasks ``tasks`` of ``data`` (views)."""
+    return TaskData(*(x[tasks] for x in data))
+
+
 def adapt_kl_penalty(penalty: Tensor, kl: Tensor, target: float) -> Tensor:
     """ProMP's adaptive penalty, per inner step: halve a weight whose KL is below
     target / 1.5, double one above 1.5 x target, keep the rest. (K,) -> (K,)."""
@@ -408,8 +431,10 @@ class MamlLearner(NoExtraState):
                             old: tuple[Tensor, Tensor]) -> tuple[float, float]:
         """(surrogate loss, KL from the old adapted policies) at ``theta``, means over tasks."""
         if self._closed_form_applies():
-            with torch.no_grad():
-                mean, std = maml_mlp.MlpMamlProducts(self.policy, theta, steps[0], post, self.cfg.inner_lr).adapted_policy
+            with torch.no_grad():  # a group of tasks at a time: only their outputs are kept
+                parts = [maml_mlp.MlpMamlProducts(self.policy, theta, take(steps[0], c), take(post, c),
+                                                  self.cfg.inner_lr).adapted_policy for c in task_chunks(post)]
+                mean, std = (torch.cat(x) for x in zip(*parts, strict=True))
         else:
             with torch.enable_grad():
                 phi = {k: v.detach() for k, v in self.adapt_all(theta, steps).items()}
@@ -467,13 +492,24 @@ class MamlLearner(NoExtraState):
         exact = cfg.hvp_subsample == 1
         cg_steps = [subsample(s, cfg.hvp_subsample) for s in steps]
         cg_post = subsample(post, cfg.hvp_subsample)
+        n = post.obs.shape[0]
         if closed_form:
-            products = maml_mlp.MlpMamlProducts(self.policy, theta, steps[0], post, cfg.inner_lr)
-            old = products.adapted_policy
-            surrogate_grad = products.surrogate_gradient()
-            gradient_vjp = products.vjp
+            # Exact: the conjugate gradient reuses the whole batch's passes. Subsampled: the
+            # gradient and the old policies need each pass once, so they run a group of
+            # tasks at a time and only the subsample's passes stay.
+            parts = []
+            for c in [slice(None)] if exact else task_chunks(post):
+                products = maml_mlp.MlpMamlProducts(self.policy, theta, take(steps[0], c), take(post, c), cfg.inner_lr)
+                # Old mean and std, phi, and J^T (d surrogate_i / d phi_i) summed over the group.
+                parts.append((*products.adapted_policy, products.phi,
+                              _flat(products.vjp(products.surrogate_gradient()))))
+            means, stds, phis, gs = zip(*parts, strict=True)
+            old = (torch.cat(means), torch.cat(stds))
+            g = torch.stack(gs).sum(0)
             cg = products if exact else maml_mlp.MlpMamlProducts(
-                self.policy, theta, cg_steps[0], cg_post, cfg.inner_lr, phi=products.phi)
+                self.policy, theta, cg_steps[0], cg_post, cfg.inner_lr,
+                phi={k: torch.cat([phi[k] for phi in phis]) for k in theta})
+            del products, parts, means, stds, phis, gs
             adapt_jvp, adapt_vjp, fisher = cg.jvp, cg.vjp, cg.fisher
         else:
             adapt = partial(self.adapt_all, steps=steps)
@@ -482,12 +518,10 @@ class MamlLearner(NoExtraState):
             with torch.no_grad():
                 old = self.forward_all(phi, post.obs)
             surrogate_grad = vmap(grad(self._surrogate))(phi, post, old)
+            g = _flat(vjp_fn(surrogate_grad)[0])  # J^T (d surrogate_i / d phi_i)
             adapt_cg = adapt if exact else partial(self.adapt_all, steps=cg_steps)
             cg_vjp_fn = vjp_fn if exact else vjp(adapt_cg, theta)[1]
             fisher = self._fisher_product(phi, cg_post)
-
-            def gradient_vjp(u: Params) -> Params:
-                return vjp_fn(u)[0]
 
             def adapt_jvp(v: Params) -> Params:
                 return jvp(adapt_cg, (theta,), (v,))[1]
@@ -495,9 +529,7 @@ class MamlLearner(NoExtraState):
             def adapt_vjp(u: Params) -> Params:
                 return cg_vjp_fn(u)[0]
 
-        n = post.obs.shape[0]
-        # Meta-gradient of the mean surrogate: J^T (d surrogate_i / d phi_i) / N.
-        g = _flat(gradient_vjp(surrogate_grad)) / n
+        g = g / n  # the meta-gradient of the mean surrogate
         loss_before, _ = self._objectives(*old, post, old)
 
         def hessian_vector_product(v_flat: Tensor) -> Tensor:
