@@ -109,12 +109,19 @@ def test_second_order_meta_gradient_matches_finite_differences():
         assert grad @ _flat(direction) == pytest.approx(fd, rel=1e-5, abs=1e-8)
 
 
-@pytest.mark.parametrize("inner_steps,meta_sgd,closed_form",
-                         [(1, False, True), (1, False, False), (2, False, True), (2, True, True)])
-def test_trpo_gradient_and_hessian_vector_product_equal_double_backward(inner_steps, meta_sgd, closed_form):
+@pytest.mark.parametrize("inner_steps,meta_sgd,closed_form,chunk_steps",
+                         [(1, False, True, None), (1, False, True, 12), (1, False, False, None),
+                          (2, False, True, None), (2, True, True, None)])
+def test_trpo_gradient_and_hessian_vector_product_equal_double_backward(inner_steps, meta_sgd, closed_form,
+                                                                         chunk_steps, monkeypatch):
     """The meta-gradient and J^T F J v that TRPO uses (closed-form products for one inner
     step, torch.func's JVP/VJP through the adaptation otherwise) equal double backward
-    through the adaptation."""
+    through the adaptation; with ``chunk_steps`` 12 the closed form sums them over its
+    tasks one at a time."""
+    import metarl.algos.maml as maml_module
+
+    if chunk_steps:
+        monkeypatch.setattr(maml_module, "CHUNK_STEPS", chunk_steps)
     lrn = learner(num_inner_steps=inner_steps, learn_inner_lr=meta_sgd)
     lrn.closed_form = closed_form
     assert lrn._closed_form_applies() == (closed_form and inner_steps == 1)
@@ -143,8 +150,6 @@ def test_trpo_gradient_and_hessian_vector_product_equal_double_backward(inner_st
     ref = torch.cat([r.reshape(-1) for r in ref])
 
     captured = {}
-    import metarl.algos.maml as maml_module
-
     original = maml_module.conjugate_gradient
 
     def spy(avp, b, iters, **kwargs):

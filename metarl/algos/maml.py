@@ -206,19 +206,22 @@ def subsample(data: TaskData, fraction: float) -> TaskData:
                     data.sampling_log_prob[:, keep])
 
 
-CHUNK_STEPS = 32_768
-"""Most steps (tasks x steps per task) the closed-form update holds passes for at once where
-it need not keep them: the subsampled update's gradient and the line search's candidates
-run over groups of tasks of about this size, so their activations (steps x hidden units
-each) are a fraction of the whole batch's. The exact update keeps the whole batch's passes
-for its conjugate gradient."""
+CHUNK_STEPS = 8_192
+"""Most steps (tasks x steps per task) the closed-form update on a CPU holds passes for at
+once where it need not keep them: the subsampled update's gradient and the line search's
+candidates run over groups of tasks of at most this size (one task at least), so their
+activations (steps x hidden units each) stay a few MB, near the caches, instead of the
+whole batch's GBs (ML1 pick-place's update: README, Numbers).
+The exact update keeps the whole batch's passes for its conjugate gradient, and on a GPU
+the whole batch runs at once: its memory allows it and its kernels want the rows."""
 
 
 def task_chunks(data: TaskData, max_steps: int | None = None) -> list[slice]:
     """Contiguous groups of the N tasks, as even as possible, each of at most ``max_steps``
-    steps (default :data:`CHUNK_STEPS`; one task at least)."""
-    max_steps = max_steps or CHUNK_STEPS
+    steps (default :data:`CHUNK_STEPS` on a CPU, all tasks on a GPU; one task at least)."""
     n, s = data.obs.shape[:2]
+    if max_steps is None:
+        max_steps = CHUNK_STEPS if data.obs.device.type == "cpu" else n * s
     count = math.ceil(n / max(1, max_steps // max(s, 1)))
     bounds = [round(i * n / count) for i in range(count + 1)]
     return [slice(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
@@ -494,23 +497,30 @@ class MamlLearner(NoExtraState):
         cg_post = subsample(post, cfg.hvp_subsample)
         n = post.obs.shape[0]
         if closed_form:
-            # Exact: the conjugate gradient reuses the whole batch's passes. Subsampled: the
-            # gradient and the old policies need each pass once, so they run a group of
-            # tasks at a time and only the subsample's passes stay.
-            parts = []
-            for c in [slice(None)] if exact else task_chunks(post):
+            # A group of tasks at a time (task_chunks): the gradient and the old policies need
+            # each task's passes once; the conjugate gradient's products are sums over the
+            # groups of the exact batch's kept passes, or of the subsample's.
+            parts, kept = [], []
+            for c in task_chunks(post):
                 products = maml_mlp.MlpMamlProducts(self.policy, theta, take(steps[0], c), take(post, c), cfg.inner_lr)
                 # Old mean and std, phi, and J^T (d surrogate_i / d phi_i) summed over the group.
                 parts.append((*products.adapted_policy, products.phi,
                               _flat(products.vjp(products.surrogate_gradient()))))
+                if exact:
+                    kept.append(products)
+                del products
             means, stds, phis, gs = zip(*parts, strict=True)
             old = (torch.cat(means), torch.cat(stds))
             g = torch.stack(gs).sum(0)
-            cg = products if exact else maml_mlp.MlpMamlProducts(
-                self.policy, theta, cg_steps[0], cg_post, cfg.inner_lr,
-                phi={k: torch.cat([phi[k] for phi in phis]) for k in theta})
-            del products, parts, means, stds, phis, gs
-            adapt_jvp, adapt_vjp, fisher = cg.jvp, cg.vjp, cg.fisher
+            if not exact:
+                phi = {k: torch.cat([p[k] for p in phis]) for k in theta}
+                kept = [maml_mlp.MlpMamlProducts(self.policy, theta, take(cg_steps[0], c), take(cg_post, c),
+                                                 cfg.inner_lr, phi={k: v[c] for k, v in phi.items()})
+                        for c in task_chunks(cg_post)]
+            del parts, means, stds, phis, gs
+
+            def curvature(v: Params) -> Tensor:  # sum_i J_i^T F_i J_i v
+                return torch.stack([_flat(p.vjp(p.fisher(p.jvp(v)))) for p in kept]).sum(0)
         else:
             adapt = partial(self.adapt_all, steps=steps)
             phi, vjp_fn = vjp(adapt, theta)  # keeps the adaptation's graph for every J^T u below
@@ -523,18 +533,15 @@ class MamlLearner(NoExtraState):
             cg_vjp_fn = vjp_fn if exact else vjp(adapt_cg, theta)[1]
             fisher = self._fisher_product(phi, cg_post)
 
-            def adapt_jvp(v: Params) -> Params:
-                return jvp(adapt_cg, (theta,), (v,))[1]
-
-            def adapt_vjp(u: Params) -> Params:
-                return cg_vjp_fn(u)[0]
+            def curvature(v: Params) -> Tensor:  # sum_i J_i^T F_i J_i v
+                return _flat(cg_vjp_fn(fisher(jvp(adapt_cg, (theta,), (v,))[1]))[0])
 
         g = g / n  # the meta-gradient of the mean surrogate
         loss_before, _ = self._objectives(*old, post, old)
 
         def hessian_vector_product(v_flat: Tensor) -> Tensor:
             """(J^T F J / N + damping) v: the Hessian of the mean KL at theta_old."""
-            return _flat(adapt_vjp(fisher(adapt_jvp(_unflat(v_flat, theta))))) / n + cfg.cg_damping * v_flat
+            return curvature(_unflat(v_flat, theta)) / n + cfg.cg_damping * v_flat
 
         step_dir, h_step_dir = conjugate_gradient(hessian_vector_product, -g, cfg.cg_iters, return_product=True)
         shs = 0.5 * (step_dir @ h_step_dir)
