@@ -259,8 +259,9 @@ def test_subsampled_curvature_is_the_kl_hessian_on_every_second_step(closed_form
     gradient's product is J_s^T F_s J_s v, the KL's Hessian (double backward) when the
     adaptation's Jacobian comes from every second pre-adaptation step and the Fisher from
     every second post-adaptation step, taken at the full batch's adapted policy. With
-    ``chunk_steps`` 12 the closed form takes the gradient and the line search's candidates
-    one task at a time (12 steps each), as it does at Meta-World's shapes."""
+    ``chunk_steps`` 12 the closed form takes the gradient, the curvature products and the
+    line search's candidates one task at a time (12 steps each), as it does in groups at
+    Meta-World's shapes."""
     import metarl.algos.maml as maml_module
     from metarl.algos.maml import subsample
 
@@ -328,7 +329,7 @@ def test_line_search_candidates_by_task_groups_equal_the_whole_batch(monkeypatch
     """The line search evaluates each candidate's surrogate and KL a group of tasks at a
     time (CHUNK_STEPS): the same numbers as on the whole batch at once, to rounding. (The
     direction's gradient and curvature products by groups are checked against double
-    backward in the subsampled-curvature test.)"""
+    backward above.)"""
     import metarl.algos.maml as maml_module
 
     lrn = learner()
