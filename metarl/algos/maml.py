@@ -208,8 +208,9 @@ def subsample(data: TaskData, fraction: float) -> TaskData:
 
 CHUNK_STEPS = 8_192
 """Most steps (tasks x steps per task) per group of tasks in the closed-form TRPO update on
-a CPU. The meta-gradient, the old policies, the line search's candidates and the conjugate
-gradient's products are sums or concatenations over tasks, so they run a group at a time:
+a CPU. The inner step (:meth:`MamlLearner.adapted_params`), the meta-gradient, the old
+policies, the line search's candidates and the conjugate gradient's products are sums or
+concatenations over tasks, so they run a group at a time:
 each product's temporaries (steps x hidden units) stay a few MB, near the caches, and the
 subsampled update keeps only the subsample's passes, 0.55 GB at ML1 pick-place's shape
 against 5 GB for the whole batch at once (README, Numbers). The exact update still keeps
@@ -366,9 +367,12 @@ class MamlLearner(NoExtraState):
         """Adapted parameters per task after ``len(batches)`` inner steps (detached)."""
         steps = [prepare(b, self.cfg, self.device) for b in batches]
         theta = {k: v.detach() for k, v in self.meta.items()}
-        with torch.enable_grad():
-            phi = self.adapt_all(theta, steps)
-        return [{k: v[i].detach() for k, v in phi.items()} for i in range(batches[0].num_tasks)]
+        adapted: list[Params] = []
+        for c in task_chunks(steps[0]):  # a group at a time: the inner step's temporaries stay small
+            with torch.enable_grad():
+                phi = self.adapt_all(theta, [take(s, c) for s in steps])
+            adapted += [{k: v[i].detach() for k, v in phi.items()} for i in range(c.stop - c.start)]
+        return adapted
 
     def train_step(self, ctx: TrainContext) -> dict[str, float]:
         """One meta-iteration on ``meta_batch_size`` training tasks: collect, adapt
