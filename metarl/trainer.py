@@ -81,6 +81,9 @@ class Trainer:
         self.paths = RunDir(self.run_dir)
         self.seeds = Seeds(cfg.seed)
         self.dist, self.learner = build(cfg, self.paths)
+        # The task pools now, not inside the first iteration, whose update time they would
+        # join (Meta-World's: ~3 s to build ML1's benchmark, tens of seconds for ML45's).
+        self.dist.tasks("train")
         self.start_iteration, self.env_steps, self.wall_offset = 0, 0, 0.0
         self.wandb_id: str | None = None
         if cfg.resume:
