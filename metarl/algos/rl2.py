@@ -271,7 +271,8 @@ class Rl2Learner(NoExtraState):
                 with torch.no_grad():
                     stats = {"loss/policy": pg_loss.item(), "loss/value": v_loss.item(),
                              "loss/approx_kl": (((ratio - 1) - (logp - old_logp[idx])) * mask).sum().item() / count.item(),
-                             "loss/clip_fraction": ((clipped(ratio, cfg.ppo_clip) * mask).sum() / count).item()}
+                             "loss/clip_fraction": ((clipped(ratio, cfg.ppo_clip) * mask).sum() / count).item(),
+                             "policy/std": (std.mean(-1) * mask).sum().item() / count.item()}
         self._update_reward_scale(batch)
         return stats
 
