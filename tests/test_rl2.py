@@ -129,6 +129,37 @@ def test_update_changes_policy_and_is_finite():
     assert learner.policy.reward_scale.item() != 0.5  # running reward statistics took over
 
 
+def test_entropy_bonus_holds_the_std_up_and_the_logged_std_is_the_policys():
+    """The same batch and start, with and without ``ent_coef``: the bonus leaves a larger std
+    (a sign error would shrink it), and ``policy/std`` is the mean std the last minibatch saw
+    (one Adam step before the final one, so within 1%)."""
+    stds = {}
+    for ent_coef in (0.0, 0.5):
+        dist, policy, learner = make()
+        learner.cfg = Rl2Config(gru_size=16, ent_coef=ent_coef)
+        tasks = dist.sample(4, "train", np.random.default_rng(0))
+        with Sampler(dist, policy.spec, backend="local") as s:
+            batch = s.collect(tasks, learner.policy_params, episodes=2, seed=0, max_steps=15)
+        logged = learner.update(batch)["policy/std"]
+        stds[ent_coef] = policy.log_std.exp().detach()
+        assert logged == pytest.approx(stds[ent_coef].mean().item(), rel=1e-2)
+    assert (stds[0.5] > stds[0.0]).all() and (stds[0.5] > 0.3).all()
+
+
+@pytest.mark.parametrize("target_kl, steps", [(None, 10 * 2), (1e-9, 1), (1e9, 10 * 2)])
+def test_target_kl_stops_the_epochs_at_the_first_minibatch_past_it(target_kl, steps):
+    """The first minibatch always steps (its ratios are 1 up to rounding); after it, a tiny target
+    stops the update, a huge one never does, and no target runs every epoch."""
+    dist, policy, learner = make()
+    learner.cfg = Rl2Config(gru_size=16, num_minibatches=2, target_kl=target_kl)
+    tasks = dist.sample(4, "train", np.random.default_rng(0))
+    with Sampler(dist, policy.spec, backend="local") as s:
+        batch = s.collect(tasks, learner.policy_params, episodes=2, seed=0, max_steps=15)
+    stats = learner.update(batch)
+    assert stats["loss/gradient_steps"] == steps
+    assert (abs(stats["loss/approx_kl"]) < 1e-6) == (steps == 1)  # the stats are the last step's
+
+
 def test_windows_start_from_the_trials_states_and_cover_every_step():
     """Truncated-BPTT windows (width 7 on trials of up to 30 steps: padding, and a window
     starting mid-episode) give the same log-probs and values as the whole trials."""

@@ -65,10 +65,20 @@ class Rl2Config(AlgoConfig):
     normalize_advantages: bool = True
     normalize_reward_input: bool = True
     """Scale the reward the policy sees by its running standard deviation."""
+    target_kl: float | None = None
+    """Stop an update's epochs at the first minibatch whose approximate KL from the
+    collecting policy exceeds 1.5 x this, before its step (Stable-Baselines3's rule;
+    metaworld-algorithms' RL² has the option). None: always ``ppo_epochs`` epochs. The
+    clipped objective alone does not bound how far ``ppo_epochs x num_minibatches`` Adam
+    steps move the policy: as the std shrinks, the same steps cost more KL (halfcheetah-vel,
+    no target: KL 0.01 at the first update, 0.5 at 2M env steps, 4-6 after 4M, with 94% of
+    the ratios clipped)."""
 
     def __post_init__(self) -> None:
         for key in ("lr", "gamma", "ppo_clip", "max_grad_norm"):
             check_positive(f"algo.{key}", getattr(self, key))
+        if self.target_kl is not None:
+            check_positive("algo.target_kl", self.target_kl)
         if self.gru_size < 1 or self.ppo_epochs < 1 or self.num_minibatches < 1:
             raise ConfigError("algo.gru_size, algo.ppo_epochs and algo.num_minibatches must be >= 1")
         if self.bptt_window is not None and self.bptt_window < 1:
@@ -252,6 +262,7 @@ class Rl2Learner(NoExtraState):
         x, actions, old_logp, adv, returns = seqs
         n = x.shape[0]
         stats: dict[str, float] = {}
+        steps = 0
         for _ in range(cfg.ppo_epochs):
             for idx in minibatches(n, cfg.num_minibatches, self.generator):
                 mean, std, value, _ = self.policy(x[idx], h0[idx])
@@ -260,6 +271,10 @@ class Rl2Learner(NoExtraState):
                 a = normalize(adv[idx], valid[idx], dims=(0, 1)) if cfg.normalize_advantages else adv[idx]
                 logp = gaussian_log_prob(mean, std, actions[idx])
                 ratio = torch.exp(logp - old_logp[idx])
+                with torch.no_grad():
+                    approx_kl = (((ratio - 1) - (logp - old_logp[idx])) * mask).sum().item() / count.item()
+                if cfg.target_kl is not None and approx_kl > 1.5 * cfg.target_kl:
+                    break
                 pg_loss = -(ppo_clip_objective(ratio, a, cfg.ppo_clip) * mask).sum() / count
                 v_loss = (((value - returns[idx]) ** 2) * mask).sum() / count
                 entropy = (std.log().sum(-1) * mask).sum() / count
@@ -268,13 +283,16 @@ class Rl2Learner(NoExtraState):
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
+                steps += 1
                 with torch.no_grad():
-                    stats = {"loss/policy": pg_loss.item(), "loss/value": v_loss.item(),
-                             "loss/approx_kl": (((ratio - 1) - (logp - old_logp[idx])) * mask).sum().item() / count.item(),
+                    stats = {"loss/policy": pg_loss.item(), "loss/value": v_loss.item(), "loss/approx_kl": approx_kl,
                              "loss/clip_fraction": ((clipped(ratio, cfg.ppo_clip) * mask).sum() / count).item(),
                              "policy/std": (std.mean(-1) * mask).sum().item() / count.item()}
+            else:
+                continue
+            break  # the KL target was reached: no further epoch
         self._update_reward_scale(batch)
-        return stats
+        return stats | {"loss/gradient_steps": float(steps)}
 
     def train_step(self, ctx: TrainContext) -> dict[str, float]:
         """One trial per training task, then the PPO update. ``train/return_pre`` is the
