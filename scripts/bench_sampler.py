@@ -17,6 +17,7 @@ slower each env step is inside the worker than alone.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 
@@ -196,21 +197,28 @@ def main() -> None:
         num_envs = args.tasks * args.episodes
         steps = num_envs * args.max_steps
         fast = not (args.metaworld_stock and name.startswith("ml"))
-        # The ratios the sampler is judged by compare rates measured back to back, one pair
-        # per repeat, and report the median pair: this VM's speed drifts by tens of percent
-        # over a minute, which comparing medians taken minutes apart would fold in.
+        # The ratios the sampler is judged by compare rates measured back to back, and report
+        # the median over repeats: this VM's speed drifts by tens of percent over a minute,
+        # which comparing medians taken minutes apart would fold in. Each sampler rate sits
+        # between two measurements of its reference and is compared with their mean, so a
+        # drift during the few seconds of one comparison cancels to first order.
         pairs: dict[str, list[float]] = {k: [] for k in ("env_step_only", "process_1", "main_cpu_per_s_process_1",
                                                          "ceiling", "process_2", "main_cpu_per_s_process_2")}
+        env_step_only = functools.partial(plain_loop, dist, policy, tasks[0], min(steps, 10000), with_policy=False)
         for _ in range(args.repeats):
-            pairs["env_step_only"].append(plain_loop(dist, policy, tasks[0], min(steps, 10000), with_policy=False))
+            before = env_step_only()
             for k, v in zip(("process_1", "main_cpu_per_s_process_1"),
                             metarl_rate(dist, policy, tasks, args.episodes, "process", 1, args.max_steps), strict=True):
                 pairs[k].append(v)
-            # As long as one loop takes for the collection's steps (~3 s for pick-place).
-            pairs["ceiling"].append(ceiling(name, fast, args.hidden, min(steps, 10000) / pairs["env_step_only"][-1]))
+            after = env_step_only()
+            pairs["env_step_only"].append((before + after) / 2)
+            # As long as one loop takes for the collection's steps (~1-3 s for pick-place).
+            seconds = min(steps, 10000) / pairs["env_step_only"][-1]
+            before = ceiling(name, fast, args.hidden, seconds)
             for k, v in zip(("process_2", "main_cpu_per_s_process_2"),
                             metarl_rate(dist, policy, tasks, args.episodes, "process", 2, args.max_steps), strict=True):
                 pairs[k].append(v)
+            pairs["ceiling"].append((before + ceiling(name, fast, args.hidden, seconds)) / 2)
         # Where the rest goes: each env step's own time alone (the env-only loop), in a worker
         # that steps one episode at a time (a policy forward between steps: each evicts the
         # other's working set; the actions' distribution itself changed pick-place's step
