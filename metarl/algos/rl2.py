@@ -68,11 +68,11 @@ class Rl2Config(AlgoConfig):
     target_kl: float | None = None
     """Stop an update's epochs at the first minibatch whose approximate KL from the
     collecting policy exceeds 1.5 x this, before its step (Stable-Baselines3's rule;
-    metaworld-algorithms' RL² has the option). None: always ``ppo_epochs`` epochs. The
-    clipped objective alone does not bound how far ``ppo_epochs x num_minibatches`` Adam
-    steps move the policy: as the std shrinks, the same steps cost more KL (halfcheetah-vel,
-    no target: KL 0.01 at the first update, 0.5 at 2M env steps, 4-6 after 4M, with 94% of
-    the ratios clipped)."""
+    metaworld-algorithms' RL² has the option; ``rl2_ppo/halfcheetah-vel`` sets 0.05). None:
+    always ``ppo_epochs`` epochs. The clipped objective alone does not bound how far
+    ``ppo_epochs x num_minibatches`` Adam steps move the policy: as the std shrinks, the
+    same steps cost more KL (halfcheetah-vel, no target: KL 0.01 at the first update, 0.5
+    at 2M env steps, 4-6 after 4M, with 94% of the ratios clipped)."""
 
     def __post_init__(self) -> None:
         for key in ("lr", "gamma", "ppo_clip", "max_grad_norm"):
