@@ -29,7 +29,7 @@ from metarl.algos.base import TrainContext
 from metarl.algos.rl2 import Rl2Learner, to_trials
 from metarl.config import build_config
 from metarl.errors import ConfigError
-from metarl.policies import gaussian_log_prob
+from metarl.policies import gaussian_kl, gaussian_log_prob
 from metarl.trainer import Trainer
 
 
@@ -48,12 +48,12 @@ def main() -> int:
         data |= {"resume": True, "run_dir": str(run)}
         try:
             for item in args.overrides:
-                key, value = item.split("=", 1)
-                if not key.startswith("algo."):
-                    raise ConfigError(f"only algo.* overrides apply here, got {key!r}")
+                key, _, value = item.partition("=")
+                if not key.startswith("algo.") or not value:
+                    raise ConfigError(f"overrides here are algo.key=value, got {item!r}")
                 data["algo"][key.removeprefix("algo.")] = yaml.safe_load(value)
             trainer = Trainer(build_config(data))
-        except (ConfigError, ValueError) as err:
+        except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         learner = trainer.learner
@@ -85,7 +85,8 @@ def main() -> int:
             learner.update(batch)
             with torch.no_grad():
                 new_mean, new_std, _, _ = learner.policy(trials.x, h0)
-                kl = torch.log(new_std / std) + (std**2 + (mean - new_mean) ** 2) / (2 * new_std**2) - 0.5
+                # per action dimension: the helper sums over its last axis, here of size 1
+                kl = gaussian_kl(*(v.unsqueeze(-1) for v in (mean, std, new_mean, new_std)))
                 log_ratio = gaussian_log_prob(new_mean, new_std, trials.actions) - trials.log_probs
                 clip = ((log_ratio.exp() - 1).abs() > learner.cfg.ppo_clip)[valid].float().mean()
             kl_out, kl_in = ((kl * outside).sum(-1)[valid].mean(), (kl * ~outside).sum(-1)[valid].mean())

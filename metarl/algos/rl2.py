@@ -263,34 +263,32 @@ class Rl2Learner(NoExtraState):
         n = x.shape[0]
         stats: dict[str, float] = {}
         steps = 0
-        for _ in range(cfg.ppo_epochs):
-            for idx in minibatches(n, cfg.num_minibatches, self.generator):
-                mean, std, value, _ = self.policy(x[idx], h0[idx])
-                mask = valid[idx].float()
-                count = mask.sum().clamp_min(1)
-                a = normalize(adv[idx], valid[idx], dims=(0, 1)) if cfg.normalize_advantages else adv[idx]
-                logp = gaussian_log_prob(mean, std, actions[idx])
-                ratio = torch.exp(logp - old_logp[idx])
-                with torch.no_grad():
-                    approx_kl = (((ratio - 1) - (logp - old_logp[idx])) * mask).sum().item() / count.item()
-                if cfg.target_kl is not None and approx_kl > 1.5 * cfg.target_kl:
-                    break
-                pg_loss = -(ppo_clip_objective(ratio, a, cfg.ppo_clip) * mask).sum() / count
-                v_loss = (((value - returns[idx]) ** 2) * mask).sum() / count
-                entropy = (std.log().sum(-1) * mask).sum() / count
-                loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
-                self.optimizer.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
-                self.optimizer.step()
-                steps += 1
-                with torch.no_grad():
-                    stats = {"loss/policy": pg_loss.item(), "loss/value": v_loss.item(), "loss/approx_kl": approx_kl,
-                             "loss/clip_fraction": ((clipped(ratio, cfg.ppo_clip) * mask).sum() / count).item(),
-                             "policy/std": (std.mean(-1) * mask).sum().item() / count.item()}
-            else:
-                continue
-            break  # the KL target was reached: no further epoch
+        # Each epoch draws its split when it starts, so stopping early draws no more.
+        batches = (idx for _ in range(cfg.ppo_epochs) for idx in minibatches(n, cfg.num_minibatches, self.generator))
+        for idx in batches:
+            mean, std, value, _ = self.policy(x[idx], h0[idx])
+            mask = valid[idx].float()
+            count = mask.sum().clamp_min(1)
+            a = normalize(adv[idx], valid[idx], dims=(0, 1)) if cfg.normalize_advantages else adv[idx]
+            logp = gaussian_log_prob(mean, std, actions[idx])
+            ratio = torch.exp(logp - old_logp[idx])
+            with torch.no_grad():
+                approx_kl = (((ratio - 1) - (logp - old_logp[idx])) * mask).sum().item() / count.item()
+            if cfg.target_kl is not None and approx_kl > 1.5 * cfg.target_kl:
+                break
+            pg_loss = -(ppo_clip_objective(ratio, a, cfg.ppo_clip) * mask).sum() / count
+            v_loss = (((value - returns[idx]) ** 2) * mask).sum() / count
+            entropy = (std.log().sum(-1) * mask).sum() / count
+            loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
+            self.optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+            self.optimizer.step()
+            steps += 1
+            with torch.no_grad():
+                stats = {"loss/policy": pg_loss.item(), "loss/value": v_loss.item(), "loss/approx_kl": approx_kl,
+                         "loss/clip_fraction": ((clipped(ratio, cfg.ppo_clip) * mask).sum() / count).item(),
+                         "policy/std": (std.mean(-1) * mask).sum().item() / count.item()}
         self._update_reward_scale(batch)
         return stats | {"loss/gradient_steps": float(steps)}
 
