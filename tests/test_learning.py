@@ -20,8 +20,8 @@ def test_learns_nav2d(tmp_path, algo):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(),
-                    reason="~20 h on 2 CPU cores: run scripts/learn_pearl.py, which resumes across sessions")
-def test_pearl_beats_maml_trpo_on_halfcheetah_vel_within_1m_env_steps(tmp_path):
+                    reason="~1.5 h on 2 CPU cores: run scripts/learn_pearl.py, which resumes across sessions")
+def test_pearl_beats_maml_trpo_on_halfcheetah_vel_at_250k_env_steps(tmp_path):
     from learn_pearl import ENV_STEPS, run
 
     out = run(tmp_path / "run", ENV_STEPS, device="cuda")
