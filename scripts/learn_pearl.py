@@ -12,7 +12,7 @@ the one ``results/checks`` reports (-90.3 on 2 CPU cores, 88 min); the check all
 1M (``--env-steps 1000000``, about a day on 2 CPU cores).
 
 Re-running the same command continues an unfinished run from its last checkpoint, bit for
-bit (``checkpoint_every=5``; each checkpoint carries the replay buffers, 168 B per
+bit (``checkpoint_every=5``; ``eval.every=5`` adds the held-out curve, as in the committed run; each checkpoint carries the replay buffers, 168 B per
 transition: ~160 MB at 1M env steps), so the check can span sessions. `make test-slow`
 runs it where a GPU is present.
 """
@@ -42,7 +42,8 @@ def run(run_dir: Path, env_steps: int = ENV_STEPS, device: str = "cpu", override
     resume = RunDir(run_dir).latest_checkpoint.exists()
     cfg = load_config("pearl/halfcheetah-vel", [
         f"max_env_steps={env_steps}", f"run_dir={run_dir}", f"seed={seed}", f"device={device}",
-        "checkpoint_every=5", "logger.wandb=false", *(["resume=true"] if resume else []), *(overrides or [])])
+        "checkpoint_every=5", "eval.every=5", "logger.wandb=false", *(["resume=true"] if resume else []),
+        *(overrides or [])])
     t0 = time.perf_counter()
     trainer = Trainer(cfg)
     result = trainer.run()
