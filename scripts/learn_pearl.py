@@ -12,9 +12,10 @@ the one ``results/checks`` reports (-90.3 on 2 CPU cores, 88 min); the check all
 1M (``--env-steps 1000000``, about a day on 2 CPU cores).
 
 Re-running the same command continues an unfinished run from its last checkpoint, bit for
-bit (``checkpoint_every=5``; ``eval.every=5`` adds the held-out curve, as in the committed run; each checkpoint carries the replay buffers, 168 B per
-transition: ~160 MB at 1M env steps), so the check can span sessions. `make test-slow`
-runs it where a GPU is present.
+bit (``checkpoint_every=5``; each checkpoint carries the replay buffers, 168 B per
+transition: ~160 MB at 1M env steps), so the check can span sessions. ``eval.every=5``
+adds the held-out curve, as in the committed run. `make test-slow` runs it where a GPU is
+present.
 """
 
 from __future__ import annotations
