@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -16,24 +17,29 @@ class CheckpointError(ValueError):
 
 def save(state: dict[str, Any], path: Path) -> None:
     """Write ``state`` to ``path`` via a temporary file and an atomic rename."""
+    _write_atomically(path, lambda f: torch.save(state, f))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and an atomic rename."""
+    _write_atomically(path, lambda f: f.write(text.encode()))
+
+
+def _write_atomically(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """``write`` into a fresh temporary file beside ``path``, flushed to disk, then renamed
+    over ``path``: a reader sees the old file or the new one, never part of either, and a
+    failed write leaves the old file and no temporary file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and an atomic rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def load(path: Path) -> dict[str, Any]:

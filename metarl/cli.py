@@ -33,11 +33,16 @@ def _tasks(_: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from metarl.config import load_config
+    from metarl.config import load_config, parse_overrides
 
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config:  # `metarl train seed=3`: no config name given
         config, overrides = None, [config, *overrides]
+    if config is None:  # `metarl train run_dir=R resume=true`: the run's own config
+        given = parse_overrides(overrides)
+        saved = Path(str(given.get("run_dir"))) / "config.yaml"
+        if given.get("resume") is True and saved.is_file():
+            config = str(saved)
     seeds = [o for o in overrides if o.startswith("seed=") and "," in o]
     if not seeds:
         return _train_one(load_config(config, overrides))
@@ -75,6 +80,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     from metarl.envs.metaworld import MetaWorld
     from metarl.trainer import format_table, load_run
 
+    if args.tasks is not None and args.tasks < 1:
+        raise ConfigError(f"--tasks must be >= 1, got {args.tasks}")
+    if args.adapt_steps is not None and args.adapt_steps < 0:
+        raise ConfigError(f"--adapt-steps must be >= 0, got {args.adapt_steps}")
     cfg, trainer = load_run(Path(args.run_dir))
     # Unset: what the run's final evaluation used, so eval.json re-checks what training wrote.
     tasks = cfg.eval.num_tasks if args.tasks is None else args.tasks
@@ -135,7 +144,8 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a meta-policy")
     t.add_argument("config", nargs="?", default=None,
                    help="config name under configs/ (e.g. maml_trpo/nav2d) or a YAML path; "
-                        "default: the small default experiment")
+                        "default: the small default experiment, or with run_dir=R resume=true, "
+                        "R's own config.yaml")
     t.add_argument("overrides", nargs="*",
                    help="dotted key=value overrides, e.g. algo.inner_lr=0.05; seed=0,1,2 runs "
                         "one run per seed into sibling run directories")
@@ -144,7 +154,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("--split", default="test", choices=["train", "test"])
     e.add_argument("--adapt-steps", type=int, default=None,
-                   help="largest k (default: the run's eval.adapt_steps, as training's final evaluation)")
+                   help="adaptation rounds K, evaluated after 0..K of them (default: the run's "
+                        "eval.adapt_steps, as training's final evaluation)")
     e.add_argument("--tasks", type=int, default=None, help="number of tasks (default: the run's eval.num_tasks)")
     e.add_argument("--seed", type=int, default=None, help="task and episode seed (default: the run's seed)")
     e.add_argument("--protocol-seed", type=int, default=0,

@@ -103,6 +103,10 @@ class LoggerConfig:
     video_every: int = 0
     """Record an adapted rollout on a test task to MP4 every N iterations (0: never)."""
 
+    def __post_init__(self) -> None:
+        if self.video_every < 0:
+            raise ConfigError(f"logger.video_every must be >= 0 (0: never), got {self.video_every}")
+
 
 @dataclass(frozen=True)
 class EvalConfig:
@@ -111,6 +115,14 @@ class EvalConfig:
     num_tasks: int = 10
     adapt_steps: int = 1
     """Adaptation steps K for the final evaluation (returns after k = 0..K)."""
+
+    def __post_init__(self) -> None:
+        if self.every < 0:
+            raise ConfigError(f"eval.every must be >= 0 (0: only at the end), got {self.every}")
+        if self.num_tasks < 1:
+            raise ConfigError(f"eval.num_tasks must be >= 1, got {self.num_tasks}")
+        if self.adapt_steps < 0:
+            raise ConfigError(f"eval.adapt_steps must be >= 0, got {self.adapt_steps}")
 
 
 @dataclass(frozen=True)
@@ -154,6 +166,8 @@ class RunConfig:
             raise ConfigError(f"max_env_steps must be >= 1 or null, got {self.max_env_steps}")
         if self.max_episode_steps is not None and self.max_episode_steps < 1:
             raise ConfigError(f"max_episode_steps must be >= 1 or null, got {self.max_episode_steps}")
+        if self.resume and not self.run_dir:
+            raise ConfigError("resume=true needs run_dir=<the run's directory>")
         if self.device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", self.device):
             raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
 
@@ -203,14 +217,18 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
 
 def load_config(name_or_path: str | None = None, overrides: Sequence[str] = ()) -> RunConfig:
     """Load a YAML config, apply overrides, validate; raise ConfigError with one clear line."""
-    path = resolve_config_path(name_or_path)
+    return build_config(deep_merge(read_config_file(resolve_config_path(name_or_path)), parse_overrides(overrides)))
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A YAML config file's mapping (empty for an empty file); ConfigError if it is not one."""
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
-    return build_config(deep_merge(data, parse_overrides(overrides)))
+    return data
 
 
 def build_config(data: Mapping[str, Any]) -> RunConfig:
@@ -270,4 +288,32 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    from metarl.checkpoint import write_text
+
+    write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+RESUME_MAY_CHANGE = ("run_dir", "resume", "iterations", "max_env_steps", "device", "checkpoint_every",
+                     "checkpoint_keep", "sampler.", "logger.", "eval.")
+"""What a resumed run may set differently from its checkpoint: where and how long it runs,
+where the learner and the rollouts run (the sampler's batch is the same on every backend),
+what it logs and evaluates. Anything else would change what the run has trained on."""
+
+
+def resume_changes(saved: Mapping[str, Any], cfg: RunConfig) -> list[str]:
+    """``"key: saved -> new"`` for each setting ``cfg`` changes that a resumed run must keep
+    (keys that only one side has, from older or newer code, are not compared)."""
+    old, new = _flatten(saved), _flatten(to_dict(cfg))
+    return [f"{key}: {old[key]!r} -> {new[key]!r}" for key in new
+            if key in old and old[key] != new[key]
+            and not any(key == p or (p.endswith(".") and key.startswith(p)) for p in RESUME_MAY_CHANGE)]
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value:
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat

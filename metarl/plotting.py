@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from metarl.errors import ConfigError
 from metarl.logging import read_jsonl
 from metarl.rundir import RunDir
 
@@ -61,9 +62,12 @@ def draw_runs(run_dirs: list[Path]) -> Figure:
 
     groups: dict[str, list[Path]] = defaultdict(list)
     for run in run_dirs:
-        if not RunDir(run).metrics.is_file():
-            raise FileNotFoundError(f"{run} has no metrics.jsonl")
-        cfg = yaml.safe_load(RunDir(run).config.read_text())
+        paths = RunDir(run)
+        if not paths.config.is_file():
+            raise ConfigError(f"{run} is not a run directory (no config.yaml)")
+        if not paths.metrics.is_file() or not read_jsonl(paths.metrics):
+            raise ConfigError(f"{run} has no iterations to plot yet (metrics.jsonl is missing or empty)")
+        cfg = yaml.safe_load(paths.config.read_text())
         groups[f"{cfg['algo']['name']} / {cfg['tasks']['name']}"].append(run)
     evals = {run: json.loads(RunDir(run).eval.read_text()) for run in run_dirs if RunDir(run).eval.is_file()}
     has_eval = bool(evals)

@@ -16,7 +16,15 @@ from tqdm import tqdm
 import metarl.envs
 from metarl import checkpoint
 from metarl.algos import LearnerSetup, MetaLearner, TrainContext, algorithm
-from metarl.config import ConfigError, RunConfig, build_config, save_config, to_dict
+from metarl.config import (
+    ConfigError,
+    RunConfig,
+    build_config,
+    read_config_file,
+    resume_changes,
+    save_config,
+    to_dict,
+)
 from metarl.evaluation import adaptation_curve, curve_metrics, eval_record, format_table, write_eval
 from metarl.logging import JsonlLogger, MultiLogger, WandbLogger, read_jsonl
 from metarl.rundir import RunDir
@@ -266,6 +274,12 @@ class Trainer:
                 raise checkpoint.CheckpointError(
                     f"checkpoint in {self.run_dir} is for {key}.name={old[key]['name']}, "
                     f"not {getattr(self.cfg, key).name}; resume with the run's own config")
+        changes = [] if read_only else resume_changes(old, self.cfg)
+        if changes:
+            raise checkpoint.CheckpointError(
+                f"resuming {self.run_dir} would change what it trains with ({'; '.join(changes)}); "
+                f"resume with its own settings: `metarl train run_dir={self.run_dir} resume=true` reads "
+                "them from its config.yaml")
         learner = state["learner"]
         training = {"optimizer": None, "extra": None}
         if state.get("extra_state") and not read_only:  # evaluation needs the weights only
@@ -315,12 +329,10 @@ def default_run_dir(cfg: RunConfig) -> Path:
 
 def load_run(run_dir: Path) -> tuple[RunConfig, Trainer]:
     """A Trainer restored from a run directory's config and latest checkpoint."""
-    import yaml
-
     cfg_path = RunDir(run_dir).config
     if not cfg_path.is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
-    data = yaml.safe_load(cfg_path.read_text())
+    data = read_config_file(cfg_path)
     data["resume"], data["run_dir"] = True, str(run_dir)
     cfg = build_config(data)
     return cfg, Trainer(cfg, read_only=True)

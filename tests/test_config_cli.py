@@ -19,6 +19,11 @@ def test_defaults_and_overrides():
     (["algo.num_inner_steps=0"], "algo.num_inner_steps must be >= 1"),
     (["algo.name=maml_foo"], "unknown algo.name 'maml_foo'; valid: maml_trpo"),
     (["sampler.backend=threads"], "sampler.backend must be one of local, process, ray"),
+    (["eval.num_tasks=0"], "eval.num_tasks must be >= 1, got 0"),
+    (["eval.adapt_steps=-1"], "eval.adapt_steps must be >= 0, got -1"),
+    (["eval.every=-5"], "eval.every must be >= 0"),
+    (["logger.video_every=-1"], "logger.video_every must be >= 0"),
+    (["resume=true"], "resume=true needs run_dir="),
 ])
 def test_bad_config_input(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
@@ -45,6 +50,26 @@ def test_cli_bad_input_is_one_line(cli, tmp_path, args, message):
     assert len(lines) == 1, result.stderr
     assert message in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_cli_bad_run_directories_are_one_line(cli, tmp_path):
+    # A directory that is not a run, and a run killed before its first iteration was logged.
+    started = tmp_path / "started"
+    started.mkdir()
+    (started / "config.yaml").write_text("algo: {name: maml_trpo}\ntasks: {name: nav2d}\n")
+    (started / "metrics.jsonl").write_text("")
+    for args, message in [
+        (["evaluate", str(tmp_path)], "is not a run directory (no config.yaml)"),
+        (["evaluate", str(started), "--tasks", "0"], "--tasks must be >= 1, got 0"),
+        (["evaluate", str(started), "--adapt-steps", "-1"], "--adapt-steps must be >= 0, got -1"),
+        (["plot", str(tmp_path), "--out", str(tmp_path / "c.png")], "is not a run directory (no config.yaml)"),
+        (["plot", str(started), "--out", str(tmp_path / "c.png")], "has no iterations to plot yet"),
+    ]:
+        result = cli(args)
+        assert result.code == 2, (args, result.stderr)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and message in lines[0], (args, result.stderr)
+    assert not (tmp_path / "c.png").exists()
 
 
 def test_cli_tasks_lists_every_family(cli):
