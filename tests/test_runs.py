@@ -71,7 +71,9 @@ def test_sigkill_and_resume_reproduce_an_uninterrupted_run(cli, tmp_path):
     while time.time() < deadline and not (run / "checkpoints" / "iter_000002.pt").exists():
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    # Killed mid-run, so the resume below has iterations left to redo.
+    assert proc.wait() == -signal.SIGKILL
+    assert len(metrics(run)) < 4
     resumed = cli(["train", *args, "resume=true", f"run_dir={run}"])
     assert resumed.code == 0, resumed.stderr
     assert metrics(run) == metrics(tmp_path / "full")
