@@ -204,13 +204,43 @@ def test_zero_advantages_give_a_zero_step_not_nan():
     assert torch.equal(_flat(lrn._theta()), before)
 
 
-@pytest.mark.parametrize("name", ["maml_ppo", "maml_vpg", "fomaml", "reptile"])
-def test_other_outer_rules_change_parameters(name):
-    lrn = learner(name, outer_lr=0.01)
+@pytest.mark.parametrize("name, first_order", [("maml_vpg", False), ("maml_ppo", False), ("fomaml", True)])
+def test_gradient_outer_rules_take_adams_first_step_along_the_meta_gradient(name, first_order):
+    """Adam's first step is lr * g / (|g| + eps) per weight (its moments' bias corrections
+    cancel); g is the per-task reference meta-gradient (maml_ppo's clipped objective at
+    ratio 1 has the policy gradient's)."""
+    lr = 0.01
+    lrn = learner(name, outer_lr=lr, ppo_epochs=1)
+    pre, post = random_batch(seed=1), random_batch(seed=2)
+    g = reference_meta_gradient(lrn, *(prepare(b, lrn.cfg, lrn.device) for b in (pre, post)), first_order=first_order)
     before = _flat(lrn._theta()).clone()
-    stats = lrn.update([random_batch(seed=1)], random_batch(seed=2))
+    stats = lrn.update([pre], post)
     assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
-    assert not torch.equal(_flat(lrn._theta()), before)
+    step = _flat(lrn._theta()) - before
+    clear = g.abs() > 1e-4 * g.abs().max()  # where rounding cannot flip g's sign
+    assert clear.float().mean() > 0.9
+    torch.testing.assert_close(step[clear], -lr * torch.sign(g[clear]), atol=1e-6, rtol=1e-3)
+    assert step.abs().max() <= lr * (1 + 1e-5)
+
+
+def test_reptile_moves_theta_toward_the_mean_of_the_adapted_parameters():
+    """theta + outer_lr * mean_i(phi_i - theta), phi_i one explicit SGD step on task i."""
+    lrn = learner("reptile", outer_lr=0.3)
+    pre = random_batch(seed=1)
+    data = prepare(pre, lrn.cfg, lrn.device)
+    theta = {k: v.detach().clone().requires_grad_() for k, v in lrn.meta.items()}
+    phis = []
+    for i in range(data.obs.shape[0]):
+        d = task(data, i)
+        mean, std = functional_call(lrn.policy, theta, (d.obs,))
+        inner = -(gaussian_log_prob(mean, std, d.actions) * d.advantages * d.weight).sum()
+        grads = torch.autograd.grad(inner, list(theta.values()))
+        phis.append(_flat({k: p - lrn.cfg.inner_lr * gk for (k, p), gk in zip(theta.items(), grads, strict=True)}).detach())
+    before = _flat(theta).detach()
+    expected = before + 0.3 * (torch.stack(phis).mean(0) - before)
+    stats = lrn.update([pre], random_batch(seed=2))
+    torch.testing.assert_close(_flat(lrn._theta()), expected, atol=1e-6, rtol=1e-5)
+    assert stats["loss/reptile_step_norm"] == pytest.approx(float((expected - before).norm() / 0.3), rel=1e-4)
 
 
 def test_meta_sgd_learns_step_sizes_and_two_inner_steps_run():
