@@ -53,6 +53,36 @@ def test_products_equal_torch_func(activation):
     assert products.jvp(v)["log_std"][:, 2].eq(v["log_std"][2]).all()  # clamped: J = I there
 
 
+def test_products_equal_torch_func_at_ml1_shape():
+    """The shape the products exist for, in float32: ML1's 39 -> 2x512 tanh -> 4 policy on 2
+    tasks x 10 episodes x 500 steps (10,000 steps: two of CHUNK_STEPS's groups). Each product
+    agrees with torch.func to float32 rounding over sums of 5,000 steps, as a relative norm."""
+    torch.manual_seed(0)
+    cfg = MamlConfig(name="maml_trpo", inner_lr=0.1)
+    lrn = MamlLearner(cfg, GaussianMLPPolicy(39, 4, [512, 512], activation="tanh"), "cpu")
+    pre, post = (prepare(random_batch(n=2, e=10, t=500, o=39, a=4, seed=s), cfg, lrn.device) for s in (1, 2))
+    theta = lrn._theta()
+    adapt = partial(lrn.adapt_all, steps=[pre])
+    phi, vjp_fn = vjp(adapt, theta)
+    phi = {k: v.detach() for k, v in phi.items()}
+    old = lrn.forward_all(phi, post.obs)
+    products = MlpMamlProducts(lrn.policy, theta, pre, post, cfg.inner_lr)
+    g = torch.Generator().manual_seed(3)
+    v = {k: torch.randn(x.shape, generator=g) for k, x in theta.items()}
+    u = {k: torch.randn(x.shape, generator=g) for k, x in phi.items()}
+
+    def close(a, b, rel=1e-4):  # measured: at most 1.1e-6 (one AMD VM)
+        assert list(a) == list(b)
+        for k in b:
+            assert (a[k] - b[k]).norm() <= rel * b[k].norm() + 1e-7, k
+
+    close(products.phi, phi, rel=1e-5)
+    close(products.jvp(v), jvp(adapt, (theta,), (v,))[1])
+    close(products.vjp(u), vjp_fn(u)[0])
+    close(products.fisher(u), lrn._fisher_product(phi, post)(u))
+    close(products.surrogate_gradient(), vmap(grad(lrn._surrogate))(phi, post, old))
+
+
 def test_trpo_step_is_the_same_on_both_paths():
     results = []
     for closed_form in (True, False):
