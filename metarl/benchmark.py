@@ -176,7 +176,7 @@ def run_suite(suite: Suite, results: Path = RESULTS, extra: Sequence[str] = (),
         protocol = evaluate_protocol(trainer, cfg)
         if protocol is not None:
             data = json.loads(paths.eval.read_text())
-            _write_json(paths.eval, data | {"metaworld_protocol": protocol})
+            _write_json(paths.eval, data | {"metaworld_protocol": protocol | {"env_steps": trainer.env_steps}})
         _keep_weights_only(paths, checkpoint)
         marker |= {"finished": True, "env_steps": trainer.env_steps,
                    "eval_wall_time_s": time.perf_counter() - t0}

@@ -101,7 +101,9 @@ def _evaluate(args: argparse.Namespace) -> int:
                                      adaptation_episodes=args.adaptation_episodes,
                                      evaluation_episodes=args.evaluation_episodes)
         protocol = run_protocol(trainer.learner, dist, settings, args.protocol_seed, args.max_episode_steps,
-                                cfg.sampler.num_workers)
+                                cfg.sampler.num_workers) | {"env_steps": trainer.env_steps}
+    else:
+        protocol = _kept_protocol(trainer.paths.eval, trainer.env_steps)
     sampler = trainer.make_sampler()
     try:
         result = trainer.evaluate(sampler, tasks, adapt_steps, seed, args.split,
@@ -110,8 +112,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         sampler.close()
     print(format_table(result))
     if protocol:
-        print(f"Meta-World protocol: success rate {protocol['success_rate']:.3f}, "
-              f"return {protocol['return']:.1f} ({protocol['settings']})")
+        print(f"Meta-World protocol{' (kept from eval.json)' if args.protocol != 'metaworld' else ''}: success "
+              f"rate {protocol['success_rate']:.3f}, return {protocol['return']:.1f} ({protocol['settings']})")
     print(f"wrote {Path(args.run_dir) / 'eval.json'}")
     return 0
 
@@ -136,6 +138,22 @@ def _plot(args: argparse.Namespace) -> int:
     out = plot_runs([Path(p) for p in args.run_dirs], Path(args.out))
     print(f"wrote {out}")
     return 0
+
+
+def _kept_protocol(eval_path: Path, env_steps: int) -> dict | None:
+    """The Meta-World protocol numbers eval.json holds, where they are this checkpoint's (its
+    ``env_steps``, or unrecorded: written by ``metarl benchmark`` on a finished run), so a
+    re-evaluation without ``--protocol`` does not erase minutes of protocol rollouts."""
+    import json
+
+    if not eval_path.is_file():
+        return None
+    kept = json.loads(eval_path.read_text()).get("metaworld_protocol")
+    if kept is not None and kept.get("env_steps", env_steps) != env_steps:
+        print(f"metarl: note: dropping eval.json's Meta-World protocol numbers: they were for the checkpoint at "
+              f"{kept['env_steps']:,} env steps, this one is at {env_steps:,}", file=sys.stderr)
+        return None
+    return kept
 
 
 def parser() -> argparse.ArgumentParser:

@@ -195,6 +195,17 @@ def test_metaworld_protocol_numbers_land_in_eval_json(cli, tmp_path):
     settings = protocol["settings"]
     assert (settings["meta_batch_size"], settings["goals_per_class"], settings["num_evals"]) == (10, 50, 5)
     assert (settings["adaptation_episodes"], settings["evaluation_episodes"]) == (10, 3)
+    assert protocol["env_steps"] == json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["env_steps"]
+    # Re-evaluated without --protocol: this checkpoint's protocol numbers stay, another's go.
+    again = cli(["evaluate", str(tmp_path), "--tasks", "2", "--adapt-steps", "1"])
+    assert again.code == 0, again.stderr
+    assert json.loads((tmp_path / "eval.json").read_text())["metaworld_protocol"] == protocol
+    ev = json.loads((tmp_path / "eval.json").read_text())
+    ev["metaworld_protocol"]["env_steps"] += 1
+    (tmp_path / "eval.json").write_text(json.dumps(ev))
+    again = cli(["evaluate", str(tmp_path), "--tasks", "2", "--adapt-steps", "1"])
+    assert again.code == 0 and "dropping eval.json's Meta-World protocol numbers" in again.stderr
+    assert "metaworld_protocol" not in json.loads((tmp_path / "eval.json").read_text())
     bad = cli(["evaluate", str(tmp_path), "--protocol", "metaworld", "--meta-batch-size", "20"])
     assert bad.code == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert "valid: 1, 2, 5, 10, 25, 50" in bad.stderr
