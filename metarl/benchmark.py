@@ -146,6 +146,7 @@ def run_suite(suite: Suite, results: Path = RESULTS, extra: Sequence[str] = (),
         raise ConfigError(f"unknown run {unknown[0]!r} in suite {suite.name}; valid: "
                           f"{', '.join(r.name for r in suite.runs)}")
     todo = [(run, seed) for run in suite.runs for seed in run.seeds if not only or run.name in only]
+    commit = _commit()  # the code this process runs, though HEAD may move while it does
     if seed_major:
         todo.sort(key=lambda item: item[0].seeds.index(item[1]))  # stable: runs keep their order
     for i, (run, seed) in enumerate(todo):
@@ -167,7 +168,7 @@ def run_suite(suite: Suite, results: Path = RESULTS, extra: Sequence[str] = (),
               f"{run.env_steps:,} env steps) in {run_dir}")
         run_dir.mkdir(parents=True, exist_ok=True)
         marker = {"suite": suite.name, "run": run.name, "seed": seed, "config": run.config,
-                  "env_steps_budget": run.env_steps, "commits": [*marker.get("commits", []), _commit()],
+                  "env_steps_budget": run.env_steps, "commits": [*marker.get("commits", []), commit],
                   "finished": False}
         _write_json(run_dir / MARKER, marker)
         trainer = Trainer(cfg)
