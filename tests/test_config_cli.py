@@ -1,6 +1,7 @@
 import pytest
 
 from metarl.algos import MamlConfig
+from metarl.cli import main as metarl_main
 from metarl.config import ConfigError, load_config
 
 
@@ -52,7 +53,7 @@ def test_cli_bad_input_is_one_line(cli, tmp_path, args, message):
     assert "Traceback" not in result.stderr
 
 
-def test_cli_bad_run_directories_are_one_line(cli, tmp_path):
+def test_cli_bad_run_directories_are_one_line(tmp_path, capsys):
     # A directory that is not a run, and a run killed before its first iteration was logged.
     started = tmp_path / "started"
     started.mkdir()
@@ -65,10 +66,10 @@ def test_cli_bad_run_directories_are_one_line(cli, tmp_path):
         (["plot", str(tmp_path), "--out", str(tmp_path / "c.png")], "is not a run directory (no config.yaml)"),
         (["plot", str(started), "--out", str(tmp_path / "c.png")], "has no iterations to plot yet"),
     ]:
-        result = cli(args)
-        assert result.code == 2, (args, result.stderr)
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        assert len(lines) == 1 and message in lines[0], (args, result.stderr)
+        code, stderr = metarl_main(args), capsys.readouterr().err  # in process: the same main()
+        assert code == 2, (args, stderr)
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and message in lines[0], (args, stderr)
     assert not (tmp_path / "c.png").exists()
 
 
