@@ -138,7 +138,7 @@ def run_suite(suite: Suite, results: Path = RESULTS, extra: Sequence[str] = (),
     early), instead of all seeds of a run before the next run.
     """
     from metarl import checkpoint
-    from metarl.config import load_config
+    from metarl.config import load_config, resume_changes
     from metarl.trainer import Trainer
 
     unknown = [n for n in only if n not in {r.name for r in suite.runs}]
@@ -163,6 +163,11 @@ def run_suite(suite: Suite, results: Path = RESULTS, extra: Sequence[str] = (),
         overrides = [*suite.overrides, *run.overrides, *extra, f"seed={seed}", f"run_dir={run_dir}",
                      f"max_env_steps={run.env_steps}", f"resume={str(resume).lower()}"]
         cfg = load_config(run.config, overrides)
+        changes = resume_changes(checkpoint.load(paths.latest_checkpoint)["config"], cfg) if resume else []
+        if changes:
+            raise ConfigError(f"{run_dir} was started with other settings than the suite now gives it "
+                              f"({'; '.join(changes)}): restore {run.config} and the suite's overrides, "
+                              f"or delete {run_dir} to run it again")
         state = "resuming" if resume else "starting"
         print(f"[{i + 1}/{len(todo)}] {run.name} seed {seed}: {state} ({run.config}, "
               f"{run.env_steps:,} env steps) in {run_dir}")

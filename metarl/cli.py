@@ -34,15 +34,19 @@ def _tasks(_: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from metarl.config import load_config, parse_overrides
+    from metarl.rundir import RunDir
 
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config:  # `metarl train seed=3`: no config name given
         config, overrides = None, [config, *overrides]
-    if config is None:  # `metarl train run_dir=R resume=true`: the run's own config
-        given = parse_overrides(overrides)
-        saved = Path(str(given.get("run_dir"))) / "config.yaml"
-        if given.get("resume") is True and saved.is_file():
-            config = str(saved)
+    given = parse_overrides(overrides)
+    if config is None and given.get("resume") is True and given.get("run_dir"):
+        # `metarl train run_dir=R resume=true`: the run's own config
+        saved = RunDir(Path(str(given["run_dir"]))).config
+        if not saved.is_file():
+            raise ConfigError(f"{given['run_dir']} is not a run directory (no config.yaml) to resume; "
+                              "name the run's config to start it there")
+        config = str(saved)
     seeds = [o for o in overrides if o.startswith("seed=") and "," in o]
     if not seeds:
         return _train_one(load_config(config, overrides))
@@ -89,7 +93,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     tasks = cfg.eval.num_tasks if args.tasks is None else args.tasks
     adapt_steps = cfg.eval.adapt_steps if args.adapt_steps is None else args.adapt_steps
     seed = cfg.seed if args.seed is None else args.seed
-    protocol = None
     if args.protocol == "metaworld":
         from metarl.metaworld_protocol import protocol_settings, run_protocol
 
@@ -141,17 +144,18 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _kept_protocol(eval_path: Path, env_steps: int) -> dict | None:
-    """The Meta-World protocol numbers eval.json holds, where they are this checkpoint's (its
-    ``env_steps``, or unrecorded: written by ``metarl benchmark`` on a finished run), so a
-    re-evaluation without ``--protocol`` does not erase minutes of protocol rollouts."""
+    """The Meta-World protocol numbers eval.json holds where they are this checkpoint's, so a
+    re-evaluation without ``--protocol`` does not erase minutes of protocol rollouts: those
+    recorded at its ``env_steps``, and those written before the entry recorded them (by
+    ``metarl benchmark`` on a finished run, or ``evaluate --protocol``; a resumed run's final
+    evaluation rewrites eval.json without them)."""
     import json
 
-    if not eval_path.is_file():
+    try:
+        kept = json.loads(eval_path.read_text()).get("metaworld_protocol")
+    except (OSError, ValueError, AttributeError):  # none yet, or not an eval.json: nothing to keep
         return None
-    kept = json.loads(eval_path.read_text()).get("metaworld_protocol")
-    if kept is not None and kept.get("env_steps", env_steps) != env_steps:
-        print(f"metarl: note: dropping eval.json's Meta-World protocol numbers: they were for the checkpoint at "
-              f"{kept['env_steps']:,} env steps, this one is at {env_steps:,}", file=sys.stderr)
+    if kept is None or kept.get("env_steps", env_steps) != env_steps:
         return None
     return kept
 

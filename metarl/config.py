@@ -301,19 +301,31 @@ what it logs and evaluates. Anything else would change what the run has trained 
 
 
 def resume_changes(saved: Mapping[str, Any], cfg: RunConfig) -> list[str]:
-    """``"key: saved -> new"`` for each setting ``cfg`` changes that a resumed run must keep
-    (keys that only one side has, from older or newer code, are not compared)."""
-    old, new = _flatten(saved), _flatten(to_dict(cfg))
-    return [f"{key}: {old[key]!r} -> {new[key]!r}" for key in new
-            if key in old and old[key] != new[key]
-            and not any(key == p or (p.endswith(".") and key.startswith(p)) for p in RESUME_MAY_CHANGE)]
+    """``"key: saved -> new"`` for each setting ``cfg`` changes that a resumed run must keep.
+    Sections (the config's dataclasses) are compared key by key, any other value whole (a
+    ``tasks.options`` entry added or dropped is a change); keys the saved config lacks (from
+    older code) are not compared."""
+    changes: list[str] = []
+
+    def walk(old: Mapping[str, Any], new: Any, prefix: str) -> None:
+        for f in dataclasses.fields(new):
+            key, value = prefix + f.name, getattr(new, f.name)
+            if f.name not in old or any(key == p or (p.endswith(".") and key.startswith(p))
+                                        for p in RESUME_MAY_CHANGE):
+                continue
+            if dataclasses.is_dataclass(value) and isinstance(old[f.name], Mapping):
+                walk(old[f.name], value, key + ".")
+            elif _plain(old[f.name]) != _plain(value):
+                changes.append(f"{key}: {_plain(old[f.name])!r} -> {_plain(value)!r}")
+
+    walk(saved, cfg, "")
+    return changes
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping) and value:
-            flat |= _flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-    return flat
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively: a checkpoint keeps the tuples a YAML file makes lists."""
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value

@@ -16,6 +16,7 @@ the optimiser's state is used where the checkpoint has it beside it (``checkpoin
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import shutil
 import sys
@@ -27,6 +28,7 @@ import yaml
 
 from metarl.algos.base import TrainContext
 from metarl.algos.rl2 import Rl2Learner, to_trials
+from metarl.checkpoint import CheckpointError
 from metarl.config import build_config
 from metarl.errors import ConfigError
 from metarl.policies import gaussian_kl, gaussian_log_prob
@@ -47,19 +49,26 @@ def main() -> int:
         data = yaml.safe_load((run / "config.yaml").read_text())
         data |= {"resume": True, "run_dir": str(run)}
         try:
+            changed = copy.deepcopy(data)
             for item in args.overrides:
                 key, _, value = item.partition("=")
                 if not key.startswith("algo.") or not value:
                     raise ConfigError(f"overrides here are algo.key=value, got {item!r}")
-                data["algo"][key.removeprefix("algo.")] = yaml.safe_load(value)
+                changed["algo"][key.removeprefix("algo.")] = yaml.safe_load(value)
+            algo = build_config(changed).algo  # validated and typed
+            # The run resumes with its own settings (a resume refuses others); the update under
+            # study then runs with the overrides.
             trainer = Trainer(build_config(data))
-        except ConfigError as err:
+        except (ConfigError, CheckpointError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         learner = trainer.learner
         if not isinstance(learner, Rl2Learner):
             print(f"error: {args.run_dir} is not an RL² run (algo.name {data['algo']['name']!r})", file=sys.stderr)
             return 2
+        learner.cfg = algo
+        for group in learner.optimizer.param_groups:
+            group["lr"] = algo.lr
         cfg = trainer.cfg
         print(f"iteration {trainer.start_iteration}, optimiser state {'restored' if learner.optimizer.state else 'absent'}")
         with trainer.make_sampler() as sampler:

@@ -104,6 +104,11 @@ def test_suite_resumes_an_interrupted_run_exactly(suite, tmp_path):
     cfg = load_config(run.config, [*suite.overrides, "seed=0", f"run_dir={cut / 'nav-maml-s0'}",
                                    "iterations=1"])
     Trainer(cfg).run()
+    # A row edited since the run started does not resume it under the new settings.
+    edited = dataclasses.replace(suite, overrides=[*suite.overrides, "algo.inner_lr=0.3"])
+    with pytest.raises(ConfigError, match=r"nav-maml-s0 was started with other settings than the suite now "
+                                          r"gives it \(algo.inner_lr: 0.1 -> 0.3\)"):
+        run_suite(edited, cut, only=["nav-maml"])
     run_suite(suite, cut, only=["nav-maml"])
     assert metrics(cut / "nav-maml-s0") == metrics(full / "nav-maml-s0")
     marker = json.loads((cut / "nav-maml-s0" / "benchmark.json").read_text())

@@ -2,7 +2,7 @@ import pytest
 
 from metarl.algos import MamlConfig
 from metarl.cli import main as metarl_main
-from metarl.config import ConfigError, load_config
+from metarl.config import ConfigError, load_config, resume_changes, to_dict
 
 
 def test_defaults_and_overrides():
@@ -81,3 +81,20 @@ def test_cli_tasks_lists_every_family(cli):
         assert any(line.split()[0] == name for line in result.stdout.splitlines()), name
     ml45 = next(line for line in result.stdout.splitlines() if line.startswith("ml45 "))
     assert ml45.split()[1:3] == ["2250", "250"]
+
+
+def test_resume_changes_names_what_a_resume_may_not_change():
+    cfg = load_config("pearl/ml1_reach")
+    saved = to_dict(cfg)  # what a checkpoint holds
+    allowed = ["iterations=5", "max_env_steps=100", "device=cuda", "sampler.num_workers=2", "eval.every=3",
+               "logger.wandb=false", "checkpoint_every=2", "run_dir=elsewhere"]
+    assert resume_changes(saved, load_config("pearl/ml1_reach", allowed)) == []
+    assert resume_changes(saved, load_config("pearl/ml1_reach", [
+        "seed=3", "algo.kl_weight=1.0", "tasks.options.fast=false", "policy.hidden_sizes=[300,300]"])) == [
+        "algo.kl_weight: 0.1 -> 1.0",
+        "tasks.options: {'reward_function_version': 'v2'} -> {'reward_function_version': 'v2', 'fast': False}",
+        "policy.hidden_sizes: [300, 300, 300] -> [300, 300]", "seed: 0 -> 3"]
+    # An options entry the run did not have is a change; a key the saved config lacks (older code) is not.
+    assert resume_changes(saved | {"tasks": saved["tasks"] | {"options": {}}}, cfg) == [
+        "tasks.options: {} -> {'reward_function_version': 'v2'}"]
+    assert resume_changes({k: v for k, v in saved.items() if k != "max_episode_steps"}, cfg) == []

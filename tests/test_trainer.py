@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -116,8 +117,10 @@ def test_resume_continues_to_the_same_metrics(config, extra, tmp_path):
 
 
 def test_resume_errors_leave_files_untouched(cli, tmp_path):
-    result = cli(["train", *TINY, "resume=true", f"run_dir={tmp_path / 'none'}"])
+    result = cli(["train", "maml_trpo/nav2d", *TINY, "resume=true", f"run_dir={tmp_path / 'none'}"])
     assert result.code == 2 and "no checkpoint at" in result.stderr
+    unnamed = cli(["train", *TINY, "resume=true", f"run_dir={tmp_path / 'none'}"])
+    assert unnamed.code == 2 and "is not a run directory (no config.yaml) to resume" in unnamed.stderr
     assert cli(["train", *TINY, f"run_dir={tmp_path / 'r'}"]).code == 0
     again = cli(["train", *TINY, f"run_dir={tmp_path / 'r'}"])
     assert again.code == 2 and "already holds a run; pass resume=true" in again.stderr
@@ -180,6 +183,9 @@ def test_a_failed_write_leaves_the_previous_file_whole(tmp_path, monkeypatch):
     assert state["iteration"] == 1 and torch.equal(state["w"], torch.arange(4.0))
     assert (tmp_path / "metrics.jsonl").read_text() == '{"iteration": 0}\n'
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["latest.pt", "metrics.jsonl"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "metrics.jsonl").stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would make it
 
 
 def test_metaworld_protocol_numbers_land_in_eval_json(cli, tmp_path):
@@ -200,11 +206,12 @@ def test_metaworld_protocol_numbers_land_in_eval_json(cli, tmp_path):
     again = cli(["evaluate", str(tmp_path), "--tasks", "2", "--adapt-steps", "1"])
     assert again.code == 0, again.stderr
     assert json.loads((tmp_path / "eval.json").read_text())["metaworld_protocol"] == protocol
+    assert "Meta-World protocol (kept from eval.json)" in again.stdout
     ev = json.loads((tmp_path / "eval.json").read_text())
     ev["metaworld_protocol"]["env_steps"] += 1
     (tmp_path / "eval.json").write_text(json.dumps(ev))
     again = cli(["evaluate", str(tmp_path), "--tasks", "2", "--adapt-steps", "1"])
-    assert again.code == 0 and "dropping eval.json's Meta-World protocol numbers" in again.stderr
+    assert again.code == 0, again.stderr
     assert "metaworld_protocol" not in json.loads((tmp_path / "eval.json").read_text())
     bad = cli(["evaluate", str(tmp_path), "--protocol", "metaworld", "--meta-batch-size", "20"])
     assert bad.code == 2 and len(bad.stderr.strip().splitlines()) == 1
