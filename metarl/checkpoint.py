@@ -32,7 +32,7 @@ def _write_atomically(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's file is owner-only; the file it replaces was not
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's file is owner-only; the file it replaces was not
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -47,6 +47,11 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_UMASK = _umask()
+"""Read once, at import: setting the umask to read it would briefly change it for every
+thread of the process (a logger's, say) creating files meanwhile."""
 
 
 def load(path: Path) -> dict[str, Any]:
