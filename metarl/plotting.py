@@ -61,23 +61,25 @@ def draw_runs(run_dirs: list[Path]) -> Figure:
     from matplotlib.ticker import MaxNLocator
 
     groups: dict[str, list[Path]] = defaultdict(list)
+    metrics: dict[Path, list[dict[str, Any]]] = {}
     for run in run_dirs:
         paths = RunDir(run)
         if not paths.config.is_file():
             raise ConfigError(f"{run} is not a run directory (no config.yaml)")
-        if not paths.metrics.is_file() or not read_jsonl(paths.metrics):
+        metrics[run] = read_jsonl(paths.metrics) if paths.metrics.is_file() else []
+        if not metrics[run]:
             raise ConfigError(f"{run} has no iterations to plot yet (metrics.jsonl is missing or empty)")
         cfg = yaml.safe_load(paths.config.read_text())
         groups[f"{cfg['algo']['name']} / {cfg['tasks']['name']}"].append(run)
     evals = {run: json.loads(RunDir(run).eval.read_text()) for run in run_dirs if RunDir(run).eval.is_file()}
     has_eval = bool(evals)
-    has_success = any("train/success_post" in read_jsonl(RunDir(r).metrics)[0] for r in run_dirs)
+    has_success = any("train/success_post" in metrics[r][0] for r in run_dirs)
     x_key, x_label = _adaptation_axis(list(evals.values()))
     ncols = 1 + has_success + has_eval
     fig, axes = plt.subplots(1, ncols, figsize=(5.5 * ncols, 4), squeeze=False)
     axes = axes[0]
     for label, runs in groups.items():
-        rows = [read_jsonl(RunDir(r).metrics) for r in runs]
+        rows = [metrics[r] for r in runs]
         n = min(len(r) for r in rows)
         steps = np.array([row["env_steps"] for row in rows[0][:n]])
         panels = [("return", axes[0])] + ([("success", axes[1])] if has_success else [])

@@ -8,6 +8,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -167,15 +168,10 @@ def test_a_checkpoint_from_before_the_interface_loads_and_resumes(case, tmp_path
     """tests/reference/behaviour holds final checkpoints written by the code before the
     MetaLearner interface (see its README): they restore every tensor as saved, resume for
     another iteration and evaluate."""
-    saved = torch.load(REFERENCE / f"{case}.latest.pt", weights_only=True)
-    run = tmp_path / case
-    (run / "checkpoints").mkdir(parents=True)
-    shutil.copy(REFERENCE / f"{case}.latest.pt", run / "checkpoints" / "latest.pt")
-    if case.startswith("sb3"):  # a resumed run keeps its settings: shrink the copy's, to keep this test short
-        saved["config"]["algo"] |= {"steps_per_iteration": 128, "n_steps": 64, "n_envs": 2}
-        saved["config"] |= {"episodes_per_task": 2, "max_episode_steps": 20}
-        torch.save(saved, run / "checkpoints" / "latest.pt")
-    (run / "config.yaml").write_text(yaml.safe_dump(saved["config"] | {"run_dir": str(run)}))
+    # A resumed run keeps its settings: the SB3 copy's are shrunk, to keep this test short.
+    shrink = {"algo": {"steps_per_iteration": 128, "n_steps": 64, "n_envs": 2}, "episodes_per_task": 2,
+              "max_episode_steps": 20} if case.startswith("sb3") else {}
+    run, saved = _reference_run(case, tmp_path / case, **shrink)
     _, trainer = load_run(run)
     restored = trainer.learner.state_dict()
     tensors = _tensors(saved["learner"])
@@ -197,11 +193,7 @@ def test_a_checkpoint_from_before_the_interface_evaluates_as_it_did_then(case, r
     VM before the interface, from the same weights, tasks and episode seeds today. MAML's rows
     after k = 0 and SB3's changed on purpose (tests/reference/behaviour/README.md); the rest
     must not move beyond float rounding (on an AMD VM they were bit for bit the same)."""
-    saved = torch.load(REFERENCE / f"{case}.latest.pt", weights_only=True)
-    run = tmp_path / case
-    (run / "checkpoints").mkdir(parents=True)
-    shutil.copy(REFERENCE / f"{case}.latest.pt", run / "checkpoints" / "latest.pt")
-    (run / "config.yaml").write_text(yaml.safe_dump(saved["config"] | {"run_dir": str(run)}))
+    run, _ = _reference_run(case, tmp_path / case)
     cfg, trainer = load_run(run)
     with trainer.make_sampler() as sampler:
         result = trainer.evaluate(sampler, cfg.eval.num_tasks, cfg.eval.adapt_steps, cfg.seed)
@@ -209,6 +201,20 @@ def test_a_checkpoint_from_before_the_interface_evaluates_as_it_did_then(case, r
     assert len(reference) >= 1
     for now, then in zip(result["adaptation"], reference, strict=False):
         assert now["k"] == then["k"] and now["return_mean"] == pytest.approx(then["return_mean"], rel=1e-4)
+
+
+def _reference_run(case: str, run: Path, **config: Any) -> tuple[Path, dict]:
+    """A run directory holding ``case``'s reference checkpoint file and its config; with
+    ``config``, top-level keys (dicts merged into their section) changed in both."""
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(REFERENCE / f"{case}.latest.pt", run / "checkpoints" / "latest.pt")
+    saved = torch.load(REFERENCE / f"{case}.latest.pt", weights_only=True)
+    if config:
+        for key, value in config.items():
+            saved["config"][key] = saved["config"][key] | value if isinstance(value, dict) else value
+        torch.save(saved, run / "checkpoints" / "latest.pt")
+    (run / "config.yaml").write_text(yaml.safe_dump(saved["config"] | {"run_dir": str(run)}))
+    return run, saved
 
 
 def _tensors(tree, prefix="") -> dict[str, torch.Tensor]:
