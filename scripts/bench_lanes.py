@@ -1,11 +1,14 @@
 """Two process workers at several ``sampler.max_lanes``, against the two-loop ceiling.
 
+With the defaults each worker rolls one task's 10 episodes, so ``max_lanes`` 10 / 5 / 2 / 1
+steps them 10 / 5 / 2 / 1 at a time in lockstep (as many envs per worker).
+
 Each round measures the ceiling (``bench_sampler.ceiling``: two independent single-env
 loops at once), then one collection per lane count in a shuffled order; each rate is
 compared with the mean of the ceilings measured before and after its round, and the JSON
 holds the medians of those ratios and every rate.
 
-    python scripts/bench_lanes.py [--family ml1/pick-place-v3] [--lanes 16 4 1] [--rounds 6]
+    python scripts/bench_lanes.py [--family ml1/pick-place-v3] [--lanes 10 5 2 1] [--rounds 6]
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from metarl.sampling import Sampler
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--family", default="ml1/pick-place-v3")
-    ap.add_argument("--lanes", type=int, nargs="+", default=[16, 4, 1])
+    ap.add_argument("--lanes", type=int, nargs="+", default=[10, 5, 2, 1])
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--tasks", type=int, default=2)
     ap.add_argument("--episodes", type=int, default=10)

@@ -8,6 +8,7 @@ adapted parameters and MAML can differentiate through the adaptation without clo
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -283,22 +284,25 @@ def _aligned_zeros(shape: tuple[int, ...]) -> np.ndarray:
     return raw[start:start + size].reshape(shape)
 
 
-_BLAS: Any = None
+_BLAS: tuple[int, Any] | None = None
+"""(len(sys.modules) when scanned, the BLAS libraries loaded then)."""
 
 
 def one_blas_thread() -> Any:
-    """A context manager that runs numpy's BLAS on one thread inside it (threadpoolctl's
-    limiter; about 20 us to enter and leave, so callers hold it around many forwards).
+    """A context manager that runs numpy's BLAS (and any other loaded) on one thread inside
+    it (threadpoolctl's limiter; about 20 us to enter and leave, so callers hold it around
+    many forwards). The loaded libraries are scanned again after an import, which may have
+    brought another BLAS (scipy's own, for one).
 
     :class:`RowwiseMLP` needs it for its rows to be independent: a multi-threaded BLAS
     splits a product's outputs between threads, and where a split falls can decide which
     outputs take a kernel's vector body and which its remainder loop."""
     global _BLAS
-    if _BLAS is None:
+    if _BLAS is None or _BLAS[0] != len(sys.modules):
         from threadpoolctl import ThreadpoolController
 
-        _BLAS = ThreadpoolController().select(user_api="blas")
-    return _BLAS.limit(limits=1)
+        _BLAS = (len(sys.modules), ThreadpoolController().select(user_api="blas"))
+    return _BLAS[1].limit(limits=1)
 
 
 def _round_up(n: int, multiple: int) -> int:
