@@ -76,11 +76,10 @@ class SamplerConfig:
     """Restarts of a dead worker within one collection before giving up."""
     max_lanes: int = 16
     """Most episodes a worker steps in lockstep, one env each (a task with more episodes
-    rolls them in parts of at most this many; a recurrent trial takes one lane). More lanes
-    spread the policy's per-step cost over more env steps, but each lane holds an env (a
-    Meta-World env ~20 MB), and on Meta-World 60 lanes per worker ran no faster than 10: the
-    envs' cache misses cost what the lockstep saves. 16 keeps one task per lockstep at 10
-    episodes per task."""
+    still gets one lane per episode). More lanes spread the policy's per-step cost over more
+    env steps, but each lane holds an env (a Meta-World env ~20 MB), and on Meta-World 60
+    lanes per worker ran no faster than 10: the envs' cache misses cost what the lockstep
+    saves. 16 keeps one task per lockstep at 10 episodes per task."""
 
     def __post_init__(self) -> None:
         if self.backend not in ("local", "process", "ray"):

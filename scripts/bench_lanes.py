@@ -1,7 +1,10 @@
-"""Two process workers at several ``sampler.max_lanes``, against the two-loop ceiling.
+"""Two process workers stepping L episodes at a time in lockstep, against the two-loop ceiling.
 
-With the defaults each worker rolls one task's 10 episodes, so ``max_lanes`` 10 / 5 / 2 / 1
-steps them 10 / 5 / 2 / 1 at a time in lockstep (as many envs per worker).
+A worker steps all of a task's episodes in one lockstep whatever ``sampler.max_lanes``
+(which only caps how many tasks share one), so L lanes are had here by collecting each
+task's episodes in rounds of L (``first_episode`` keeps every episode's seed): with the
+defaults each worker has one task, and L = 10 / 5 / 2 / 1 steps 10 / 5 / 2 / 1 envs at once.
+The rounds' extra round trips are counted: they are what stepping fewer lanes costs here.
 
 Each round measures the ceiling (``bench_sampler.ceiling``: two independent single-env
 loops at once), then one collection per lane count in a shuffled order; each rate is
@@ -41,23 +44,23 @@ def main() -> None:
     policy = GaussianMLPPolicy(obs_space.shape[0], act_space.shape[0], [64, 64])
     policy.requires_grad_(False)
     tasks = dist.sample(args.tasks, "train", np.random.default_rng(0))
-    samplers = {m: Sampler(dist, policy.spec, backend="process", num_workers=2, max_lanes=m) for m in args.lanes}
+    sampler = Sampler(dist, policy.spec, backend="process", num_workers=2)
     try:
-        for sampler in samplers.values():  # start-up, env creation
-            sampler.collect(tasks, policy.params(), args.episodes, seed=0, max_steps=5)
+        sampler.collect(tasks, policy.params(), args.episodes, seed=0, max_steps=5)  # start-up, env creation
         rates: dict[int, list[float]] = {m: [] for m in args.lanes}
         ceilings = [ceiling(args.family, True, [64, 64], 2.5)]
         for r in range(args.rounds):
-            order = list(samplers.items())
+            order = list(args.lanes)
             np.random.default_rng(r).shuffle(order)
-            for m, sampler in order:
+            for m in order:
                 t0 = time.perf_counter()
-                batch = sampler.collect(tasks, policy.params(), args.episodes, seed=1 + r, max_steps=args.max_steps)
-                rates[m].append(batch.env_steps / (time.perf_counter() - t0))
+                steps = sum(sampler.collect(tasks, policy.params(), min(m, args.episodes - first), seed=1 + r,
+                                            max_steps=args.max_steps, first_episode=first).env_steps
+                            for first in range(0, args.episodes, m))
+                rates[m].append(steps / (time.perf_counter() - t0))
             ceilings.append(ceiling(args.family, True, [64, 64], 2.5))
     finally:
-        for sampler in samplers.values():
-            sampler.close()
+        sampler.close()
     around = (np.array(ceilings[:-1]) + np.array(ceilings[1:])) / 2
     print(json.dumps({"ceiling": ceilings, **{f"lanes_{m}": v for m, v in rates.items()},
                       **{f"lanes_{m}_vs_ceiling": float(np.median(np.array(v) / around)) for m, v in rates.items()}}))

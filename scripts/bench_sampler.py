@@ -144,7 +144,10 @@ def worker_overhead(dist, policy, tasks, episodes: int, max_steps: int, max_lane
     from metarl.sampling.worker import RolloutWorker, WorkItem
 
     worker = RolloutWorker(dist, policy.spec, max_lanes=max_lanes)
-    items = [WorkItem(i, task, 0, episodes) for i, task in enumerate(tasks)]
+    # An item with more episodes than max_lanes would still step as one lockstep: split it.
+    per_item = min(episodes, max_lanes)
+    items = [WorkItem(i, task, 0, min(per_item, episodes - first), first)
+             for i, task in enumerate(tasks) for first in range(0, episodes, per_item)]
     params = {0: to_numpy(policy.params())}
     worker.collect(items, params, seed=0, max_steps=5)  # builds the envs
     in_env, steps = [0.0], [0]

@@ -83,7 +83,7 @@ class Sampler:
         ray_address: Passed to ``ray.init``; None starts or joins a local instance.
         max_retries: Restarts of failed workers allowed within one collection.
         max_lanes: Most episodes a worker steps in lockstep (one env each; a task with
-            more episodes than this rolls them in parts of at most this many): more lanes spread
+            more episodes than this still gets one lane per episode): more lanes spread
             the policy's per-step cost over more env steps, at ~20 MB per Meta-World env.
     """
 

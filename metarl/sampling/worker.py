@@ -16,7 +16,7 @@ share a GRU batch per lockstep, whose rounding may depend on its size (see
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -59,7 +59,7 @@ class RolloutWorker:
         with others (the ``local`` backend keeps the learner's threads instead).
         ``max_lanes``: most episodes stepped in lockstep, hence most envs held per env
         class (a Meta-World env holds ~20 MB); an item with more episodes than this
-        rolls them in parts."""
+        still steps as one lockstep of its own."""
         if single_thread:
             torch.set_num_threads(1)
         if max_lanes < 1:
@@ -106,34 +106,20 @@ class RolloutWorker:
 
     def _collect(self, items: list[WorkItem], params: dict[int, dict[str, np.ndarray]],
                  seed: int, max_steps: int, deterministic: bool) -> list[dict[str, np.ndarray]]:
-        recurrent = self.policy.spec.recurrent
-        # A feed-forward item with more episodes than max_lanes rolls in parts of at most
-        # max_lanes episodes (each keeps its seed: part p starts at its own first_episode),
-        # so a worker never holds more envs per env class than max_lanes. A recurrent item
-        # is one trial in one lane.
-        parts: list[tuple[int, WorkItem]] = []
-        for i, item in enumerate(items):
-            step = item.episodes if recurrent else self.max_lanes
-            parts += [(i, replace(item, episodes=min(step, item.episodes - start),
-                                  first_episode=item.first_episode + start))
-                      for start in range(0, item.episodes, step)]
-        rolled: list[dict[str, np.ndarray]] = []
+        per_lane = 1 if self.policy.spec.recurrent else None
+        results: list[dict[str, np.ndarray]] = []
         chunk: list[WorkItem] = []
         lanes = 0
-        for _, part in parts:
-            need = 1 if recurrent else part.episodes
+        for item in items:
+            need = per_lane or item.episodes
             if chunk and lanes + need > self.max_lanes:
-                rolled += self._rollout(chunk, params, seed, max_steps, deterministic)
+                results += self._rollout(chunk, params, seed, max_steps, deterministic)
                 chunk, lanes = [], 0
-            chunk.append(part)
+            chunk.append(item)
             lanes += need
         if chunk:
-            rolled += self._rollout(chunk, params, seed, max_steps, deterministic)
-        per_item: list[list[dict[str, np.ndarray]]] = [[] for _ in items]
-        for (i, _), result in zip(parts, rolled, strict=True):
-            per_item[i].append(result)
-        return [pieces[0] if len(pieces) == 1 else
-                {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]} for pieces in per_item]
+            results += self._rollout(chunk, params, seed, max_steps, deterministic)
+        return results
 
     def _rollout(self, items: list[WorkItem], params: dict[int, dict[str, np.ndarray]], seed: int,
                  max_steps: int, deterministic: bool) -> list[dict[str, np.ndarray]]:
