@@ -106,7 +106,7 @@ def main() -> int:
                 args.dir.mkdir(parents=True, exist_ok=True)
                 (args.dir / f"{name}.metrics.json").write_text(json.dumps(rows, indent=1))
                 (args.dir / f"{name}.eval.json").write_text(json.dumps(evaluation, indent=1))
-                checkpoint.save(self_contained(run_dir / "checkpoints"), args.dir / f"{name}.latest.pt")
+                checkpoint.save(self_contained(run_dir / "checkpoints"), args.dir / f"{name}.fixture.pt")
                 print(f"{name}: recorded {len(rows)} iterations")
                 continue
             ref_rows = json.loads((args.dir / f"{name}.metrics.json").read_text())

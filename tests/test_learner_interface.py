@@ -207,8 +207,8 @@ def _reference_run(case: str, run: Path, **config: Any) -> tuple[Path, dict]:
     """A run directory holding ``case``'s reference checkpoint file and its config; with
     ``config``, top-level keys (dicts merged into their section) changed in both."""
     (run / "checkpoints").mkdir(parents=True)
-    shutil.copy(REFERENCE / f"{case}.latest.pt", run / "checkpoints" / "latest.pt")
-    saved = torch.load(REFERENCE / f"{case}.latest.pt", weights_only=True)
+    shutil.copy(REFERENCE / f"{case}.fixture.pt", run / "checkpoints" / "latest.pt")
+    saved = torch.load(REFERENCE / f"{case}.fixture.pt", weights_only=True)
     if config:
         for key, value in config.items():
             saved["config"][key] = saved["config"][key] | value if isinstance(value, dict) else value
