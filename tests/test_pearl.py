@@ -10,15 +10,23 @@ import math
 
 import pytest
 import torch
-from torch.distributions import Normal, TanhTransform, TransformedDistribution, kl_divergence
+from torch.distributions import (
+    MultivariateNormal,
+    Normal,
+    TanhTransform,
+    TransformedDistribution,
+    kl_divergence,
+)
 
 from metarl import cli
 from metarl.algos.pearl import (
     PearlConfig,
     PearlLearner,
+    Posterior,
     TaskReplay,
     kl_to_standard_normal,
     product_of_gaussians,
+    product_of_low_rank_gaussians,
     tanh_gaussian_sample,
     transition_rows,
 )
@@ -67,6 +75,50 @@ def test_kl_to_the_prior_matches_torch_distributions():
     mean, var = torch.randn(4, 5, generator=g), torch.rand(4, 5, generator=g) + 0.1
     expected = kl_divergence(Normal(mean, var.sqrt()), Normal(0.0, 1.0)).sum(-1)
     torch.testing.assert_close(kl_to_standard_normal(mean, var), expected)
+
+
+def _low_rank_case(g: torch.Generator, m: int = 4, latent: int = 3, rank: int = 2):
+    means = torch.randn(2, m, latent, generator=g, dtype=torch.float64)
+    variances = torch.rand(2, m, latent, generator=g, dtype=torch.float64) + 0.2
+    factors = torch.randn(2, m, latent, rank, generator=g, dtype=torch.float64)
+    return means, variances, factors
+
+
+def test_product_of_low_rank_factors_matches_dense_hand_computation():
+    means, variances, factors = _low_rank_case(torch.Generator().manual_seed(0))
+    mask = torch.tensor([[True, True, False, True], [True, False, False, False]])
+    q = product_of_low_rank_gaussians(means, variances, factors, mask)
+    for b in range(2):  # each factor's precision as a dense matrix, multiplied out
+        precisions = [torch.diag(1 / variances[b, n]) + factors[b, n] @ factors[b, n].T
+                      for n in range(4) if mask[b, n]]
+        total = torch.eye(3, dtype=torch.float64) + sum(precisions)
+        eta = sum(p @ means[b, n] for p, n in zip(precisions, [n for n in range(4) if mask[b, n]], strict=True))
+        covariance = torch.linalg.inv(total)
+        torch.testing.assert_close(q.mean[b], covariance @ eta)
+        torch.testing.assert_close(q.variance[b], torch.diagonal(covariance))
+        torch.testing.assert_close(q.chol[b] @ q.chol[b].T, total)
+    # without the low-rank term it is the diagonal product, and an empty context is the prior
+    zero = product_of_low_rank_gaussians(means, variances, torch.zeros_like(factors), mask)
+    torch.testing.assert_close((zero.mean, zero.variance), product_of_gaussians(means, variances, mask))
+    empty = product_of_low_rank_gaussians(means, variances, factors, torch.zeros(2, 4, dtype=torch.bool))
+    torch.testing.assert_close((empty.mean, empty.variance), (torch.zeros(2, 3).double(), torch.ones(2, 3).double()))
+
+
+def test_a_full_covariance_posterior_samples_and_kl_match_torch_distributions():
+    means, variances, factors = _low_rank_case(torch.Generator().manual_seed(1))
+    q = product_of_low_rank_gaussians(means, variances, factors)
+    precision = q.chol @ q.chol.mT
+    expected = kl_divergence(MultivariateNormal(q.mean, precision_matrix=precision),
+                             MultivariateNormal(torch.zeros(3).double(), torch.eye(3).double()))
+    torch.testing.assert_close(q.kl(), expected)
+    # z = mean + A noise with A A^T the covariance: the noise's unit vectors give A's columns
+    columns = torch.stack([q.sample(torch.eye(3).double()[j].expand(2, 3)) - q.mean for j in range(3)], -1)
+    torch.testing.assert_close(columns @ columns.mT, torch.linalg.inv(precision))
+    # the diagonal posterior keeps its own closed forms
+    diagonal = Posterior(q.mean, q.variance)
+    noise = torch.randn(2, 3, dtype=torch.float64)
+    torch.testing.assert_close(diagonal.sample(noise), q.mean + q.variance.sqrt() * noise)
+    torch.testing.assert_close(diagonal.kl(), kl_to_standard_normal(q.mean, q.variance))
 
 
 def test_tanh_gaussian_log_prob_matches_torch_distributions():
@@ -141,11 +193,12 @@ def test_learned_temperature_moves_towards_the_target_entropy():
     torch.testing.assert_close(losses["alpha"], -(math.log(0.2) * (log_pi + -2.0)).mean())
 
 
-def test_the_encoder_learns_from_the_critic_and_the_kl_not_from_the_actor():
+@pytest.mark.parametrize("rank", [0, 1])
+def test_the_encoder_learns_from_the_critic_and_the_kl_not_from_the_actor(rank):
     torch.manual_seed(0)
-    a = _learner(kl_weight=0.3)
+    a = _learner(kl_weight=0.3, factor_rank=rank)
     torch.manual_seed(0)
-    b = _learner(kl_weight=0.3)
+    b = _learner(kl_weight=0.3, factor_rank=rank)
     g = torch.Generator().manual_seed(2)
     context, rows = torch.randn(2, 6, 5, generator=g), torch.randn(2, 4, 8, generator=g)
     rows[..., -1] = 0.0
@@ -153,15 +206,16 @@ def test_the_encoder_learns_from_the_critic_and_the_kl_not_from_the_actor():
     enc = list(b.encoder.parameters())
 
     obs, actions, rewards, next_obs, terminated = b._split(rows)
-    mean, var = b.posterior(context)
-    z = (mean + var.sqrt() * z_noise).unsqueeze(1).expand(2, 4, 3)
+    q = b.posterior(context)
+    assert (q.chol is None) == (rank == 0)
+    z = q.sample(z_noise).unsqueeze(1).expand(2, 4, 3)
     actor = sum(b.actor_losses(obs, z, action_noise).values())
     assert all(grad is None for grad in torch.autograd.grad(actor, enc, allow_unused=True, retain_graph=True))
     critic = b.critic_loss(obs, actions, rewards, next_obs, terminated, z)
     assert all(grad.abs().sum() > 0 for grad in torch.autograd.grad(critic, enc, retain_graph=True))
 
     # the update moves the encoder by exactly one Adam step on the critic loss + 0.3 KL
-    grads = torch.autograd.grad(critic + 0.3 * kl_to_standard_normal(mean, var).sum(), enc)
+    grads = torch.autograd.grad(critic + 0.3 * q.kl().sum(), enc)
     for p, grad in zip(enc, grads, strict=True):
         p.grad = grad
     b.optimizers["encoder"].step()
@@ -170,14 +224,14 @@ def test_the_encoder_learns_from_the_critic_and_the_kl_not_from_the_actor():
         torch.testing.assert_close(pa, pb, rtol=0, atol=1e-7)
 
 
-def test_the_posterior_narrows_as_the_context_grows():
+@pytest.mark.parametrize("rank", [0, 2])
+def test_the_posterior_narrows_as_the_context_grows(rank):
     torch.manual_seed(0)
-    learner = _learner()
+    learner = _learner(factor_rank=rank)
     context = torch.randn(1, 32, learner.context_dim)
     variances = []
     for m in (0, 1, 4, 16, 32):
-        _, var = learner.posterior(context, torch.arange(32).unsqueeze(0) < m)
-        variances.append(var)
+        variances.append(learner.posterior(context, torch.arange(32).unsqueeze(0) < m).variance)
     torch.testing.assert_close(variances[0], torch.ones(1, 3))
     for wider, narrower in itertools.pairwise(variances):
         assert (narrower < wider).all()
@@ -278,6 +332,7 @@ def test_replay_samples_per_task_wraps_around_and_round_trips():
     ("algo.num_prior_episodes=0", "algo.num_prior_episodes must be >= 1, got 0"),
     ("algo.tau=1.5", "algo.tau must be in \\(0, 1\\], got 1.5"),
     ("algo.kl_weight=-1", "algo.kl_weight must be >= 0"),
+    ("algo.factor_rank=-1", "algo.factor_rank must be >= 0, got -1"),
     ("algo.num_extra_posterior_episodes=0", "num_posterior_episodes \\+ algo.num_extra_posterior_episodes"),
 ])
 def test_bad_settings_fail_with_one_line(override, message):
@@ -322,9 +377,10 @@ def _rows(run) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_train_pearl_nav2d_end_to_end(tmp_path):
+@pytest.mark.parametrize("rank", [0, 1])
+def test_train_pearl_nav2d_end_to_end(tmp_path, rank):
     run = tmp_path / "run"
-    assert cli.main(["train", "pearl/nav2d", *TINY, "iterations=2", f"run_dir={run}"]) == 0
+    assert cli.main(["train", "pearl/nav2d", *TINY, "iterations=2", f"algo.factor_rank={rank}", f"run_dir={run}"]) == 0
     rows = _rows(run)
     assert [r["iteration"] for r in rows] == [0, 1]
     for key in ("train/return_pre", "train/return_post", "loss/qf", "loss/vf", "loss/policy", "loss/kl"):
