@@ -2,7 +2,9 @@
 
 Reuses metarl.algos.pearl: the encoder is metarl.policies.mlp(context_dim, [128,128], 2L)
 (nav2d.yaml sizes), factors N(mu, softplus(pre_var).clamp_min(MIN_FACTOR_VARIANCE)),
-combined with pearl.product_of_gaussians (unit prior), KL via pearl.kl_to_standard_normal.
+combined with pearl.product_of_gaussians (unit prior), KL via pearl.kl_to_standard_normal;
+pogr1 / pogr2: factors whose precision also has a rank-1 / rank-2 term, combined with
+pearl.product_of_low_rank_gaussians (algo.factor_rank=1 / 2).
 Context = (s, a_ctx, r) raw (PEARL scales reward only in the Q target), s' appended only
 for the *_nxt variants (use_next_obs_in_context).
 
@@ -13,7 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from metarl.algos.pearl import product_of_gaussians, kl_to_standard_normal, MIN_FACTOR_VARIANCE
+from metarl.algos.pearl import (MIN_FACTOR_VARIANCE, kl_to_standard_normal, product_of_gaussians,
+                               product_of_low_rank_gaussians)
 from metarl.policies import mlp
 
 p = argparse.ArgumentParser()
@@ -57,7 +60,8 @@ class Probe(nn.Module):
             self.rnn = nn.GRU(self.cdim, 64, batch_first=True)
             self.head = nn.Linear(64, 2)
             return
-        self.encoder = mlp(self.cdim, [128, 128], 2 * L if agg == "pog" else L)
+        out = {"pog": 2 * L, "pogr1": 3 * L, "pogr2": 4 * L}.get(agg, L)
+        self.encoder = mlp(self.cdim, [128, 128], out)
         self.head = nn.Linear(L, 2) if self.head_kind.startswith("lin") else mlp(L, [64], 2)
 
     def forward(self, ctx, sample=False):
@@ -66,10 +70,22 @@ class Probe(nn.Module):
             return self.head(self.rnn(ctx)[1][0]), None
         if self.agg == "mean":
             return self.head(self.encoder(ctx).mean(-2)), None
+        if self.agg.startswith("pogr"):
+            return self._lowrank(ctx, sample)
         mu, pre_var = self.encoder(ctx).split(L, -1)
         mean, var = product_of_gaussians(mu, F.softplus(pre_var).clamp_min(MIN_FACTOR_VARIANCE))
         z = mean + var.sqrt() * torch.randn_like(mean) if sample else mean
         return self.head(z), kl_to_standard_normal(mean, var).sum()
+
+
+    def _lowrank(self, ctx, sample):
+        # pogrR: each factor's precision diag + U U^T with U of rank R (algo.factor_rank=R)
+        out = self.encoder(ctx)
+        rank = int(self.agg[4:])
+        q = product_of_low_rank_gaussians(out[..., :L], F.softplus(out[..., L:2 * L]).clamp_min(MIN_FACTOR_VARIANCE),
+                                          out[..., 2 * L:].unflatten(-1, (L, rank)))
+        z = q.sample(torch.randn_like(q.mean)) if sample else q.mean
+        return self.head(z), q.kl().sum()
 
 
 def r2(pred, goal):
