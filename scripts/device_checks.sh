@@ -5,7 +5,7 @@
 #
 # Installs the carried wheels into /tmp/site and metarl into /tmp/pkg, then runs, each with
 # its own time limit (about 6 minutes in all) and its output under $OUT:
-#   tests.log        the CUDA tests (the learner on the GPU matches the CPU);
+#   tests.log        the CUDA tests (MAML's and PEARL's learners on the GPU match the CPU);
 #   meta_update.txt  one MAML-TRPO meta-update against the garage-style reference, on the
 #                    device (README, Numbers), at bench_meta_update's shape and ML1's;
 #   pearl.txt        PEARL's gradient steps per second on the GPU (issue: PEARL);
@@ -39,7 +39,8 @@ step() {  # step NAME SECONDS COMMAND...: run, keep its output, remember a failu
     tail -n 25 "$OUT/$name"
     [ $rc -eq 0 ] || { echo "== $name failed (exit $rc)"; status=1; }
 }
-step tests.log 150 $PYTHON -m pytest -q -p no:cacheprovider tests/test_maml.py -k "cuda or double_backward"
+step tests.log 150 $PYTHON -m pytest -q -p no:cacheprovider tests/test_maml.py tests/test_pearl.py \
+    -k "cuda or double_backward or on_the_device"
 ml1_shape=""  # ML1 pick-place's batch (20 tasks x 10 x 500 steps): minutes for the reference on a CPU
 [ "$DEVICE" = cuda ] && ml1_shape="&& $PYTHON scripts/bench_meta_update.py --device $DEVICE --repeats 3 --tasks 20 --episodes 10 --horizon 500"
 step meta_update.txt 150 bash -c "$PYTHON scripts/bench_meta_update.py --device $DEVICE --repeats 5 $ml1_shape"

@@ -4,6 +4,7 @@ hand-set tiny network, where the encoder's gradient comes from, the replay buffe
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -351,6 +352,39 @@ def test_weights_only_state_loads():
     for key, value in _tensors(trained.state_dict()).items():
         if not key.startswith("/optimizer"):
             assert torch.equal(_tensors(fresh.state_dict())[key], value), key
+
+
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_learner_on_the_device_updates_and_adapts_as_on_the_cpu(device, rank):
+    """device=cuda: three gradient steps on the same data move every network, the
+    temperature and the optimisers' moments as on the CPU, and adaptation draws the same z."""
+    torch.manual_seed(0)
+    cpu = _learner(kl_weight=0.3, factor_rank=rank, learn_alpha=True)
+    other = PearlLearner(cpu.cfg, copy.deepcopy(cpu.policy), cpu.train_tasks, max_steps=5, device=device)
+    other.load_state_dict(cpu.state_dict())
+    g = torch.Generator().manual_seed(2)
+    data = [torch.randn(2, 6, 5, generator=g), torch.randn(2, 4, 8, generator=g), torch.randn(2, 3, generator=g),
+            torch.randn(2, 4, 2, generator=g)]
+    data[1][..., -1] = 0.0  # not terminated
+    before = {k: v.clone() for k, v in _tensors(cpu.state_dict()).items()}
+    for _ in range(3):
+        a, b = cpu.update_on(*data), other.update_on(*(x.to(device) for x in data))
+        assert a.keys() == b.keys() and len(a) == 5  # qf, kl, vf, policy, alpha
+        for key in a:
+            assert b[key].item() == pytest.approx(a[key].item(), rel=1e-4, abs=1e-6), key
+    moved, after = _tensors(other.state_dict()), _tensors(cpu.state_dict())
+    for key, value in after.items():
+        torch.testing.assert_close(moved[key].cpu(), value, rtol=1e-4, atol=1e-5, msg=key)
+    changed = {key.split("/")[1] for key in before if not torch.equal(before[key], after[key])}
+    assert changed == {"policy", "encoder", "qf1", "qf2", "vf", "target_vf", "log_alpha"}
+    assert {key.split("/")[2] for key in after if key.startswith("/optimizer/")} == {  # Adam's moments, compared
+        "policy", "qf", "vf", "encoder", "alpha"}
+    batch = _batch(2, 2, 4, 2, 2, [[4, 2], [3, 1]])
+    z_cpu = cpu.adapt(cpu.init_adaptation(batch.tasks, seed=5), batch).z
+    torch.testing.assert_close(other.adapt(other.init_adaptation(batch.tasks, seed=5), batch).z, z_cpu,
+                               rtol=1e-4, atol=1e-5)
 
 
 def test_too_many_sampled_tasks_is_a_config_error():
