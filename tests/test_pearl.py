@@ -105,6 +105,28 @@ def test_product_of_low_rank_factors_matches_dense_hand_computation():
     torch.testing.assert_close((empty.mean, empty.variance), (torch.zeros(2, 3).double(), torch.ones(2, 3).double()))
 
 
+
+@pytest.mark.parametrize("scale", [1e2, 3e3, 1e4])
+def test_a_float32_low_rank_posterior_keeps_its_mean_when_the_factors_agree(scale):
+    """Factors that all pin z along (1, 1) with precision 1 + 2 scale^2 leave the summed
+    precision's condition number near 2 scale^2: in float32 arithmetic the mean was a third
+    off at scale 3e3 and the Cholesky failed at 1e4. The float32 posterior must match the
+    float64 one: mean, variance, KL and a sample."""
+    for m in (1, 64):
+        means = torch.tensor([1.0, -1.0]).repeat(m, 1)
+        variances, factors = torch.ones(m, 2), torch.full((m, 2, 1), scale)
+        q = product_of_low_rank_gaussians(means, variances, factors)
+        exact = product_of_low_rank_gaussians(means.double(), variances.double(), factors.double())
+        assert q.mean.dtype == q.variance.dtype == torch.float32
+        torch.testing.assert_close(q.mean, exact.mean.float())
+        torch.testing.assert_close(q.variance, exact.variance.float())
+        torch.testing.assert_close(q.kl(), exact.kl().float())
+        noise = torch.tensor([0.3, -1.2])
+        torch.testing.assert_close(q.sample(noise), exact.sample(noise.double()).float())
+    # one factor: the mean sits half-way to the factor's, as the hand computation gives
+    torch.testing.assert_close(product_of_low_rank_gaussians(means[:1], variances[:1], factors[:1]).mean,
+                               torch.tensor([0.5, -0.5]))
+
 def test_a_full_covariance_posterior_samples_and_kl_match_torch_distributions():
     means, variances, factors = _low_rank_case(torch.Generator().manual_seed(1))
     q = product_of_low_rank_gaussians(means, variances, factors)

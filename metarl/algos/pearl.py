@@ -212,13 +212,14 @@ class Posterior(NamedTuple):
         if self.chol is None:
             return self.mean + self.variance.sqrt() * noise
         # precision = C C^T, so C^-T noise has covariance C^-T C^-1 = precision^-1.
-        return self.mean + torch.linalg.solve_triangular(self.chol.mT, noise.unsqueeze(-1), upper=True).squeeze(-1)
+        offset = torch.linalg.solve_triangular(self.chol.mT, noise.to(self.chol.dtype).unsqueeze(-1), upper=True)
+        return self.mean + offset.squeeze(-1).to(self.mean.dtype)
 
     def kl(self) -> Tensor:
         """KL(q || N(0, I)). (...)."""
         if self.chol is None:
             return kl_to_standard_normal(self.mean, self.variance)
-        log_det_precision = 2.0 * torch.diagonal(self.chol, dim1=-2, dim2=-1).log().sum(-1)
+        log_det_precision = 2.0 * torch.diagonal(self.chol, dim1=-2, dim2=-1).log().sum(-1).to(self.mean.dtype)
         return 0.5 * (self.variance.sum(-1) + (self.mean * self.mean).sum(-1) - self.mean.shape[-1]
                       + log_det_precision)
 
@@ -229,8 +230,14 @@ def product_of_low_rank_gaussians(means: Tensor, variances: Tensor, factors: Ten
     + factors_n factors_n^T)^-1).
 
     Shapes: ``means``, ``variances`` (..., M, L); ``factors`` (..., M, L, r); ``mask`` (..., M).
+    Computed in float64 (L is small): the summed precision is ill-conditioned when many
+    factors agree on a direction and float32 would lose the mean (off by a third at a
+    condition number of ~1e7) or fail the Cholesky; ``mean`` and ``variance`` come back
+    in the inputs' dtype, ``chol`` stays float64.
     """
-    precision = 1.0 / variances
+    dtype = means.dtype
+    means, factors = means.double(), factors.double()
+    precision = 1.0 / variances.double()
     if mask is not None:
         keep = mask.to(precision.dtype)
         precision, factors = precision * keep.unsqueeze(-1), factors * keep[..., None, None]
@@ -240,7 +247,7 @@ def product_of_low_rank_gaussians(means: Tensor, variances: Tensor, factors: Ten
     chol = torch.linalg.cholesky(total)
     mean = torch.cholesky_solve(eta.unsqueeze(-1), chol).squeeze(-1)
     variance = torch.diagonal(torch.cholesky_inverse(chol), dim1=-2, dim2=-1)
-    return Posterior(mean, variance, chol)
+    return Posterior(mean.to(dtype), variance.to(dtype), chol)
 
 
 def tanh_gaussian_sample(mean: Tensor, std: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
