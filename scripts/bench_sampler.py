@@ -6,8 +6,9 @@ For each task family, side by side in one run:
       (for Meta-World, the benchmark's own gym.make_vec("Meta-World/ML1-train", ...));
   (c) metarl's process sampler with 1 and 2 workers;
   (d) metarl's ray sampler with 2 workers (when ray is installed);
-the raw env.step rate without any policy (the overhead's reference), and the ceiling: two
-independent single-env loops in two processes at once, their rates summed. Beside the
+the raw env.step rate without any policy, on the collection's tasks (the overhead's
+reference), and the ceiling: two independent single-env loops in two processes at once,
+each on the task its sampler worker rolls, their rates summed. Beside the
 ratios, where a worker's time goes: its own share (policy, noise, recording) and how much
 slower each env step is inside the worker than alone.
 
@@ -59,19 +60,28 @@ def plain_loop(dist, policy, task, steps: int, with_policy: bool = True, seconds
     return i / (time.perf_counter() - t0)
 
 
+def env_step_only(dist, policy, tasks, steps: int) -> float:
+    """Env steps/s of the env alone (no policy), ``steps`` split evenly over ``tasks``,
+    each task's env stepped in turn: the reference for the same work as a collection on
+    these tasks (a task's step cost depends on where its goal and object sit)."""
+    per_task = max(1, steps // len(tasks))
+    seconds = sum(per_task / plain_loop(dist, policy, task, per_task, with_policy=False) for task in tasks)
+    return per_task * len(tasks) / seconds
+
+
 def _ceiling_lane(args) -> float:
-    name, fast, hidden, barrier, seconds = args
+    name, fast, hidden, task, barrier, seconds = args
     torch.set_num_threads(1)
     dist = metarl.envs.make(name, **({} if fast else {"fast": False}))
-    task = dist.sample(1, "train", np.random.default_rng(0))[0]
     obs_space, act_space = dist.spaces
     return plain_loop(dist, GaussianMLPPolicy(obs_space.shape[0], act_space.shape[0], hidden), task, 10000,
                       with_policy=False, seconds=seconds, ready=barrier.wait)
 
 
-def ceiling(name: str, fast: bool, hidden: list[int], seconds: float, processes: int = 2) -> float:
+def ceiling(name: str, fast: bool, hidden: list[int], tasks: list, seconds: float, processes: int = 2) -> float:
     """The machine's ceiling for ``processes`` workers: that many independent single-env
-    loops (env.step only) stepping at once for the same ``seconds``, their rates summed.
+    loops (env.step only) stepping at once for the same ``seconds``, their rates summed;
+    loop ``i`` steps ``tasks[i % len(tasks)]``, the task the sampler's worker ``i`` rolls.
     (Loops of a fixed step count would not all run at once: the first to finish leaves the
     others the machine to themselves, and the sum overstates what two can do together.)"""
     import multiprocessing as mp
@@ -80,7 +90,8 @@ def ceiling(name: str, fast: bool, hidden: list[int], seconds: float, processes:
     with ctx.Manager() as manager:
         barrier = manager.Barrier(processes)
         with ctx.Pool(processes) as pool:
-            return sum(pool.map(_ceiling_lane, [(name, fast, hidden, barrier, seconds)] * processes))
+            return sum(pool.map(_ceiling_lane, [(name, fast, hidden, tasks[i % len(tasks)], barrier, seconds)
+                                                for i in range(processes)]))
 
 
 def async_vector(dist, policy, tasks, num_envs: int, steps: int) -> float:
@@ -204,21 +215,21 @@ def main() -> None:
         # drift during the few seconds of one comparison cancels to first order.
         pairs: dict[str, list[float]] = {k: [] for k in ("env_step_only", "process_1", "main_cpu_per_s_process_1",
                                                          "ceiling", "process_2", "main_cpu_per_s_process_2")}
-        env_step_only = functools.partial(plain_loop, dist, policy, tasks[0], min(steps, 10000), with_policy=False)
+        reference = functools.partial(env_step_only, dist, policy, tasks, min(steps, 10000))
         for _ in range(args.repeats):
-            before = env_step_only()
+            before = reference()
             for k, v in zip(("process_1", "main_cpu_per_s_process_1"),
                             metarl_rate(dist, policy, tasks, args.episodes, "process", 1, args.max_steps), strict=True):
                 pairs[k].append(v)
-            after = env_step_only()
+            after = reference()
             pairs["env_step_only"].append((before + after) / 2)
             # As long as one loop takes for the collection's steps (~1-3 s for pick-place).
             seconds = min(steps, 10000) / pairs["env_step_only"][-1]
-            before = ceiling(name, fast, args.hidden, seconds)
+            before = ceiling(name, fast, args.hidden, tasks, seconds)
             for k, v in zip(("process_2", "main_cpu_per_s_process_2"),
                             metarl_rate(dist, policy, tasks, args.episodes, "process", 2, args.max_steps), strict=True):
                 pairs[k].append(v)
-            pairs["ceiling"].append((before + ceiling(name, fast, args.hidden, seconds)) / 2)
+            pairs["ceiling"].append((before + ceiling(name, fast, args.hidden, tasks, seconds)) / 2)
         # Where the rest goes: each env step's own time alone (the env-only loop), in a worker
         # that steps one episode at a time (a policy forward between steps: each evicts the
         # other's working set; the actions' distribution itself changed pick-place's step
@@ -230,7 +241,7 @@ def main() -> None:
             inside["overhead"].append(overhead)
             inside["lockstep"].append(inside_step)
             inside["one_lane"].append(worker_overhead(dist, policy, tasks, args.episodes, args.max_steps, 1)[1])
-            inside["alone"].append(1 / plain_loop(dist, policy, tasks[0], min(steps, 10000), with_policy=False))
+            inside["alone"].append(1 / env_step_only(dist, policy, tasks, min(steps, 10000)))
         row = {"num_envs": num_envs, **{k: float(np.median(v)) for k, v in pairs.items()},
                "worker_overhead": float(np.median(inside["overhead"])),
                "env_step_one_lane_vs_alone": float(np.median(np.divide(inside["one_lane"], inside["alone"]))),
