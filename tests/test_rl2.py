@@ -1,4 +1,4 @@
-"""RL²: trials, recurrent log-probs, advantages across episode boundaries, a smoke run."""
+"""RL²: trials, recurrent log-probs, advantages per episode and over the whole trial (trial_gae), a smoke run."""
 
 import json
 
@@ -116,6 +116,45 @@ def test_advantages_bootstrap_truncation_and_not_termination():
                             1 - v[3]])
     torch.testing.assert_close(adv[0], expected)
 
+
+
+@pytest.mark.parametrize("algo", ["rl2_ppo", "varibad"])
+def test_trial_gae_runs_across_the_trials_episodes_and_ends_only_with_the_trial(algo):
+    """algo.trial_gae: episode A (steps 0-1, truncated) then B (2-3, terminated), then
+    padding. The recursion crosses A's end, which bootstraps from B's first value; only the
+    trial's last step is terminal; padding gets nothing. By hand, gamma 0.9, lambda 0.5."""
+    _, policy, learner = make()
+    learner.cfg = (Rl2Config if algo == "rl2_ppo" else VaribadConfig)(gamma=0.9, gae_lambda=0.5, trial_gae=True)
+    from metarl.algos.rl2 import Trials, trial_last_step
+
+    mask = torch.tensor([[True, True, True, True, False]])
+    term = torch.tensor([[False, False, False, True, False]])
+    trunc = torch.tensor([[False, True, False, False, False]])
+    rewards = torch.tensor([[1.0, -2.0, 0.5, 3.0, 7.0]])
+    trials = Trials(x=torch.randn(1, 5, 6), actions=torch.zeros(1, 5, 2), rewards=rewards,
+                    log_probs=torch.zeros(1, 5), terminated=term, truncated=trunc, ends=term | trunc, mask=mask,
+                    boot_x=torch.randn(1, 5, 6))
+    assert trial_last_step(mask).tolist() == [[False, False, False, True, False]]
+    values = torch.tensor([[0.3, -0.4, 1.1, 0.8, 5.0]])
+    adv, targets = learner.advantages(trials, values, states=None)
+    v, r, k = values[0], rewards[0], 0.9 * 0.5
+    d = [r[0] + 0.9 * v[1] - v[0], r[1] + 0.9 * v[2] - v[1], r[2] + 0.9 * v[3] - v[2], r[3] - v[3]]
+    a3 = d[3]
+    a2 = d[2] + k * a3
+    a1 = d[1] + k * a2
+    a0 = d[0] + k * a1
+    torch.testing.assert_close(adv[0], torch.stack([a0, a1, a2, a3, torch.tensor(0.0)]))
+    torch.testing.assert_close(targets, (adv + values) * mask)
+    # per episode (the default) A's advantages do not see B's rewards; over the trial they do
+    later = rewards.clone()
+    later[0, 3] += 5.0
+    moved = learner.advantages(trials._replace(rewards=later), values, states=None)[0]
+    assert (moved[0, :2] - adv[0, :2] > 0).all()
+    learner.cfg = (Rl2Config if algo == "rl2_ppo" else VaribadConfig)(gamma=0.9, gae_lambda=0.5)
+    with torch.no_grad():
+        _, _, values, states = policy(trials.x, policy.initial_state(1))
+    per_episode = [learner.advantages(trials._replace(rewards=r), values, states)[0] for r in (rewards, later)]
+    torch.testing.assert_close(per_episode[0][0, :2], per_episode[1][0, :2])
 
 def test_update_changes_policy_and_is_finite():
     dist, policy, learner = make()

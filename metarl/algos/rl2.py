@@ -5,9 +5,11 @@ keeps its state across the episodes of one task (a trial); adaptation happens in
 state. Each meta-iteration collects one trial per task and runs PPO with backpropagation
 through whole trials, or through windows of them (``algo.bptt_window``).
 
-Advantages are GAE per episode: the recursion stops at episode boundaries, with no
-bootstrap after a true termination and a bootstrap from the value of the final
-observation (with the trial's state) after a time-limit truncation.
+Advantages are GAE per episode by default: the recursion stops at episode boundaries, with
+no bootstrap after a true termination and a bootstrap from the value of the final
+observation (with the trial's state) after a time-limit truncation. ``algo.trial_gae``
+computes them over the whole trial instead, as the paper's objective (the trial's
+discounted return) and garage's and metaworld-algorithms' RL² do.
 """
 
 from __future__ import annotations
@@ -65,6 +67,18 @@ class Rl2Config(AlgoConfig):
     normalize_advantages: bool = True
     normalize_reward_input: bool = True
     """Scale the reward the policy sees by its running standard deviation."""
+    trial_gae: bool = False
+    """Advantages and value targets over the whole trial, one episode of the Bayes-adaptive
+    MDP: the GAE recursion and the discounting run across the trial's episode boundaries
+    (an action earns the later episodes' discounted rewards, so exploring early pays), an
+    episode's last step bootstraps from the next episode's first state, and only the trial's
+    last step is terminal. That is the RL² paper's objective and what garage's RL2 (one
+    path per trial) and metaworld-algorithms' RL² (``compute_advantages`` keeps only the
+    trial's first episode start) compute. False: per episode (see the module docstring),
+    which credits nothing across episodes, as varibad's MuJoCo RL² and VariBAD configs do in
+    effect (``use_proper_time_limits`` cuts GAE at each episode's time limit inside its
+    BAMDP wrapper). Every RL² and VariBAD result committed before this option ran per
+    episode."""
     target_kl: float | None = None
     """Stop an update's epochs at the first minibatch whose approximate KL from the
     collecting policy exceeds 1.5 x this, before its step (Stable-Baselines3's rule;
@@ -111,6 +125,14 @@ class Trials(NamedTuple):
     ends: Tensor
     mask: Tensor
     boot_x: Tensor
+
+
+def trial_last_step(mask: Tensor) -> Tensor:
+    """True at each trial's last valid step, (N, L) from the trials' ``mask`` (valid steps
+    first, then padding)."""
+    last = torch.zeros_like(mask)
+    last[torch.arange(mask.shape[0], device=mask.device), (mask.sum(1) - 1).clamp_min(0)] = mask.any(1)
+    return last
 
 
 def to_trials(batch: EpisodeBatch, policy: RecurrentGaussianPolicy, device: torch.device) -> Trials:
@@ -224,27 +246,36 @@ class Rl2Learner(NoExtraState):
             self.reward_stats, std = _welford(self.reward_stats, batch.rewards[batch.mask])
             self.policy.reward_scale.fill_(1.0 / max(std, 1e-4))
 
+    def _boundaries(self, trials: Trials) -> tuple[Tensor, Tensor]:
+        """(terminated, dones) for :func:`compute_gae`: per episode, or with ``trial_gae``
+        the trial's last step as its only end."""
+        if self.cfg.trial_gae:
+            last = trial_last_step(trials.mask)
+            return last, last | ~trials.mask
+        return trials.terminated, trials.ends | ~trials.mask
+
     def _value_scale(self, trials: Trials) -> float:
-        """1 / running std of per-episode discounted returns: the value head learns scaled
-        returns, so a shared trunk is not dominated by the value loss's magnitude."""
+        """1 / running std of the discounted returns (per episode, or per trial with
+        ``trial_gae``): the value head learns scaled returns, so a shared trunk is not
+        dominated by the value loss's magnitude."""
         zeros = torch.zeros_like(trials.rewards)
-        returns = compute_gae(trials.rewards, zeros, zeros, trials.terminated,
-                              trials.ends | ~trials.mask, self.cfg.gamma, 1.0)
+        returns = compute_gae(trials.rewards, zeros, zeros, *self._boundaries(trials), self.cfg.gamma, 1.0)
         self.return_stats, std = _welford(self.return_stats, returns[trials.mask])
         return 1.0 / max(std, 1e-4)
 
     def advantages(self, trials: Trials, values: Tensor, states: Tensor, scale: float = 1.0) -> tuple[Tensor, Tensor]:
-        """GAE per episode and the value targets, (N, L) each, for rewards times ``scale``
-        (the units the value head predicts in)."""
+        """GAE (per episode, or over the trial with ``trial_gae``) and the value targets,
+        (N, L) each, for rewards times ``scale`` (the units the value head predicts in)."""
         cfg = self.cfg
         with torch.no_grad():
+            # The next step's value: within a trial also across an episode boundary, the
+            # next episode's first state (what trial_gae bootstraps from).
             next_values = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], 1)
-            if trials.truncated.any():  # V(final observation) with the state after the step
+            if not cfg.trial_gae and trials.truncated.any():  # V(final observation), state after the step
                 n_idx, t_idx = trials.truncated.nonzero(as_tuple=True)
                 boot = self.policy(trials.boot_x[n_idx, t_idx].unsqueeze(1), states[n_idx, t_idx])[2][:, 0]
                 next_values[n_idx, t_idx] = boot
-            dones = trials.ends | ~trials.mask
-            adv = compute_gae(trials.rewards * scale, values, next_values, trials.terminated, dones,
+            adv = compute_gae(trials.rewards * scale, values, next_values, *self._boundaries(trials),
                               cfg.gamma, cfg.gae_lambda) * trials.mask
         return adv, (adv + values) * trials.mask
 

@@ -110,6 +110,11 @@ class VaribadConfig(AlgoConfig):
     ent_coef: float = 0.01
     max_grad_norm: float = 0.5
     normalize_advantages: bool = True
+    trial_gae: bool = False
+    """Advantages over the whole trial, the BAMDP episode whose return the paper maximises:
+    see :attr:`metarl.algos.rl2.Rl2Config.trial_gae`. False: per episode, as the reference's
+    MuJoCo configs compute them in effect (``use_proper_time_limits``: GAE cut at each
+    episode's time limit); its gridworld configs run over the trial."""
 
     def __post_init__(self) -> None:
         for key in ("lr", "vae_lr", "gamma", "ppo_clip", "max_grad_norm"):
