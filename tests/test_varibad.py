@@ -18,8 +18,8 @@ from metarl.sampling import Sampler
 def make(**kw) -> VaribadLearner:
     torch.manual_seed(0)
     policy = VariBADPolicy(2, 2, latent_dim=2, gru_size=6, hidden_sizes=[8], init_std=0.5)
-    cfg = VaribadConfig(reward_decoder_sizes=[5], decode_with_action_and_state=False, vae_subsample_elbos=None,
-                        vae_subsample_decodes=None, vae_batch_trials=3, **kw)
+    cfg = VaribadConfig(**{"reward_decoder_sizes": [5], "decode_with_action_and_state": False,
+                           "vae_subsample_elbos": None, "vae_subsample_decodes": None, "vae_batch_trials": 3} | kw)
     return VaribadLearner(cfg, policy, trial_steps=10)
 
 
@@ -57,37 +57,57 @@ def test_vae_view_of_a_trial_reads_every_transition_once():
         assert torch.equal(v.x[i, steps, :2], batch.last_obs[i, -1])
 
 
+def _tiny_trials(n: int = 2, h: int = 3) -> tuple[VaeTrials, list[int], torch.Tensor]:
+    """Two trials of 3 and 2 steps (padded to 3), and the draws of their posteriors' m_t."""
+    g = torch.Generator().manual_seed(0)
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    trials = VaeTrials(x=torch.randn(n, h + 1, 6, generator=g), obs=torch.randn(n, h, 2, generator=g),
+                       actions=torch.randn(n, h, 2, generator=g), rewards=torch.randn(n, h, generator=g) * mask,
+                       next_obs=torch.randn(n, h, 2, generator=g), mask=mask)
+    return trials, [3, 2], torch.randn(n, h + 1, 2, generator=g)
+
+
+def _kl_by_hand(learner: VaribadLearner, trials: VaeTrials, lengths: list[int]) -> list[list[float]]:
+    """KL(q_t || q_{t-1}) for t = 0..length of each trial, q_{-1} = N(0, I), each trial's
+    posteriors computed alone."""
+    out = []
+    for i, length in enumerate(lengths):
+        with torch.no_grad():
+            mean, logvar, _ = learner.policy.encode(trials.x[i:i + 1, :length + 1], torch.zeros(1, 6))
+        mean, logvar = mean[0], logvar[0]
+        prev_mean, prev_logvar, kls = torch.zeros(2), torch.zeros(2), []
+        for t in range(length + 1):
+            kl = 0.0
+            for d in range(2):
+                var_q, var_p = math.exp(logvar[t, d]), math.exp(prev_logvar[d])
+                kl += 0.5 * (math.log(var_p / var_q) + (var_q + float(mean[t, d] - prev_mean[d]) ** 2) / var_p - 1)
+            kls.append(kl)
+            prev_mean, prev_logvar = mean[t], logvar[t]
+        out.append(kls)
+    return out
+
+
 def test_elbo_terms_by_hand_on_a_tiny_sequence():
     """Every posterior q_0..q_H decodes every reward of its trial (past and future), KL to
     the previous posterior with N(0, I) first; each trial's posteriors computed alone (no
     padding), loops instead of the learner's gathers."""
     learner = make(kl_weight=0.3)
-    g = torch.Generator().manual_seed(0)
-    n, h = 2, 3
-    lengths = [3, 2]
-    mask = torch.tensor([[True, True, True], [True, True, False]])
-    trials = VaeTrials(x=torch.randn(n, h + 1, 6, generator=g), obs=torch.randn(n, h, 2, generator=g),
-                       actions=torch.randn(n, h, 2, generator=g), rewards=torch.randn(n, h, generator=g) * mask,
-                       next_obs=torch.randn(n, h, 2, generator=g), mask=mask)
-    noise = torch.randn(n, h + 1, 2, generator=g)
+    trials, lengths, noise = _tiny_trials()
+    n = len(lengths)
     terms = learner.elbo_loss(trials, noise)
 
-    reward = kl = 0.0
+    reward = 0.0
     for i, length in enumerate(lengths):
         with torch.no_grad():
             mean, logvar, _ = learner.policy.encode(trials.x[i:i + 1, :length + 1], torch.zeros(1, 6))
         mean, logvar = mean[0], logvar[0]
-        prev_mean, prev_logvar = torch.zeros(2), torch.zeros(2)
         for t in range(length + 1):
             m = mean[t] + torch.exp(0.5 * logvar[t]) * noise[i, t]
             for j in range(length):
                 with torch.no_grad():
                     r_hat = learner.reward_decoder(torch.cat([m, trials.next_obs[i, j]]))[0]
                 reward += float((r_hat - trials.rewards[i, j]) ** 2)
-            for d in range(2):
-                var_q, var_p = math.exp(logvar[t, d]), math.exp(prev_logvar[d])
-                kl += 0.5 * (math.log(var_p / var_q) + (var_q + float(mean[t, d] - prev_mean[d]) ** 2) / var_p - 1)
-            prev_mean, prev_logvar = mean[t], logvar[t]
+    kl = sum(map(sum, _kl_by_hand(learner, trials, lengths)))
     terms = {k: v.detach() for k, v in terms.items()}
     assert float(terms["reward"]) == pytest.approx(reward / n, rel=1e-5)
     assert float(terms["kl"]) == pytest.approx(kl / n, rel=1e-5)
@@ -107,6 +127,31 @@ def test_subsampled_elbo_picks_only_valid_posteriors_and_rewards():
     assert idx.shape == (2, 7, 50) and ok.all()
     assert (idx[0] < 6).all() and (idx[1] < 3).all() and set(idx[1].flatten().tolist()) == {0, 1, 2}
 
+
+
+def test_a_subsampled_elbo_takes_the_kl_of_its_own_posteriors_only():
+    """vae_subsample_elbos=2: the KL term sums KL(q_t || q_{t-1}) over the two posteriors
+    whose reconstructions each trial's ELBO uses (the reference's compute_kl_loss at its
+    elbo_indices), not over all H + 1, which on a 5,000-step Meta-World trial would weigh
+    the KL ~100 x against 50 reconstructions."""
+    learner = make(kl_weight=0.3, vae_subsample_elbos=2)
+    trials, lengths, noise = _tiny_trials()
+    picked = []
+    pick = learner._pick
+
+    def spy(valid, k, replacement, rows=None):
+        out = pick(valid, k, replacement, rows)
+        picked.append(out)
+        return out
+
+    learner._pick = spy
+    terms = learner.elbo_loss(trials, noise)
+    (elbos, ok), _ = picked
+    assert elbos.shape == (2, 2) and ok.all()
+    by_hand = _kl_by_hand(learner, trials, lengths)
+    expected = sum(by_hand[i][t] for i in range(2) for t in elbos[i].tolist()) / 2
+    assert float(terms["kl"]) == pytest.approx(expected, rel=1e-5)
+    assert float(terms["kl"]) < sum(map(sum, by_hand)) / 2  # fewer (positive) terms than all posteriors'
 
 @pytest.mark.parametrize("through", [False, True])
 def test_the_rl_loss_reaches_the_encoder_only_when_asked(through):

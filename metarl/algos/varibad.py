@@ -14,8 +14,11 @@ with m_t ~ q_t one reparameterised draw per posterior, t = 0..H over the trial's
 and the posterior after its last transition, and j over the trial's steps: each posterior
 decodes the past and the future (the reference's default; its deterministic reward
 decoder is this squared error). With ``vae_subsample_elbos`` / ``vae_subsample_decodes``
-only that many random posteriors per trial, and rewards per posterior (with replacement),
-enter the sums, as the reference does on long trials. The VAE learns from a buffer of the
+only that many random posteriors per trial (their reconstructions and their KL terms), and
+rewards per posterior (with replacement), enter the sums, as the reference does on long
+trials. (metarl's VariBAD first summed the KL over every posterior, which on a 5,000-step
+Meta-World trial weighs it 100 x the reference against 50 reconstructions; the VariBAD
+rows in ``results/`` ran that way.) The VAE learns from a buffer of the
 latest ``vae_buffer_trials`` trials (its own Adam, ``vae_updates`` steps per iteration on
 ``vae_batch_trials`` trials each); the buffer is saved beside each checkpoint. With
 ``vae_pretrain_collections`` / ``vae_pretrain_updates`` the first iteration starts by
@@ -297,7 +300,7 @@ class VaribadLearner(Rl2Learner):
         weight = (elbo_ok.unsqueeze(2) & decode_ok).to(mean.dtype)
         reward_err = (self.decode_rewards(m_p, obs, actions, next_obs) - trials.rewards[rows, decodes]) ** 2
         terms = {"reward": (reward_err * weight).sum((1, 2)).mean(),
-                 "kl": (kl * post_valid).sum(1).mean(),
+                 "kl": (kl.gather(1, elbos) * elbo_ok).sum(1).mean(),  # the same posteriors' KL terms
                  "state": torch.zeros((), device=mean.device)}
         if self.state_decoder is not None:
             state_err = ((self.state_decoder(torch.cat([m_p, obs, actions], -1)) - next_obs) ** 2).sum(-1)
