@@ -18,6 +18,8 @@ def test_defaults_and_overrides():
     (["seed=abc"], "invalid value for seed: Value 'abc' of type 'str' could not be converted to Integer"),
     (["algo.inner_lr"], "invalid override 'algo.inner_lr': expected dotted key=value"),
     (["algo.num_inner_steps=0"], "algo.num_inner_steps must be >= 1"),
+    (["algo.hvp_subsample=0.4"], "algo.hvp_subsample must be 1 / k for a whole k"),
+    (["algo.hvp_subsample=0"], "algo.hvp_subsample must be 1 / k for a whole k"),
     (["algo.name=maml_foo"], "unknown algo.name 'maml_foo'; valid: maml_trpo"),
     (["sampler.backend=threads"], "sampler.backend must be one of local, process, ray"),
     (["eval.num_tasks=0"], "eval.num_tasks must be >= 1, got 0"),

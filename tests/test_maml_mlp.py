@@ -97,3 +97,4 @@ def test_supports():
     assert not supports(mlp, 2, False)
     assert not supports(mlp, 1, True)
     assert not supports(GaussianMLPPolicy(3, 2, [8], std_type="head"), 1, False)
+    assert not supports(GaussianMLPPolicy(3, 2, [8], max_std=0.5), 1, False)  # a std clamped from above

@@ -105,8 +105,9 @@ class MamlConfig(AlgoConfig):
     cg_iters: int = 10
     cg_damping: float = 1e-5
     hvp_subsample: float = 1.0
-    """Fraction of each task's steps (every k-th, k = round(1 / fraction)) that the conjugate
-    gradient's curvature products use, as rllab's ``subsample_factor``; 1.0 is exact. The
+    """Fraction of each task's steps that the conjugate gradient's curvature products use:
+    1 / k keeps every k-th step (rllab's ``subsample_factor`` draws a random subset of that
+    size instead); 1.0 is exact, and fractions not of the form 1 / k are refused. The
     gradient and the line search's KL and surrogate checks always use every step, so an
     accepted step keeps the exact trust region. 0.1 makes MAML-TRPO's update on ML1
     several times faster (README, Numbers)."""
@@ -131,8 +132,9 @@ class MamlConfig(AlgoConfig):
             check_positive(f"algo.{key}", getattr(self, key))
         if self.kl_penalty < 0:
             raise ConfigError(f"algo.kl_penalty must be >= 0, got {self.kl_penalty}")
-        if not 0 < self.hvp_subsample <= 1:
-            raise ConfigError(f"algo.hvp_subsample must be in (0, 1], got {self.hvp_subsample}")
+        if not 0 < self.hvp_subsample <= 1 or abs(round(1 / self.hvp_subsample) * self.hvp_subsample - 1) > 1e-3:
+            raise ConfigError("algo.hvp_subsample must be 1 / k for a whole k (1.0, 0.5, 0.333, 0.25, ..., 0.1: "
+                              f"every k-th step), got {self.hvp_subsample}")
         if not 0 <= self.gae_lambda <= 1:
             raise ConfigError(f"algo.gae_lambda must be in [0, 1], got {self.gae_lambda}")
         if self.cg_iters < 1 or self.ls_max_steps < 1 or self.ppo_epochs < 1:

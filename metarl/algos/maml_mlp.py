@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 def supports(policy: torch.nn.Module, num_inner_steps: int, learn_inner_lr: bool) -> bool:
     """Whether :class:`MlpMamlProducts` computes this learner's products."""
     return (type(policy) is GaussianMLPPolicy and policy.spec.std_type == "param"
+            and policy._log_max_std is None  # the closed form clamps the std from below only
             and policy.spec.activation in ("tanh", "relu") and num_inner_steps == 1 and not learn_inner_lr)
 
 
