@@ -138,7 +138,7 @@ def _benchmark(args: argparse.Namespace) -> int:
 def _plot(args: argparse.Namespace) -> int:
     from metarl.plotting import plot_runs
 
-    out = plot_runs([Path(p) for p in args.run_dirs], Path(args.out))
+    out = plot_runs([Path(p) for p in args.run_dirs], Path(args.out), args.by_run)
     print(f"wrote {out}")
     return 0
 
@@ -210,6 +210,8 @@ def parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="learning curves (and adaptation curves) to a PNG")
     pl.add_argument("run_dirs", nargs="+")
     pl.add_argument("--out", required=True)
+    pl.add_argument("--by-run", action="store_true",
+                    help="one line per run directory, named after it (default: runs of one config averaged)")
     pl.set_defaults(func=_plot)
     ts = sub.add_parser("tasks", help="list task distributions with split sizes")
     ts.set_defaults(func=_tasks)

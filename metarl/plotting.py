@@ -51,7 +51,7 @@ def _adaptation_axis(evals: list[dict[str, Any]]) -> tuple[str, str | None]:
     return "k", None
 
 
-def draw_runs(run_dirs: list[Path]) -> Figure:
+def draw_runs(run_dirs: list[Path], by_run: bool = False) -> Figure:
     """The figure ``plot_runs`` saves (neither saved nor closed here)."""
     import matplotlib
 
@@ -70,7 +70,7 @@ def draw_runs(run_dirs: list[Path]) -> Figure:
         if not metrics[run]:
             raise ConfigError(f"{run} has no iterations to plot yet (metrics.jsonl is missing or empty)")
         cfg = yaml.safe_load(paths.config.read_text())
-        groups[f"{cfg['algo']['name']} / {cfg['tasks']['name']}"].append(run)
+        groups[run.name if by_run else f"{cfg['algo']['name']} / {cfg['tasks']['name']}"].append(run)
     evals = {run: json.loads(RunDir(run).eval.read_text()) for run in run_dirs if RunDir(run).eval.is_file()}
     has_eval = bool(evals)
     has_success = any("train/success_post" in metrics[r][0] for r in run_dirs)
@@ -122,15 +122,16 @@ def draw_runs(run_dirs: list[Path]) -> Figure:
     return fig
 
 
-def plot_runs(run_dirs: list[Path], out: Path) -> Path:
+def plot_runs(run_dirs: list[Path], out: Path, by_run: bool = False) -> Path:
     """Learning curves of ``run_dirs`` (and their eval.json adaptation curves) to ``out``.
 
     Runs with the same config name and task distribution are averaged (mean and a band of
-    one standard deviation); others get a line each. Adaptation curves are drawn against
+    one standard deviation); others get a line each. ``by_run``: every run its own line,
+    labelled by its directory's name (variants of one config side by side). Adaptation curves are drawn against
     the episodes of the held-out task seen where every eval.json row has ``episodes``
     (comparable across MAML's gradient steps and RL²'s episodes), else against k.
     """
-    fig = draw_runs(run_dirs)
+    fig = draw_runs(run_dirs, by_run)
     import matplotlib.pyplot as plt
 
     out.parent.mkdir(parents=True, exist_ok=True)

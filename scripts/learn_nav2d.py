@@ -10,8 +10,10 @@
   the return after one gradient step must be >= -20 and >= 8 above the return before.
 - ``promp``: configs/promp/nav2d (maml_trpo's task settings, ProMP's algorithm settings);
   the same check as ``maml_trpo``.
-- ``rl2_ppo``: configs/rl2_ppo/nav2d (trials of 2 episodes). On 40 held-out tasks, the
-  second episode's return must be >= -20 and beat the first's by >= 2.0.
+- ``rl2_ppo``: configs/rl2_ppo/nav2d (trials of 2 episodes). On all 100 held-out tasks,
+  the second episode's return must be >= -20 and beat the first's by >= 2.0. (Not the
+  config's 40: the gain's standard error there is ~0.5, and one VariBAD policy gained 1.70
+  on 40 tasks, 2.30-2.45 on all 100 under three episode seeds.)
 - ``varibad``: configs/varibad/nav2d (rl2_ppo's trials and tasks per iteration, so equal
   iterations are equal env steps, plus the VAE pretraining's 25 collections before the
   first); the same check as ``rl2_ppo``.
@@ -34,7 +36,7 @@ from metarl.trainer import Trainer
 CHECKS = {
     "maml_trpo": (["eval.num_tasks=40", "eval.adapt_steps=3"],
                   lambda c: c[1] >= -20 and c[1] - c[0] >= 8),
-    "rl2_ppo": ([], lambda c: c[1] >= -20 and c[1] - c[0] >= 2.0),  # standing still scores -38
+    "rl2_ppo": (["eval.num_tasks=100"], lambda c: c[1] >= -20 and c[1] - c[0] >= 2.0),  # standing still: -38
 }
 CHECKS["promp"] = CHECKS["maml_trpo"]
 CHECKS["varibad"] = CHECKS["rl2_ppo"]

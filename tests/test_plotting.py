@@ -92,6 +92,15 @@ def test_adaptation_curves_are_drawn_against_episodes_seen(tmp_path):
     assert list(maml_curve.lines[0].get_ydata()) == [-29.5, -24.5, -19.5, -14.5]  # mean over the two seeds
 
 
+def test_by_run_gives_every_run_its_own_line_named_after_its_directory(tmp_path):
+    runs = [fake_run(tmp_path / name, "rl2_ppo", iterations=3, seed=0, adaptation=rows([0, 1], [0, 1], offset=i))
+            for i, name in enumerate(("per-episode", "trial-gae"))]
+    assert set(curves(draw_runs(runs).axes[-1])) == {"rl2_ppo / nav2d"}  # one config: averaged
+    fig = draw_runs(runs, by_run=True)
+    assert set(curves(fig.axes[-1])) == {"per-episode", "trial-gae"}
+    assert {line.get_label() for line in fig.axes[0].lines} == {
+        f"{name} ({tag}-adaptation, 1 run(s))" for name in ("per-episode", "trial-gae") for tag in ("pre", "post")}
+
 def test_adaptation_curves_fall_back_to_k_and_name_the_units(tmp_path):
     old = fake_run(tmp_path / "maml", "maml_trpo", iterations=3, adaptation=rows([0, 1, 2], None))
     fig = draw_runs([old])
