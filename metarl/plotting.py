@@ -62,6 +62,8 @@ def draw_runs(run_dirs: list[Path], by_run: bool = False) -> Figure:
 
     groups: dict[str, list[Path]] = defaultdict(list)
     metrics: dict[Path, list[dict[str, Any]]] = {}
+    names = [run.name for run in run_dirs]
+    unique = len(set(names)) == len(names)
     for run in run_dirs:
         paths = RunDir(run)
         if not paths.config.is_file():
@@ -70,7 +72,8 @@ def draw_runs(run_dirs: list[Path], by_run: bool = False) -> Figure:
         if not metrics[run]:
             raise ConfigError(f"{run} has no iterations to plot yet (metrics.jsonl is missing or empty)")
         cfg = yaml.safe_load(paths.config.read_text())
-        groups[run.name if by_run else f"{cfg['algo']['name']} / {cfg['tasks']['name']}"].append(run)
+        by_config = f"{cfg['algo']['name']} / {cfg['tasks']['name']}"
+        groups[(run.name if unique else str(run)) if by_run else by_config].append(run)
     evals = {run: json.loads(RunDir(run).eval.read_text()) for run in run_dirs if RunDir(run).eval.is_file()}
     has_eval = bool(evals)
     has_success = any("train/success_post" in metrics[r][0] for r in run_dirs)
@@ -127,8 +130,9 @@ def plot_runs(run_dirs: list[Path], out: Path, by_run: bool = False) -> Path:
 
     Runs with the same config name and task distribution are averaged (mean and a band of
     one standard deviation); others get a line each. ``by_run``: every run its own line,
-    labelled by its directory's name (variants of one config side by side). Adaptation curves are drawn against
-    the episodes of the held-out task seen where every eval.json row has ``episodes``
+    labelled by its directory's name (its path where two names agree), for variants of one
+    config side by side. Adaptation curves are drawn against the episodes of the held-out
+    task seen where every eval.json row has ``episodes``
     (comparable across MAML's gradient steps and RL²'s episodes), else against k.
     """
     fig = draw_runs(run_dirs, by_run)
