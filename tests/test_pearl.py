@@ -105,7 +105,6 @@ def test_product_of_low_rank_factors_matches_dense_hand_computation():
     torch.testing.assert_close((empty.mean, empty.variance), (torch.zeros(2, 3).double(), torch.ones(2, 3).double()))
 
 
-
 @pytest.mark.parametrize("scale", [1e2, 3e3, 1e4])
 def test_a_float32_low_rank_posterior_keeps_its_mean_when_the_factors_agree(scale):
     """Factors that all pin z along (1, 1) with precision 1 + 2 scale^2 leave the summed
@@ -126,6 +125,7 @@ def test_a_float32_low_rank_posterior_keeps_its_mean_when_the_factors_agree(scal
     # one factor: the mean sits half-way to the factor's, as the hand computation gives
     torch.testing.assert_close(product_of_low_rank_gaussians(means[:1], variances[:1], factors[:1]).mean,
                                torch.tensor([0.5, -0.5]))
+
 
 def test_a_full_covariance_posterior_samples_and_kl_match_torch_distributions():
     means, variances, factors = _low_rank_case(torch.Generator().manual_seed(1))

@@ -104,6 +104,7 @@ def test_by_run_gives_every_run_its_own_line_named_after_its_directory(tmp_path)
              for variant in ("a", "b")]  # the same directory name: told apart by their paths
     assert set(curves(draw_runs(twins, by_run=True).axes[-1])) == {str(t) for t in twins}
 
+
 def test_adaptation_curves_fall_back_to_k_and_name_the_units(tmp_path):
     old = fake_run(tmp_path / "maml", "maml_trpo", iterations=3, adaptation=rows([0, 1, 2], None))
     fig = draw_runs([old])

@@ -117,7 +117,6 @@ def test_advantages_bootstrap_truncation_and_not_termination():
     torch.testing.assert_close(adv[0], expected)
 
 
-
 @pytest.mark.parametrize("algo", ["rl2_ppo", "varibad"])
 def test_trial_gae_runs_across_the_trials_episodes_and_ends_only_with_the_trial(algo):
     """algo.trial_gae: episode A (steps 0-1, truncated) then B (2-3, terminated), then
@@ -155,6 +154,7 @@ def test_trial_gae_runs_across_the_trials_episodes_and_ends_only_with_the_trial(
         _, _, values, states = policy(trials.x, policy.initial_state(1))
     per_episode = [learner.advantages(trials._replace(rewards=r), values, states)[0] for r in (rewards, later)]
     torch.testing.assert_close(per_episode[0][0, :2], per_episode[1][0, :2])
+
 
 def test_update_changes_policy_and_is_finite():
     dist, policy, learner = make()

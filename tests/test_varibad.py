@@ -128,7 +128,6 @@ def test_subsampled_elbo_picks_only_valid_posteriors_and_rewards():
     assert (idx[0] < 6).all() and (idx[1] < 3).all() and set(idx[1].flatten().tolist()) == {0, 1, 2}
 
 
-
 def test_a_subsampled_elbo_takes_the_kl_of_its_own_posteriors_only():
     """vae_subsample_elbos=2: the KL term sums KL(q_t || q_{t-1}) over the two posteriors
     whose reconstructions each trial's ELBO uses (the reference's compute_kl_loss at its
@@ -152,6 +151,7 @@ def test_a_subsampled_elbo_takes_the_kl_of_its_own_posteriors_only():
     expected = sum(by_hand[i][t] for i in range(2) for t in elbos[i].tolist()) / 2
     assert float(terms["kl"]) == pytest.approx(expected, rel=1e-5)
     assert float(terms["kl"]) < sum(map(sum, by_hand)) / 2  # fewer (positive) terms than all posteriors'
+
 
 @pytest.mark.parametrize("through", [False, True])
 def test_the_rl_loss_reaches_the_encoder_only_when_asked(through):
