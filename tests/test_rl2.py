@@ -198,6 +198,10 @@ def test_target_kl_stops_the_epochs_at_the_first_minibatch_past_it(target_kl, st
     stats = learner.update(batch)
     assert stats["loss/gradient_steps"] == steps
     assert (abs(stats["loss/approx_kl"]) < 1e-6) == (steps == 1)  # the stats are the last step's
+    stopped = steps == 1
+    assert ("loss/stop_kl" in stats) == stopped
+    if stopped:
+        assert stats["loss/stop_kl"] > 1.5 * target_kl
 
 
 def test_windows_start_from_the_trials_states_and_cover_every_step():

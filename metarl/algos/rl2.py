@@ -280,7 +280,10 @@ class Rl2Learner(NoExtraState):
         return adv, (adv + values) * trials.mask
 
     def update(self, batch: EpisodeBatch) -> dict[str, float]:
-        """PPO epochs over minibatches of whole trials (or of ``bptt_window`` windows)."""
+        """PPO epochs over minibatches of whole trials (or of ``bptt_window`` windows).
+
+        The stats are the last gradient step's; with ``target_kl``, an update that stops
+        early also reports the KL that stopped it as ``loss/stop_kl``."""
         cfg = self.cfg
         trials = to_trials(batch, self.policy, self.device)
         h0 = self.policy.initial_state(trials.x.shape[0]).to(self.device)
@@ -306,6 +309,7 @@ class Rl2Learner(NoExtraState):
             with torch.no_grad():
                 approx_kl = (((ratio - 1) - (logp - old_logp[idx])) * mask).sum().item() / count.item()
             if cfg.target_kl is not None and approx_kl > 1.5 * cfg.target_kl:
+                stats["loss/stop_kl"] = approx_kl  # the KL that stopped the epochs, only when one did
                 break
             pg_loss = -(ppo_clip_objective(ratio, a, cfg.ppo_clip) * mask).sum() / count
             v_loss = (((value - returns[idx]) ** 2) * mask).sum() / count
