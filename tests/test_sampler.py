@@ -10,7 +10,7 @@ import metarl.envs
 from metarl.envs import Task
 from metarl.envs.navigation import Navigation2D, PointNavigationEnv
 from metarl.policies import GaussianMLPPolicy
-from metarl.sampling import Sampler, SamplerError
+from metarl.sampling import Sampler, SamplerError, WorkerError
 
 
 def constant_policy(obs_dim, act_dim, action, std=1e-3):
@@ -121,15 +121,20 @@ def test_killed_worker_between_collections_is_replaced():
 
 
 class CrashOnceEnv(PointNavigationEnv):
-    """Kills its own process on the 5th step the first time (a simulator segfault)."""
+    """Kills its own process on the 5th step the first time (a simulator segfault), or
+    with ``raises`` raises there (a bug in the env's code)."""
 
     marker: str = ""
 
     always: bool = False
 
+    raises: bool = False
+
     def step(self, action):
         self._n = getattr(self, "_n", 0) + 1
         if self._n == 5 and (self.always or self._first_to_crash()):
+            if self.raises:
+                raise ValueError("the env's own bug at step 5")
             os.kill(os.getpid(), signal.SIGKILL)
         return super().step(action)
 
@@ -147,12 +152,13 @@ class CrashOnceEnv(PointNavigationEnv):
 class CrashingNav(Navigation2D):
     marker: str = ""
     always: bool = False
+    raises: bool = False
 
     def make_env(self, task):
         import gymnasium as gym
 
         env = CrashOnceEnv()
-        env.marker, env.always = self.marker, self.always
+        env.marker, env.always, env.raises = self.marker, self.always, self.raises
         return gym.wrappers.TimeLimit(env, max_episode_steps=self.horizon)
 
 
@@ -175,6 +181,22 @@ def test_worker_that_keeps_dying_raises_clear_error(tmp_path):
     with Sampler(dist, policy.spec, backend="process", num_workers=1, max_retries=2) as s:
         with pytest.raises(SamplerError, match="failed after 2 restarts"):
             s.collect(dist.sample(1, "train"), policy.params(), episodes=1, seed=0)
+
+
+def test_exception_in_a_worker_is_raised_with_its_traceback_not_retried(tmp_path):
+    """One of two workers raises: no restart, the error names the env's line, and the
+    other worker's result is drained, so the next collection gets its own batch."""
+    dist = CrashingNav(marker=str(tmp_path / "raised"), raises=True)
+    policy = GaussianMLPPolicy(2, 2, [8])
+    tasks = dist.sample(2, "train", np.random.default_rng(0))
+    with Sampler(dist, policy.spec, backend="process", num_workers=2) as s:
+        with pytest.raises(WorkerError, match=r"(?s)Traceback.*in step\n.*ValueError: the env's own bug at step 5"):
+            s.collect(tasks, policy.params(), episodes=2, seed=3)
+        batch = s.collect(tasks, policy.params(), episodes=2, seed=3)  # the marker exists: no more raising
+        assert s.restarts == 0
+    with Sampler(metarl.envs.make("nav2d"), policy.spec, backend="local") as s:
+        reference = s.collect(tasks, policy.params(), episodes=2, seed=3)
+    assert torch.equal(batch.obs, reference.obs) and torch.equal(batch.mask, reference.mask)
 
 
 @pytest.mark.ray

@@ -5,6 +5,8 @@
   each). A collection sends each worker its tasks and parameters once and receives whole
   episodes back. A worker that dies mid-collection is restarted and its share collected
   again, up to ``max_retries`` times; after that the collection raises ``SamplerError``.
+  An exception inside a worker (the env's or the policy's) is not retried, since it would
+  recur: the collection raises ``WorkerError`` with the worker's traceback.
 - ``ray``: the same workers as Ray actors (``ray.init(address=...)``), for many machines.
 
 For the same seed a feed-forward policy's batch is the same, bit for bit, on every backend,
@@ -19,7 +21,9 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import time
+import traceback
 from collections.abc import Sequence
+from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Any
 
@@ -58,6 +62,17 @@ class SamplerError(RuntimeError):
     """Workers kept failing; the collection could not be completed."""
 
 
+class WorkerError(RuntimeError):
+    """A worker process raised while collecting; the message holds its traceback."""
+
+
+@dataclass(frozen=True)
+class _Raised:
+    """What a worker process sends back instead of its episodes when collecting raised."""
+
+    traceback: str
+
+
 def _process_main(conn: Any, dist: TaskDistribution, spec: PolicySpec, max_lanes: int) -> None:
     worker = RolloutWorker(dist, spec, max_lanes=max_lanes)
     try:
@@ -65,7 +80,11 @@ def _process_main(conn: Any, dist: TaskDistribution, spec: PolicySpec, max_lanes
             msg = conn.recv()
             if msg is None:
                 break
-            conn.send(worker.collect(**msg))
+            try:
+                result = worker.collect(**msg)
+            except Exception:  # the parent raises it, with this traceback, once every worker is done
+                result = _Raised(traceback.format_exc())
+            conn.send(result)
     except (EOFError, KeyboardInterrupt):
         pass
     finally:
@@ -219,6 +238,10 @@ class Sampler:
                 except (EOFError, OSError):
                     pass
                 failures = self._restart(i, messages[i], failures)
+        # Raised only now, with every pipe drained, so the next collection reads its own results.
+        for i, result in enumerate(results):
+            if isinstance(result, _Raised):
+                raise WorkerError(f"sampler worker {i} raised while collecting:\n{result.traceback}")
         return results
 
     def _send(self, i: int, message: dict[str, Any]) -> bool:
