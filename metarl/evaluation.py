@@ -26,10 +26,11 @@ def adaptation_curve(learner: MetaLearner, sampler: Sampler, tasks: list[Task], 
     Round k rolls ``learner.adaptation_episodes`` episodes per task with what the learner
     acts with after k adaptation steps, records them, and adapts on them. Every episode of
     a task has its own seed (collection seed ``Seeds(seed).eval_collection()``, episode
-    index = episodes of the task seen before it), so rounds never repeat an episode.
+    index = episodes of the task seen before it), so rounds never repeat an episode. The
+    episodes act with the policy's mean where ``learner.eval_deterministic`` says so.
 
-    Returns ``{"unit", "adaptation": [{"k", "episodes", "return_mean", "return_std",
-    "success_rate"}], "per_task": {key: {"params", "returns": [...], "success": [...]}}}``.
+    Returns ``{"unit", "deterministic", "adaptation": [{"k", "episodes", "return_mean",
+    "return_std", "success_rate"}], "per_task": {key: {"params", "returns": [...], "success": [...]}}}``.
     ``k`` counts adaptation steps in the learner's unit (gradient steps, or episodes seen);
     ``episodes`` is how many episodes of each task the learner had seen at k.
     """
@@ -40,7 +41,7 @@ def adaptation_curve(learner: MetaLearner, sampler: Sampler, tasks: list[Task], 
     for k in range(adapt_steps + 1):
         seen = k * per_round
         batch = sampler.collect(tasks, learner.acting(state), per_round, seeds.eval_collection(), max_steps,
-                                first_episode=seen)
+                                deterministic=learner.eval_deterministic, first_episode=seen)
         curve.append({"k": seen if unit == "episodes" else k, "episodes": seen, **summarize(batch)})
         returns = batch.episode_returns().mean(1)
         success = batch.episode_success()
@@ -49,7 +50,7 @@ def adaptation_curve(learner: MetaLearner, sampler: Sampler, tasks: list[Task], 
             per_task[task.key()]["success"].append(None if success is None else float(success[i].mean()))
         if k < adapt_steps:
             state = learner.adapt(state, batch)
-    return {"unit": unit, "adaptation": curve, "per_task": per_task}
+    return {"unit": unit, "deterministic": learner.eval_deterministic, "adaptation": curve, "per_task": per_task}
 
 
 def summarize(batch: EpisodeBatch) -> dict[str, float | None]:

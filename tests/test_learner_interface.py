@@ -36,6 +36,7 @@ class BestEpisodeLearner:
     task's best episode; training moves the meta-bias towards the adapted ones'."""
 
     adaptation_unit = "gradient_steps"
+    eval_deterministic = False
     trains = True
 
     def __init__(self, setup: LearnerSetup) -> None:
@@ -161,6 +162,43 @@ def test_every_registered_learner_has_a_nav2d_config_and_satisfies_the_protocol(
         _, learner = build(cfg)
         assert isinstance(learner, MetaLearner), name
         assert learner.adaptation_unit in ("gradient_steps", "episodes")
+        # as each reference evaluates: oyster, varibad's evaluate() and SB3 take the mean
+        assert learner.eval_deterministic == (name in ("pearl", "varibad") or name.startswith("sb3")), name
+
+
+@pytest.mark.parametrize("name", ["rl2_ppo", "varibad"])
+def test_held_out_episodes_act_with_the_mean_where_the_learner_says_so(name):
+    """With a state-independent std, every mean action has the same log-prob, the
+    Gaussian's peak; sampled ones fall below it."""
+    import math
+
+    import numpy as np
+
+    from metarl.config import load_config
+    from metarl.evaluation import adaptation_curve
+    from metarl.sampling import Sampler
+    from metarl.trainer import build
+
+    class Recording(Sampler):
+        def collect(self, *args, **kwargs):
+            self.batches.append(batch := super().collect(*args, **kwargs))
+            return batch
+
+    cfg = load_config(f"{name}/nav2d", ["max_episode_steps=20"])
+    dist, learner = build(cfg)
+    tasks = dist.sample(3, "test", np.random.default_rng(0))
+    with Recording(dist, learner.policy_spec, backend="local") as sampler:
+        sampler.batches = []
+        result = adaptation_curve(learner, sampler, tasks, 2, seed=0, max_steps=20)
+    assert result["deterministic"] is learner.eval_deterministic and len(sampler.batches) == 3
+    log_std = learner.policy.log_std.detach()
+    peak = -(log_std.sum() + log_std.numel() * 0.5 * math.log(2 * math.pi)).item()
+    for batch in sampler.batches:
+        logp = batch.log_probs[batch.mask]
+        if learner.eval_deterministic:
+            assert torch.allclose(logp, torch.full_like(logp, peak), atol=1e-4)
+        else:
+            assert (logp < peak - 1e-3).float().mean() > 0.99
 
 
 @pytest.mark.parametrize("case", ["maml_trpo", "rl2_ppo", "sb3_multitask"])

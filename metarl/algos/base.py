@@ -113,6 +113,8 @@ class MetaLearner(Protocol):
     ``adaptation_unit``: what one adaptation step is, ``"gradient_steps"`` (MAML) or
     ``"episodes"`` (RL², PEARL: each episode's data updates the state).
     ``adaptation_episodes``: episodes per task collected before each adaptation step.
+    ``eval_deterministic``: held-out evaluation (eval.json, the periodic one) acts with the
+    policy's mean, as the learner's reference evaluates; otherwise it samples.
     ``trains``: False for learners whose run is their evaluation (fine-tuning baselines).
     ``policy_spec``: the policy workers build to act with :meth:`acting`'s parameters.
 
@@ -123,6 +125,7 @@ class MetaLearner(Protocol):
 
     adaptation_unit: ClassVar[str]
     adaptation_episodes: int
+    eval_deterministic: ClassVar[bool]
     trains: bool
     policy_spec: PolicySpec
 

@@ -407,6 +407,8 @@ class PearlLearner:
     adaptation_unit = "episodes"
     adaptation_episodes = 1
     """The posterior is re-inferred after every episode."""
+    eval_deterministic = True
+    """oyster's ``eval_deterministic``: held-out episodes take the mean action under a sampled z."""
     trains = True
 
     def __init__(self, cfg: PearlConfig, policy: LatentGaussianMLPPolicy, train_tasks: Sequence[Task],

@@ -200,6 +200,7 @@ class Rl2Learner(NoExtraState):
     """
 
     adaptation_unit = "episodes"
+    eval_deterministic = False  # the RL² paper and garage's RL2 sample
     adaptation_episodes = 1
     """Each episode of a trial updates the state the next one starts from."""
     trains = True

@@ -177,6 +177,7 @@ class Sb3Learner(NoExtraState):
     """
 
     adaptation_unit = "episodes"
+    eval_deterministic = True  # SB3's evaluate_policy default
 
     def __init__(self, cfg: Sb3Config, dist: TaskDistribution, horizon: int, seed: int = 0,
                  device: str = "cpu", episodes: int = 20, init_policy: dict[str, torch.Tensor] | None = None) -> None:

@@ -225,7 +225,8 @@ class VaribadLearner(Rl2Learner):
     """VariBAD: PPO on a posterior-conditioned policy and a VAE that trains the encoder.
 
     Adaptation, acting and trials are RL²'s (the state carried across a trial is the
-    encoder's GRU state).
+    encoder's GRU state). Held-out episodes act with the policy's mean, as the reference's
+    ``utils/evaluation.py`` does.
 
     Args:
         cfg: Hyper-parameters.
@@ -234,6 +235,8 @@ class VaribadLearner(Rl2Learner):
         device: Where the learner computes.
         seed: Seed of the learner's generator (minibatches, VAE batches and draws).
     """
+
+    eval_deterministic = True
 
     def __init__(self, cfg: VaribadConfig, policy: VariBADPolicy, trial_steps: int,
                  device: str | torch.device = "cpu", seed: int = 0) -> None:
