@@ -41,6 +41,15 @@ def _write_atomically(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_directory(path.parent)  # the rename itself survives a power loss
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:
@@ -61,5 +70,8 @@ def load(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated/corrupt files
+        if str(err).startswith("Weights only load failed"):  # torch's advice to load it unsafely: not ours
+            raise CheckpointError(f"{path} holds objects other than tensors and plain data, so it is not "
+                                  "a metarl checkpoint (metarl runs no code from a checkpoint)") from None
         raise CheckpointError(f"checkpoint {path} is corrupt or unreadable: "
                               f"{str(err).splitlines()[0][:200]}") from None

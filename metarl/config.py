@@ -233,7 +233,11 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 def build_config(data: Mapping[str, Any]) -> RunConfig:
     """Nested plain data -> validated RunConfig."""
-    algo_name = (data.get("algo") or {}).get("name", AlgoConfig.name)
+    algo = data.get("algo") or {}
+    if not isinstance(algo, Mapping):  # before the algorithm's name is read from it
+        raise ConfigError(f"config key 'algo' is a section; give it a mapping, not {algo!r} "
+                          f"(an algorithm by name: algo.name={algo})")
+    algo_name = algo.get("name", AlgoConfig.name)
     algo_cls = algorithm(algo_name).config
     _check_keys(data, RunConfig, "", {"algo": algo_cls})
     schema = OmegaConf.structured(RunConfig(algo=algo_cls(name=algo_name)))

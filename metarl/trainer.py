@@ -87,6 +87,7 @@ class Trainer:
         retain_freed_memory()
         self.run_dir = Path(cfg.run_dir or default_run_dir(cfg))
         self.paths = RunDir(self.run_dir)
+        self._check_run_dir(cfg.resume)  # before build(): ML45's takes tens of seconds
         self.seeds = Seeds(cfg.seed)
         self.dist, self.learner = build(cfg, self.paths)
         # The task pools now, not inside the first iteration, whose update time they would
@@ -97,9 +98,6 @@ class Trainer:
         if cfg.resume:
             self._resume(read_only)
         else:
-            if self.paths.latest_checkpoint.exists() or self.paths.metrics.exists():
-                raise ConfigError(f"{self.run_dir} already holds a run; pass resume=true to continue "
-                                  "it (needs a checkpoint) or choose another run_dir")
             self.run_dir.mkdir(parents=True, exist_ok=True)
         if not read_only:
             save_config(cfg, self.paths.config)
@@ -266,7 +264,24 @@ class Trainer:
                 if str(old.relative_to(self.paths.checkpoints)) not in needed:
                     old.unlink()
 
+    def _check_run_dir(self, resume: bool) -> None:
+        """One clear line for a run directory this run cannot start or resume in."""
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ConfigError(f"run_dir {self.run_dir} is a file, not a directory")
+        checkpointed = self.paths.latest_checkpoint.exists()
+        if resume or not (checkpointed or self.paths.metrics.exists()):
+            return  # resuming reports a missing checkpoint itself
+        if checkpointed:
+            raise ConfigError(f"{self.run_dir} already holds a run; pass resume=true to continue it "
+                              "or choose another run_dir")
+        raise ConfigError(f"{self.run_dir} holds a run that stopped before its first checkpoint, "
+                          "so it cannot resume: delete it or choose another run_dir")
+
     def _resume(self, read_only: bool) -> None:
+        if not self.paths.latest_checkpoint.exists() and self.paths.metrics.exists():
+            raise checkpoint.CheckpointError(
+                f"no checkpoint at {self.paths.latest_checkpoint}: the run stopped before its first, "
+                f"so it cannot resume; delete {self.run_dir} or choose another run_dir to start again")
         state = checkpoint.load(self.paths.latest_checkpoint)
         old = state["config"]
         for key in ("algo", "tasks"):

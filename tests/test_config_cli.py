@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from metarl.algos import MamlConfig
@@ -27,9 +29,11 @@ def test_defaults_and_overrides():
     (["eval.every=-5"], "eval.every must be >= 0"),
     (["logger.video_every=-1"], "logger.video_every must be >= 0"),
     (["resume=true"], "resume=true needs run_dir="),
+    (["algo=maml_trpo"], "config key 'algo' is a section; give it a mapping, not 'maml_trpo' (an algorithm by "
+                         "name: algo.name=maml_trpo)"),
 ])
 def test_bad_config_input(overrides, message):
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_config("maml_trpo/nav2d", overrides)
 
 

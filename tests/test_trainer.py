@@ -158,8 +158,27 @@ def test_checkpoint_load_refuses_code(tmp_path):
 
     path = tmp_path / "evil.pt"
     path.write_bytes(pickle.dumps({"x": Evil()}))
-    with pytest.raises(CheckpointError, match="corrupt or unreadable"):
+    with pytest.raises(CheckpointError, match="holds objects other than tensors and plain data, so it is not a "
+                                              "metarl checkpoint") as raised:
         checkpoint.load(path)
+    assert "weights_only" not in str(raised.value)  # no advice to load it unsafely
+
+
+def test_a_run_that_stopped_before_its_first_checkpoint_says_how_to_start_again(cli, tmp_path):
+    run = tmp_path / "r"
+    assert cli(["train", *TINY, f"run_dir={run}"]).code == 0
+    shutil.rmtree(run / "checkpoints")  # as a crash or Ctrl-C before checkpoint_every iterations leaves it
+    snapshot = (run / "metrics.jsonl").read_text()
+    for resume, message in [("false", "holds a run that stopped before its first checkpoint, so it cannot "
+                                      "resume: delete it or choose another run_dir"),
+                            ("true", "the run stopped before its first, so it cannot resume; delete")]:
+        result = cli(["train", *TINY, f"resume={resume}", f"run_dir={run}"])
+        assert result.code == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert message in result.stderr
+    assert (run / "metrics.jsonl").read_text() == snapshot
+    (tmp_path / "file").write_text("")
+    result = cli(["train", *TINY, f"run_dir={tmp_path / 'file'}"])
+    assert result.code == 2 and "run_dir " + str(tmp_path / "file") + " is a file, not a directory" in result.stderr
 
 
 def test_a_failed_write_leaves_the_previous_file_whole(tmp_path, monkeypatch):
