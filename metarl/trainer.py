@@ -289,7 +289,11 @@ class Trainer:
                 raise checkpoint.CheckpointError(
                     f"checkpoint in {self.run_dir} is for {key}.name={old[key]['name']}, "
                     f"not {getattr(self.cfg, key).name}; resume with the run's own config")
-        changes = [] if read_only else resume_changes(old, self.cfg)
+        changes = resume_changes(old, self.cfg)
+        if changes and read_only:
+            raise checkpoint.CheckpointError(
+                f"{self.paths.config} no longer matches the checkpoint it sits beside ({'; '.join(changes)}); "
+                "restore the run's settings to evaluate it")
         if changes:
             raise checkpoint.CheckpointError(
                 f"resuming {self.run_dir} would change what it trains with ({'; '.join(changes)}); "

@@ -181,6 +181,17 @@ def test_a_run_that_stopped_before_its_first_checkpoint_says_how_to_start_again(
     assert result.code == 2 and "run_dir " + str(tmp_path / "file") + " is a file, not a directory" in result.stderr
 
 
+def test_evaluating_a_run_whose_config_was_edited_is_one_line(cli, tmp_path):
+    run = tmp_path / "r"
+    assert cli(["train", *TINY, f"run_dir={run}"]).code == 0
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("hidden_sizes:\n  - 16", "hidden_sizes:\n  - 32"))
+    result = cli(["evaluate", str(run), "--tasks", "1"])
+    assert result.code == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "config.yaml no longer matches the checkpoint it sits beside (policy.hidden_sizes: [16] -> [32])" \
+        in result.stderr
+
+
 def test_a_failed_write_leaves_the_previous_file_whole(tmp_path, monkeypatch):
     from metarl import checkpoint
 
