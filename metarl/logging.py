@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 class Logger(Protocol):
     def log(self, metrics: Mapping[str, float]) -> None: ...
-    def close(self) -> None: ...
+    def close(self, failed: bool = False) -> None: ...
 
 
 def wandb_mode() -> str:
@@ -32,32 +32,51 @@ def wandb_mode() -> str:
 
 
 class JsonlLogger:
-    """Appends one flat JSON object per call to ``path`` (flushed at once)."""
+    """Appends one flat JSON object per call to ``path`` (flushed at once). The file is
+    opened at the first row, so a run that fails before one leaves none."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._file = path.open("a")
+        self._file: Any = None
 
     def log(self, metrics: Mapping[str, float]) -> None:
         row = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+        if self._file is None:
+            self._file = self.path.open("a")
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
 
-    def close(self) -> None:
-        self._file.close()
+    def close(self, failed: bool = False) -> None:
+        if self._file is not None:
+            self._file.close()
 
 
 class WandbLogger:
-    """Weights & Biases: online when logged in, offline otherwise (``wandb sync`` later)."""
+    """Weights & Biases: online when logged in, offline otherwise (``wandb sync`` later).
+
+    ``logged_through``: on a resume, the env steps of the last row W&B was sent before the
+    run stopped; rows, evaluations and videos up to them are not sent again (a resume
+    redoes them bit for bit, and W&B would hold each twice).
+    """
 
     def __init__(self, run_dir: Path, config: dict[str, Any], project: str, entity: str | None,
-                 group: str | None, tags: list[str], name: str | None, run_id: str | None) -> None:
+                 group: str | None, tags: list[str], name: str | None, run_id: str | None,
+                 logged_through: int | None = None) -> None:
         import wandb
 
+        from metarl.errors import ConfigError
+
         self._wandb = wandb
-        self.run = wandb.init(dir=str(run_dir), config=config, project=project, entity=entity,
-                              group=group, tags=tags, name=name, id=run_id, resume="allow",
-                              mode=wandb_mode())
+        self.logged_through = -1 if logged_through is None else logged_through
+        try:
+            self.run = wandb.init(dir=str(run_dir), config=config, project=project, entity=entity,
+                                  group=group, tags=tags, name=name, id=run_id, resume="allow",
+                                  mode=wandb_mode())
+        except (wandb.errors.Error, ValueError) as err:  # its settings (WANDB_MODE, a key): the user's to fix
+            # A settings error reads "1 validation error for Settings / mode / Input should be ...".
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()][:3] or [type(err).__name__]
+            raise ConfigError(f"W&B did not start ({': '.join(lines[1:] or lines)}); fix its settings "
+                              "(WANDB_* environment variables) or run with logger.wandb=false") from None
         # Both counters are logged with every row, so either can be the x-axis in the UI;
         # environment steps are the default.
         self.run.define_metric("env_steps")
@@ -66,10 +85,13 @@ class WandbLogger:
         self.run_id = self.run.id
 
     def log(self, metrics: Mapping[str, float]) -> None:
-        self.run.log(dict(metrics))
+        if metrics["env_steps"] > self.logged_through:
+            self.run.log(dict(metrics))
 
     def log_eval(self, result: Mapping[str, Any], env_steps: int) -> None:
         """The adaptation curve (a line plot over k) and a per-task table."""
+        if env_steps <= self.logged_through:
+            return
         wandb = self._wandb
         rows = result["adaptation"]
         curve = wandb.Table(columns=["k", "episodes", "return_mean", "return_std", "success_rate"],
@@ -85,11 +107,12 @@ class WandbLogger:
                       "eval/adaptation_table": curve, "eval/per_task": per_task, "env_steps": env_steps})
 
     def log_video(self, path: Path, env_steps: int) -> None:
-        self.run.log({"video/adapted_rollout": self._wandb.Video(str(path), format="mp4"),
-                      "env_steps": env_steps})
+        if env_steps > self.logged_through:
+            self.run.log({"video/adapted_rollout": self._wandb.Video(str(path), format="mp4"),
+                          "env_steps": env_steps})
 
-    def close(self) -> None:
-        self.run.finish()
+    def close(self, failed: bool = False) -> None:
+        self.run.finish(exit_code=1 if failed else 0)  # a crashed or interrupted run is not "finished"
 
 
 class MultiLogger:
@@ -112,17 +135,24 @@ class MultiLogger:
             if hasattr(logger, "log_video"):
                 logger.log_video(path, env_steps)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """``failed``: the run stopped on an exception or an interrupt."""
         for logger in self.loggers:
-            logger.close()
+            logger.close(failed)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL file; a torn last line (a process killed mid-write) is skipped."""
+    """Rows of a JSONL file; a torn last line (a process killed mid-write) is skipped, a
+    damaged line before it is a CheckpointError (the file is not what the run wrote)."""
+    from metarl.checkpoint import CheckpointError
+
+    lines = path.read_text().splitlines()
     rows = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(lines, 1):
         try:
             rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+        except json.JSONDecodeError as err:
+            if number < len(lines):
+                raise CheckpointError(f"{path}, line {number}, is not JSON ({err.msg}); only a torn last "
+                                      "line is skipped: repair or remove it") from None
     return rows

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import json
 import math
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -95,6 +96,8 @@ class Trainer:
         self.dist.tasks("train")
         self.start_iteration, self.env_steps, self.wall_offset = 0, 0, 0.0
         self.wandb_id: str | None = None
+        self.logged_through: int | None = None
+        """On a resume, the env steps of the last row logged before the run stopped."""
         if cfg.resume:
             self._resume(read_only)
         else:
@@ -143,7 +146,7 @@ class Trainer:
         finally:
             bar.close()
             sampler.close()
-            logger.close()
+            logger.close(failed=sys.exc_info()[0] is not None)
         return result
 
     @property
@@ -175,7 +178,7 @@ class Trainer:
             logger.log_eval(result, self.env_steps)
         finally:
             sampler.close()
-            logger.close()
+            logger.close(failed=sys.exc_info()[0] is not None)
         return result
 
     def train_step(self, iteration: int, sampler: Sampler) -> dict[str, float]:
@@ -311,6 +314,8 @@ class Trainer:
         self.start_iteration, self.env_steps = state["iteration"], state["env_steps"]
         self.wall_offset, self.wandb_id = state["wall_time_s"], state.get("wandb_id")
         if not read_only:  # lines logged after the checkpoint are redone
+            if self.wandb_id and self.paths.metrics.exists():  # ... and went to W&B, which keeps its first copy
+                self.logged_through = max((row["env_steps"] for row in read_jsonl(self.paths.metrics)), default=None)
             for path in (self.paths.metrics, self.paths.eval_history):
                 if path.exists():
                     kept = [row for row in read_jsonl(path) if row["iteration"] < self.start_iteration]
@@ -335,7 +340,7 @@ class Trainer:
             # Runs of one config share a group by default, so seeds aggregate in the UI.
             group = lc.group or f"{self.cfg.algo.name}-{self.cfg.tasks.name}"
             wb = WandbLogger(self.run_dir, to_dict(self.cfg), lc.project, lc.entity, group,
-                             list(lc.tags), lc.name or self.run_dir.name, self.wandb_id)
+                             list(lc.tags), lc.name or self.run_dir.name, self.wandb_id, self.logged_through)
             self.wandb_id = wb.run_id
             loggers.append(wb)
         return MultiLogger(*loggers)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,6 +34,50 @@ def test_wandb_offline_history_holds_the_logged_metrics(cli, tmp_path, monkeypat
     cfg = config(files[0])
     algo = cfg["algo"].get("value", cfg["algo"])
     assert algo["name"] == "maml_trpo"
+
+
+def test_a_resume_sends_w_and_b_no_row_twice(cli, tmp_path, monkeypatch):
+    """Rows logged after the checkpoint are redone on resume; W&B keeps the first copy."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "")  # offline
+    args = [*[a for a in TINY if a != "logger.wandb=false"], "logger.wandb=true", "checkpoint_every=1",
+            f"run_dir={tmp_path}"]
+    assert cli(["train", "maml_trpo/nav2d", *args, "iterations=3"]).code == 0
+    checkpoints = tmp_path / "checkpoints"
+    shutil.copy(checkpoints / "iter_000002.pt", checkpoints / "latest.pt")  # as if killed after row 2 was logged
+    resumed = cli(["train", "maml_trpo/nav2d", *args, "iterations=3", "resume=true"])
+    assert resumed.code == 0, resumed.stderr
+    files = sorted((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 2
+    logged = [r["iteration"] for f in files for r in history(f) if "train/return_pre" in r]
+    assert logged == [0, 1, 2]
+    evals = [r for f in files for r in history(f) if "eval/per_task/_type" in r]
+    assert len(evals) == 1  # the final evaluation, sent by the first run only
+    assert [json.loads(line)["iteration"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == \
+        [0, 1, 2]
+
+
+def test_w_and_b_that_cannot_start_is_one_line_and_leaves_a_run_that_can(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "ofline")
+    args = [*[a for a in TINY if a != "logger.wandb=false"], f"run_dir={tmp_path}"]
+    result = cli(["train", "maml_trpo/nav2d", *args, "logger.wandb=true"])
+    errors = [line for line in result.stderr.splitlines() if line.startswith("metarl: error:")]
+    assert result.code == 2 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "W&B did not start (mode: Input should be 'online', 'offline'" in errors[0]
+    assert not (tmp_path / "metrics.jsonl").exists()
+    assert cli(["train", "maml_trpo/nav2d", *args, "logger.wandb=false"]).code == 0
+
+
+def test_metrics_skip_a_torn_last_line_and_refuse_a_damaged_one(tmp_path):
+    from metarl.checkpoint import CheckpointError
+    from metarl.logging import read_jsonl
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"iteration": 0}\n{"iteration": 1}\n{"itera')
+    assert read_jsonl(path) == [{"iteration": 0}, {"iteration": 1}]
+    path.write_text('{"iteration": 0}\n{"itera\n{"iteration": 2}\n')
+    with pytest.raises(CheckpointError, match="metrics.jsonl, line 2, is not JSON"):
+        read_jsonl(path)
 
 
 def test_plot_draws_several_runs_of_one_config_and_an_adaptation_panel(cli, tmp_path):
