@@ -84,6 +84,7 @@ def load_suite(name_or_path: str) -> Suite:
         missing = [k for k in ("name", "config", "env_steps") if k not in row]
         if missing:
             raise ConfigError(f"{path} runs[{i}] lacks {', '.join(missing)}")
+        _types(row, f"{path} runs[{i}]")
         runs.append(SuiteRun(**row))
     if not runs:
         raise ConfigError(f"{path} names no runs (a 'runs:' list of name, config, env_steps, seeds)")
@@ -95,6 +96,25 @@ def load_suite(name_or_path: str) -> Suite:
         raise ConfigError(f"{path}: curve must be one of {', '.join(CURVES)}, got {curve!r}")
     return Suite(name=data.get("name", path.stem), runs=runs, overrides=list(data.get("overrides", [])),
                  description=data.get("description", ""), curve=curve)
+
+
+def _types(row: dict[str, Any], where: str) -> None:
+    """A suite row's values: what each key takes, or one line naming the first that is not."""
+    def fail(key: str, wanted: str) -> None:
+        raise ConfigError(f"{where}: {key} must be {wanted}, got {row[key]!r}")
+
+    for key in ("name", "config", "notes"):
+        if key in row and not isinstance(row[key], str):
+            fail(key, "a string")
+    if not isinstance(row["env_steps"], int) or isinstance(row["env_steps"], bool) or row["env_steps"] < 1:
+        fail("env_steps", "a whole number >= 1")
+    seeds = row.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) and not isinstance(x, bool)
+                                                            for x in seeds):
+        fail("seeds", "a non-empty list of whole numbers")
+    overrides = row.get("overrides", [])
+    if not isinstance(overrides, list) or not all(isinstance(x, str) for x in overrides):
+        fail("overrides", "a list of key=value strings")
 
 
 def _keys(data: Any, cls: type, where: str) -> None:
@@ -146,6 +166,11 @@ def run_suite(suite: Suite, results: Path = RESULTS, extra: Sequence[str] = (),
         raise ConfigError(f"unknown run {unknown[0]!r} in suite {suite.name}; valid: "
                           f"{', '.join(r.name for r in suite.runs)}")
     todo = [(run, seed) for run in suite.runs for seed in run.seeds if not only or run.name in only]
+    for run, seed in todo:  # every config and override checked now, not hours in when its turn comes
+        try:
+            load_config(run.config, [*suite.overrides, *run.overrides, *extra, f"seed={seed}"])
+        except ConfigError as err:
+            raise ConfigError(f"suite {suite.name}, run {run.name}: {err}") from None
     commit = _commit()  # the code this process runs, though HEAD may move while it does
     if seed_major:
         todo.sort(key=lambda item: item[0].seeds.index(item[1]))  # stable: runs keep their order
@@ -387,4 +412,4 @@ def _write_readme(results: Path) -> None:
         text = text[:text.index(begin)] + "\n".join(lines) + text[text.index(end) + len(end):]
     else:
         text = text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n"
-    readme.write_text(text)
+    write_text(readme, text)

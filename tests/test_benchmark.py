@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -128,6 +129,20 @@ def test_bad_suites_are_one_line_errors(tmp_path):
     path.write_text(SUITE)
     with pytest.raises(ConfigError, match="unknown run 'x' in suite tiny; valid: nav-maml, reach-maml, nav-rl2"):
         run_suite(load_suite(str(path)), tmp_path / "r", only=["x"])
+    for value, message in [("0", "seeds must be a non-empty list of whole numbers, got 0"),
+                           ("[]", "seeds must be a non-empty list of whole numbers, got []"),
+                           ("[0, x]", "seeds must be a non-empty list of whole numbers, got [0, 'x']")]:
+        path.write_text(f"name: bad\nruns:\n  - {{name: a, config: maml_trpo/nav2d, env_steps: 10, seeds: {value}}}\n")
+        with pytest.raises(ConfigError, match=re.escape(f"runs[0]: {message}")):
+            load_suite(str(path))
+    path.write_text("name: bad\nruns:\n  - {name: a, config: maml_trpo/nav2d, env_steps: 1e6}\n")
+    with pytest.raises(ConfigError, match=re.escape("runs[0]: env_steps must be a whole number >= 1, got '1e6'")):
+        load_suite(str(path))
+    # A typo in the last row stops the suite before the first row trains, naming the row.
+    path.write_text(SUITE.replace("[algo.gru_size=8]", "[algo.gru_sise=8]"))
+    with pytest.raises(ConfigError, match="suite tiny, run nav-rl2: unknown config key 'algo.gru_sise'"):
+        run_suite(load_suite(str(path)), tmp_path / "typo")
+    assert not (tmp_path / "typo").exists()
 
 
 def test_overrides_may_follow_flags(capsys):
