@@ -281,6 +281,10 @@ class Trainer:
                           "so it cannot resume: delete it or choose another run_dir")
 
     def _resume(self, read_only: bool) -> None:
+        if not read_only and not getattr(self.learner, "resumes_exactly", True):
+            raise ConfigError(f"{self.cfg.algo.name} runs cannot resume: the checkpoint holds the policy's "
+                              "weights, not the rest of the learner's state; start it again in a new "
+                              "run_dir (its checkpoint still evaluates)")
         if not self.paths.latest_checkpoint.exists() and self.paths.metrics.exists():
             raise checkpoint.CheckpointError(
                 f"no checkpoint at {self.paths.latest_checkpoint}: the run stopped before its first, "

@@ -35,6 +35,11 @@ def test_sb3_multitask_finetune_scratch_and_plot(cli, tmp_path):
     assert [r["iteration"] for r in rows] == [0, 1] and rows[1]["env_steps"] > rows[0]["env_steps"] >= 256
     ev = json.loads((mt / "eval.json").read_text())
     assert ev["unit"] == "episodes" and [r["k"] for r in ev["adaptation"]] == [0, 2]
+    assert ev["deterministic"] is True  # SB3's evaluate_policy convention
+    snapshot = (mt / "metrics.jsonl").read_text()
+    resumed = cli(["train", "sb3_multitask/nav2d", *SMALL, "iterations=3", "resume=true", f"run_dir={mt}"])
+    assert resumed.code == 2 and "sb3_multitask runs cannot resume" in resumed.stderr, resumed.stderr
+    assert (mt / "metrics.jsonl").read_text() == snapshot
 
     ft = cli(["train", "sb3_finetune/nav2d", *SMALL, f"algo.init_from={mt}", f"run_dir={tmp_path / 'ft'}"])
     assert ft.code == 0, ft.stderr

@@ -116,6 +116,8 @@ class MetaLearner(Protocol):
     ``eval_deterministic``: held-out evaluation (eval.json, the periodic one) acts with the
     policy's mean, as the learner's reference evaluates; otherwise it samples.
     ``trains``: False for learners whose run is their evaluation (fine-tuning baselines).
+    A learner whose training cannot continue exactly from its checkpoint sets
+    ``resumes_exactly = False`` (optional; the trainer then refuses ``resume=true``).
     ``policy_spec``: the policy workers build to act with :meth:`acting`'s parameters.
 
     Adaptation states are the learner's own (opaque to callers); :meth:`adapt` returns a

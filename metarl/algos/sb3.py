@@ -178,6 +178,9 @@ class Sb3Learner(NoExtraState):
 
     adaptation_unit = "episodes"
     eval_deterministic = True  # SB3's evaluate_policy default
+    resumes_exactly = False
+    """SB3 keeps its envs mid-episode, its optimiser's moments and its random state in the
+    model, outside metarl's checkpoint (the policy's weights)."""
 
     def __init__(self, cfg: Sb3Config, dist: TaskDistribution, horizon: int, seed: int = 0,
                  device: str = "cpu", episodes: int = 20, init_policy: dict[str, torch.Tensor] | None = None) -> None:
