@@ -402,6 +402,10 @@ def run_protocol(learner: Any, dist: Any, settings: dict[str, int], seed: int = 
     """
     from metaworld.evaluation import metalearning_evaluation
 
+    if not getattr(learner, "adapts_on_batch", True):
+        raise ConfigError(f"Meta-World's protocol hands the learner the episodes to adapt on; "
+                          f"{type(learner).__name__} adapts on episodes of its own, so the protocol "
+                          "cannot evaluate it")
     start = time.perf_counter()
     envs = ShardedVectorEnv(protocol_env_fns(dist, settings, max_episode_steps), num_workers)
     space = envs.single_action_space
@@ -422,4 +426,5 @@ def run_protocol(learner: Any, dist: Any, settings: dict[str, int], seed: int = 
             "wall_time_s": time.perf_counter() - start,
             "settings": settings | {"benchmark": dist.name, "benchmark_seed": dist.seed, "seed": seed,
                                     "max_episode_steps": max_episode_steps, "fast": dist.fast,
+                                    "reward_function_version": dist.reward_function_version,
                                     "source": PROTOCOL_SOURCE}}

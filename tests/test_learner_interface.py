@@ -119,6 +119,7 @@ def test_a_learner_defined_in_a_test_trains_evaluates_and_runs_metaworlds_protoc
     ev = json.loads((run / "eval.json").read_text())
     protocol = ev["metaworld_protocol"]
     assert 0.0 <= protocol["success_rate"] <= 1.0 and protocol["settings"]["meta_batch_size"] == 10
+    assert protocol["settings"]["reward_function_version"] == "v2"  # the returns depend on it
     assert len(ev["adaptation"]) == 2
     assert "Meta-World protocol: success rate" in capsys.readouterr().out
 

@@ -59,3 +59,18 @@ def test_sb3_multitask_finetune_scratch_and_plot(cli, tmp_path):
     plot = cli(["plot", str(maml), str(mt), "--out", str(out)])
     assert plot.code == 0, plot.stderr
     assert out.stat().st_size > 10_000
+
+
+def test_metaworlds_protocol_refuses_a_learner_that_adapts_on_its_own_episodes():
+    """The protocol hands the learner the episodes to adapt on; SB3 fine-tunes on its own."""
+    import pytest
+
+    from metarl.config import ConfigError, load_config
+    from metarl.metaworld_protocol import protocol_settings, run_protocol
+    from metarl.trainer import build
+
+    cfg = load_config("sb3_multitask/ml1_pick_place", ["algo.steps_per_iteration=64", "algo.n_steps=32",
+                                                       "algo.n_envs=1"])
+    dist, learner = build(cfg)
+    with pytest.raises(ConfigError, match="Sb3Learner adapts on episodes of its own, so the protocol cannot"):
+        run_protocol(learner, dist, protocol_settings("ml1", 1))

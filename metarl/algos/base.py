@@ -117,7 +117,9 @@ class MetaLearner(Protocol):
     policy's mean, as the learner's reference evaluates; otherwise it samples.
     ``trains``: False for learners whose run is their evaluation (fine-tuning baselines).
     A learner whose training cannot continue exactly from its checkpoint sets
-    ``resumes_exactly = False`` (optional; the trainer then refuses ``resume=true``).
+    ``resumes_exactly = False`` (optional; the trainer then refuses ``resume=true``); one
+    whose :meth:`adapt` learns from episodes it collects itself rather than from the batch
+    sets ``adapts_on_batch = False`` (Meta-World's protocol then refuses it).
     ``policy_spec``: the policy workers build to act with :meth:`acting`'s parameters.
 
     Adaptation states are the learner's own (opaque to callers); :meth:`adapt` returns a

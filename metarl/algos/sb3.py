@@ -178,6 +178,8 @@ class Sb3Learner(NoExtraState):
 
     adaptation_unit = "episodes"
     eval_deterministic = True  # SB3's evaluate_policy default
+    adapts_on_batch = False
+    """``adapt`` fine-tunes on episodes SB3 collects itself, not on the ones it is given."""
     resumes_exactly = False
     """SB3 keeps its envs mid-episode, its optimiser's moments and its random state in the
     model, outside metarl's checkpoint (the policy's weights)."""
