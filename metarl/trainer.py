@@ -260,11 +260,10 @@ class Trainer:
         checkpoint.save(state, self.paths.latest_checkpoint)
         for old in self.paths.iteration_checkpoints()[: -self.cfg.checkpoint_keep]:
             old.unlink()
-        if has_training:  # the extra files no kept checkpoint names
-            needed = {checkpoint.load(p).get("extra_state") for p in self.paths.iteration_checkpoints()}
-            needed.add(state["extra_state"])
+        if has_training:  # the extra files of checkpoints no longer kept (iter_N.pt names extra/iter_N.pt)
+            kept = {p.name for p in self.paths.iteration_checkpoints()}
             for old in self.paths.extra_state.glob("iter_*.pt"):
-                if str(old.relative_to(self.paths.checkpoints)) not in needed:
+                if old.name not in kept:
                     old.unlink()
 
     def _check_run_dir(self, resume: bool) -> None:
