@@ -1,10 +1,14 @@
 """Every random stream of a run, derived from one seed by name.
 
 A run's randomness comes from here and nowhere else, each stream a pure function of the
-seed (and the iteration), so a resumed run repeats it exactly and two streams never
-share numbers by accident. The integers in :data:`STREAM_IDS` tell the streams apart;
-they are the values earlier versions used inline, kept so that runs reproduce across
-versions.
+seed (and the iteration), so a resumed run repeats it exactly. The integers in
+:data:`STREAM_IDS` are the values earlier versions used inline, kept so that runs
+reproduce across versions; a consequence is that a few streams coincide by key:
+``train_tasks(7)`` and ``eval_tasks()``, ``train_tasks(i, draw=3)`` and ``video_task(i)``,
+``collection(i, 99)`` and ``video_rollout(i)``, ``eval_env(0)`` and ``eval_collection()``,
+and ``torch_init`` and ``learner`` (the same integer). None of these correlates anything
+that matters: train and held-out tasks come from disjoint pools, the video's draws pick
+what to film, and no iteration has a 99th collection. New streams take keys of their own.
 """
 
 from __future__ import annotations
