@@ -110,7 +110,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     sampler = trainer.make_sampler()
     try:
         result = trainer.evaluate(sampler, tasks, adapt_steps, seed, args.split,
-                                  extra={"metaworld_protocol": protocol} if protocol else None)
+                                  extra={"metaworld_protocol": protocol} if protocol else None,
+                                  deterministic=None if args.actions is None else args.actions == "mean")
     finally:
         sampler.close()
     print(format_table(result))
@@ -180,6 +181,9 @@ def parser() -> argparse.ArgumentParser:
                         "eval.adapt_steps, as training's final evaluation)")
     e.add_argument("--tasks", type=int, default=None, help="number of tasks (default: the run's eval.num_tasks)")
     e.add_argument("--seed", type=int, default=None, help="task and episode seed (default: the run's seed)")
+    e.add_argument("--actions", choices=["mean", "sample"], default=None,
+                   help="act with the policy's mean or sample (default: the run's eval.deterministic, "
+                        "unset: as the learner's reference evaluates)")
     e.add_argument("--protocol-seed", type=int, default=0,
                    help="seed of the Meta-World protocol's adaptation episodes (default 0, as metarl benchmark)")
     e.add_argument("--protocol", choices=["adaptation", "metaworld"], default="adaptation",

@@ -115,6 +115,9 @@ class EvalConfig:
     num_tasks: int = 10
     adapt_steps: int = 1
     """Adaptation steps K for the final evaluation (returns after k = 0..K)."""
+    deterministic: bool | None = None
+    """Held-out episodes act with the policy's mean (true) or sample (false); unset, as the
+    learner's reference evaluates (PEARL, VariBAD, SB3 the mean; MAML, ProMP, RL² sample)."""
 
     def __post_init__(self) -> None:
         if self.every < 0:

@@ -20,14 +20,15 @@ from metarl.seeding import Seeds
 
 
 def adaptation_curve(learner: MetaLearner, sampler: Sampler, tasks: list[Task], adapt_steps: int,
-                     seed: int, max_steps: int | None = None) -> dict[str, Any]:
+                     seed: int, max_steps: int | None = None, deterministic: bool | None = None) -> dict[str, Any]:
     """Return and success on ``tasks`` after k = 0..K adaptation steps (K = ``adapt_steps``).
 
     Round k rolls ``learner.adaptation_episodes`` episodes per task with what the learner
     acts with after k adaptation steps, records them, and adapts on them. Every episode of
     a task has its own seed (collection seed ``Seeds(seed).eval_collection()``, episode
     index = episodes of the task seen before it), so rounds never repeat an episode. The
-    episodes act with the policy's mean where ``learner.eval_deterministic`` says so.
+    episodes act with the policy's mean if ``deterministic``, by default where
+    ``learner.eval_deterministic`` says so.
 
     Returns ``{"unit", "deterministic", "adaptation": [{"k", "episodes", "return_mean",
     "return_std", "success_rate"}], "per_task": {key: {"params", "returns": [...], "success": [...]}}}``.
@@ -35,13 +36,14 @@ def adaptation_curve(learner: MetaLearner, sampler: Sampler, tasks: list[Task], 
     ``episodes`` is how many episodes of each task the learner had seen at k.
     """
     unit, per_round = learner.adaptation_unit, learner.adaptation_episodes
+    deterministic = learner.eval_deterministic if deterministic is None else deterministic
     seeds = Seeds(seed)
     state = learner.init_adaptation(list(tasks), seeds.eval_collection())
     curve, per_task = [], {t.key(): {"params": dict(t.params), "returns": [], "success": []} for t in tasks}
     for k in range(adapt_steps + 1):
         seen = k * per_round
         batch = sampler.collect(tasks, learner.acting(state), per_round, seeds.eval_collection(), max_steps,
-                                deterministic=learner.eval_deterministic, first_episode=seen)
+                                deterministic=deterministic, first_episode=seen)
         curve.append({"k": seen if unit == "episodes" else k, "episodes": seen, **summarize(batch)})
         returns = batch.episode_returns().mean(1)
         success = batch.episode_success()
@@ -50,7 +52,7 @@ def adaptation_curve(learner: MetaLearner, sampler: Sampler, tasks: list[Task], 
             per_task[task.key()]["success"].append(None if success is None else float(success[i].mean()))
         if k < adapt_steps:
             state = learner.adapt(state, batch)
-    return {"unit": unit, "deterministic": learner.eval_deterministic, "adaptation": curve, "per_task": per_task}
+    return {"unit": unit, "deterministic": deterministic, "adaptation": curve, "per_task": per_task}
 
 
 def summarize(batch: EpisodeBatch) -> dict[str, float | None]:

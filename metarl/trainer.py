@@ -200,11 +200,15 @@ class Trainer:
         return self.dist.sample(min(num_tasks, self.dist.split_size(split)), split, Seeds(seed).eval_tasks())
 
     def evaluate(self, sampler: Sampler, num_tasks: int, adapt_steps: int, seed: int,
-                 split: str = "test", extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                 split: str = "test", extra: dict[str, Any] | None = None,
+                 deterministic: bool | None = None) -> dict[str, Any]:
         """Adaptation curve on ``num_tasks`` tasks of ``split``, written to eval.json
-        (with ``extra`` entries, e.g. Meta-World's protocol numbers)."""
+        (with ``extra`` entries, e.g. Meta-World's protocol numbers); ``deterministic``
+        unset: ``eval.deterministic``."""
         tasks = self.eval_tasks(num_tasks, seed, split)
-        result = adaptation_curve(self.learner, sampler, tasks, adapt_steps, seed, self.max_steps) | (extra or {})
+        deterministic = self.cfg.eval.deterministic if deterministic is None else deterministic
+        result = adaptation_curve(self.learner, sampler, tasks, adapt_steps, seed, self.max_steps,
+                                  deterministic) | (extra or {})
         write_eval(self.paths.eval, result, self.dist.name, split)
         return result
 
@@ -214,7 +218,7 @@ class Trainer:
         eval_history.jsonl, leaving eval.json to the final evaluation."""
         cfg = self.cfg
         tasks = self.eval_tasks(cfg.eval.num_tasks, cfg.seed)
-        result = adaptation_curve(self.learner, sampler, tasks, 1, cfg.seed, self.max_steps)
+        result = adaptation_curve(self.learner, sampler, tasks, 1, cfg.seed, self.max_steps, cfg.eval.deterministic)
         line = {"iteration": iteration, "env_steps": self.env_steps, **eval_record(result, self.dist.name, "test")}
         with self.paths.eval_history.open("a") as f:
             f.write(json.dumps(line) + "\n")

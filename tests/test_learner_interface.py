@@ -191,12 +191,15 @@ def test_held_out_episodes_act_with_the_mean_where_the_learner_says_so(name):
     with Recording(dist, learner.policy_spec, backend="local") as sampler:
         sampler.batches = []
         result = adaptation_curve(learner, sampler, tasks, 2, seed=0, max_steps=20)
-    assert result["deterministic"] is learner.eval_deterministic and len(sampler.batches) == 3
+        flipped = adaptation_curve(learner, sampler, tasks, 0, seed=0, max_steps=20,
+                                   deterministic=not learner.eval_deterministic)  # eval.deterministic set
+    assert result["deterministic"] is learner.eval_deterministic and flipped["deterministic"] is not \
+        learner.eval_deterministic and len(sampler.batches) == 4
     log_std = learner.policy.log_std.detach()
     peak = -(log_std.sum() + log_std.numel() * 0.5 * math.log(2 * math.pi)).item()
-    for batch in sampler.batches:
+    for i, batch in enumerate(sampler.batches):
         logp = batch.log_probs[batch.mask]
-        if learner.eval_deterministic:
+        if learner.eval_deterministic == (i < 3):
             assert torch.allclose(logp, torch.full_like(logp, peak), atol=1e-4)
         else:
             assert (logp < peak - 1e-3).float().mean() > 0.99

@@ -181,6 +181,15 @@ def test_a_run_that_stopped_before_its_first_checkpoint_says_how_to_start_again(
     assert result.code == 2 and "run_dir " + str(tmp_path / "file") + " is a file, not a directory" in result.stderr
 
 
+def test_eval_actions_follow_the_config_and_the_evaluate_flag(cli, tmp_path):
+    run = tmp_path / "r"
+    assert cli(["train", *TINY, "eval.deterministic=true", "eval.every=1", f"run_dir={run}"]).code == 0
+    assert json.loads((run / "eval.json").read_text())["deterministic"] is True  # MAML samples by default
+    assert json.loads((run / "eval_history.jsonl").read_text().splitlines()[0])["deterministic"] is True
+    assert cli(["evaluate", str(run), "--actions", "sample"]).code == 0
+    assert json.loads((run / "eval.json").read_text())["deterministic"] is False
+
+
 def test_evaluating_a_run_whose_config_was_edited_is_one_line(cli, tmp_path):
     run = tmp_path / "r"
     assert cli(["train", *TINY, f"run_dir={run}"]).code == 0
