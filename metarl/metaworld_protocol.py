@@ -169,8 +169,9 @@ class ShardedVectorEnv(gym.vector.VectorEnv):
     ``SyncVectorEnv`` over all ``env_fns`` (same order, same autoreset), so results do
     not depend on ``num_workers``. ``num_workers=1`` steps in this process.
 
-    ``last_rewards`` holds the rewards of the latest ``step`` (zeros before the first): what
-    Meta-World's ``evaluation`` steps but never shows its agent.
+    ``last_rewards`` holds the rewards of the latest ``step`` (zeros before the first) and
+    ``last_final_obs`` each env's final observation if that step ended its episode (None
+    otherwise): what Meta-World's ``evaluation`` steps but never shows its agent.
     """
 
     def __init__(self, env_fns: Sequence[Callable[[], gym.Env]], num_workers: int = 0,
@@ -211,6 +212,7 @@ class ShardedVectorEnv(gym.vector.VectorEnv):
             self.action_space = gym.vector.utils.batch_space(self.single_action_space, n)
         self.metadata = {"autoreset_mode": autoreset_mode}
         self.last_rewards = np.zeros(n, np.float32)
+        self.last_final_obs: list[np.ndarray | None] = [None] * n
 
     def _all(self, method: str, args_per_shard: Sequence[tuple] | None = None, **kwargs: Any) -> list[Any]:
         if self._local is not None:
@@ -234,9 +236,12 @@ class ShardedVectorEnv(gym.vector.VectorEnv):
         parts = self._all("step", [(actions[a:b],) for a, b in zip(offsets[:-1], offsets[1:], strict=True)])
         obs, rew, term, trunc, infos = zip(*parts, strict=True)
         rewards = np.concatenate(rew)
+        merged = merge_infos(infos, self.sizes)
         self.last_rewards = rewards.astype(np.float32)
-        return (np.concatenate(obs), rewards, np.concatenate(term), np.concatenate(trunc),
-                merge_infos(infos, self.sizes))
+        # SAME_STEP autoreset: an ended env's returned observation is its next episode's first
+        final = merged.get("final_obs")
+        self.last_final_obs = [None] * self.num_envs if final is None else list(final)
+        return np.concatenate(obs), rewards, np.concatenate(term), np.concatenate(trunc), merged
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
         return tuple(r for part in self._all("call", [(name, *args)] * len(self.sizes), **kwargs)
@@ -264,20 +269,22 @@ class LearnerAgent:
 
     A recurrent policy (RL², VariBAD) reads the previous step's reward as an input at every
     step, as it did in training. Meta-World's ``evaluation`` calls only ``eval_action(obs)``
-    and ``reset(dones)``, so the agent reads the rewards of the step it acted on from
-    ``last_rewards`` (Meta-World+'s RL² sees them through its env wrapper's observation).
-    Without them the evaluation episodes ran on the last adaptation reward, frozen.
+    and ``reset(dones)``, so the agent reads the rewards of the step it acted on from the
+    vector env's ``last_rewards`` (Meta-World+'s RL² sees them through its env wrapper's
+    observation). Without them the evaluation episodes ran on the last adaptation reward,
+    frozen. Likewise an adaptation episode's final observation (its batch's ``last_obs``,
+    the next state of its last transition) comes from ``last_final_obs``.
     """
 
-    def __init__(self, learner: Any, num_envs: int, episodes: int, bounds: tuple[np.ndarray, np.ndarray],
-                 last_rewards: Callable[[], np.ndarray], seed: int = 0) -> None:
-        """``bounds``: the action space's (low, high); ``last_rewards``: the rewards of the
-        vector env's latest step."""
-        self.learner, self.num_envs, self.episodes, self.seed = learner, num_envs, episodes, seed
-        self.bounds, self.last_rewards = bounds, last_rewards
+    def __init__(self, learner: Any, envs: ShardedVectorEnv, episodes: int, seed: int = 0) -> None:
+        """``envs``: the protocol's vector env (its size, action bounds and what its latest
+        step returned beyond the observations)."""
+        self.learner, self.num_envs, self.episodes, self.seed = learner, envs.num_envs, episodes, seed
+        space = envs.single_action_space
+        self.bounds, self.envs = (space.low, space.high), envs
         self.spec = learner.policy_spec
-        self.tasks = [Task("metaworld-protocol", {"env": i}) for i in range(num_envs)]
-        self.lanes = np.arange(num_envs)
+        self.tasks = [Task("metaworld-protocol", {"env": i}) for i in range(self.num_envs)]
+        self.lanes = np.arange(self.num_envs)
         self.rng = np.random.default_rng(seed)
         self.rounds = 0
         self.init()
@@ -316,7 +323,7 @@ class LearnerAgent:
 
     def eval_action(self, observations: np.ndarray) -> np.ndarray:
         if self.pending is not None:  # the step since the last call: its action and reward
-            self.actor.observe(self.lanes, self.pending, self.last_rewards())
+            self.actor.observe(self.lanes, self.pending, self.envs.last_rewards)
         actions, _ = self._act(observations, stochastic=False)
         self.pending = actions
         return self._env_actions(actions)
@@ -338,6 +345,7 @@ class LearnerAgent:
             ep["log_probs"].append(timestep.aux_policy_outputs["log_probs"][i])
             ep["terminated"].append(bool(timestep.terminated[i]))
             if timestep.terminated[i] or timestep.truncated[i]:
+                ep["last_obs"] = self.envs.last_final_obs[i]
                 self.episodes_done[i].append(ep)
                 self.current[i] = _new_episode()
 
@@ -381,8 +389,10 @@ def _to_batch(episodes: list[list[dict[str, list]]], count: int, tasks: list[Tas
               "rewards": np.zeros((n, count, t), np.float32), "log_probs": np.zeros((n, count, t), np.float32),
               "terminated": np.zeros((n, count, t), bool), "truncated": np.zeros((n, count, t), bool),
               "mask": np.zeros((n, count, t), bool)}
+    last_obs = np.zeros((n, count, o), np.float32)
     for i, eps in enumerate(episodes):
         for e, ep in enumerate(eps[:count]):
+            last_obs[i, e] = ep["last_obs"]
             length = len(ep["obs"])
             for key in ("obs", "actions", "rewards", "log_probs"):
                 arrays[key][i, e, :length] = np.asarray(ep[key])
@@ -390,7 +400,7 @@ def _to_batch(episodes: list[list[dict[str, list]]], count: int, tasks: list[Tas
             arrays["terminated"][i, e, length - 1] = ep["terminated"][-1]
             arrays["truncated"][i, e, length - 1] = not ep["terminated"][-1]
     tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
-    return EpisodeBatch(**tensors, last_obs=torch.zeros(n, count, o), success=None, tasks=tasks, carry=carry)
+    return EpisodeBatch(**tensors, last_obs=torch.from_numpy(last_obs), success=None, tasks=tasks, carry=carry)
 
 
 def run_protocol(learner: Any, dist: Any, settings: dict[str, int], seed: int = 0,
@@ -408,9 +418,7 @@ def run_protocol(learner: Any, dist: Any, settings: dict[str, int], seed: int = 
                           "cannot evaluate it")
     start = time.perf_counter()
     envs = ShardedVectorEnv(protocol_env_fns(dist, settings, max_episode_steps), num_workers)
-    space = envs.single_action_space
-    agent = LearnerAgent(learner, envs.num_envs, settings["adaptation_episodes"], (space.low, space.high),
-                         lambda: envs.last_rewards, seed)
+    agent = LearnerAgent(learner, envs, settings["adaptation_episodes"], seed)
     episode_keys = ("num_evals", *EPISODE_DEFAULTS)
     bar = tqdm(total=settings["num_evals"], desc="Meta-World protocol", unit="round", disable=None,
                dynamic_ncols=True)

@@ -153,9 +153,7 @@ def test_a_recurrent_agent_reads_each_evaluation_steps_reward():
     envs = ShardedVectorEnv(protocol_env_fns(dist, settings, max_episode_steps=4), num_workers=1)
     torch.manual_seed(0)
     policy = RecurrentGaussianPolicy(39, 4, gru_size=8, encoder_sizes=[8])
-    space = envs.single_action_space
-    agent = LearnerAgent(Rl2Learner(Rl2Config(gru_size=8), policy), envs.num_envs, 1, (space.low, space.high),
-                         lambda: envs.last_rewards)
+    agent = LearnerAgent(Rl2Learner(Rl2Config(gru_size=8), policy), envs, 1)
     try:
         envs.call("toggle_sample_tasks_on_reset", False)
         envs.call("sample_tasks")
@@ -172,3 +170,42 @@ def test_a_recurrent_agent_reads_each_evaluation_steps_reward():
         assert ends == 2  # both envs started a second episode on the reward input of their first
     finally:
         envs.close()
+
+
+def test_adaptation_batches_end_each_episode_at_its_final_observation():
+    """The learner's batch holds each adaptation episode's final observation as its
+    ``last_obs`` (PEARL's context can use it as the last transition's next state); the
+    vector env returns the next episode's first observation in its place."""
+    from metaworld.evaluation import Timestep
+
+    class Capturing(Rl2Learner):
+        def adapt(self, state, batch):
+            self.batch = batch
+            return super().adapt(state, batch)
+
+    dist = metarl.envs.make("ml1/reach-v3")
+    envs = ShardedVectorEnv(protocol_env_fns(dist, protocol_settings("ml1", 1, meta_batch_size=2),
+                                             max_episode_steps=4), num_workers=1)
+    torch.manual_seed(0)
+    learner = Capturing(Rl2Config(gru_size=8), RecurrentGaussianPolicy(39, 4, gru_size=8, encoder_sizes=[8]))
+    agent = LearnerAgent(learner, envs, episodes=2)
+    try:
+        envs.call("toggle_sample_tasks_on_reset", False)
+        envs.call("sample_tasks")
+        agent.init()
+        obs, _ = envs.reset()
+        finals: list[list[np.ndarray]] = [[], []]
+        for _ in range(8):  # two 4-step episodes per env
+            actions, aux = agent.adapt_action(obs)
+            next_obs, rewards, terminated, truncated, info = envs.step(actions)
+            for i in np.flatnonzero(terminated | truncated):
+                finals[i].append(info["final_obs"][i])
+                assert not np.array_equal(info["final_obs"][i], next_obs[i])  # the next episode's first
+            agent.step(Timestep(obs, actions, rewards, terminated, truncated, aux))
+            obs = next_obs
+        agent.adapt()
+    finally:
+        envs.close()
+    assert [len(f) for f in finals] == [2, 2]
+    expected = torch.from_numpy(np.array(finals, dtype=np.float32))
+    assert learner.batch.last_obs.shape == (2, 2, 39) and torch.equal(learner.batch.last_obs, expected)
