@@ -2,9 +2,12 @@
 
 The agent starts at the origin and must reach a goal it does not observe. Settings follow
 the paper and its reference code (cbfinn/maml_rl, ``point_env_rand_goal.py``): goal
-uniform in [-0.5, 0.5]^2, actions clipped to +-0.1, reward minus the Euclidean distance to
-the goal after the step, episode ends (terminated) within 0.01 of the goal in both
-coordinates, horizon 100.
+uniform in [-0.5, 0.5]^2, displacements clipped to +-0.1, reward minus the Euclidean
+distance to the goal after the step, episode ends (terminated) within 0.01 of the goal in
+both coordinates, horizon 100. The policy acts in [-1, 1]^2, scaled to the +-0.1
+displacement, as MAML's code does through rllab's ``normalize`` wrapper and VariBAD's and
+oyster's point robots in their ``step``: a unit-std Gaussian policy then explores at 0.1
+per step, where acting in displacement units it would be clipped nine times in ten.
 """
 
 from __future__ import annotations
@@ -24,11 +27,15 @@ class PointNavigationEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
 
     def __init__(self, goal: tuple[float, float] = (0.0, 0.0), max_step: float = 0.1,
-                 render_mode: str | None = None) -> None:
+                 render_mode: str | None = None, unit_actions: bool = True) -> None:
+        """``unit_actions``: actions in [-1, 1]^2, times ``max_step``; false: displacements
+        in [-max_step, max_step]^2 directly (metarl before 2026-12-06)."""
         self.max_step = max_step
+        self.scale = max_step if unit_actions else 1.0
         self.render_mode = render_mode
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
-        self.action_space = gym.spaces.Box(-max_step, max_step, shape=(2,), dtype=np.float32)
+        self.bound = 1.0 if unit_actions else max_step
+        self.action_space = gym.spaces.Box(-self.bound, self.bound, shape=(2,), dtype=np.float32)
         self.goal = np.asarray(goal, dtype=np.float64)
         self._pos = np.zeros(2)
 
@@ -49,8 +56,8 @@ class PointNavigationEnv(gym.Env):
         return img
 
     def step(self, action):
-        action = np.clip(np.asarray(action, dtype=np.float64), -self.max_step, self.max_step)
-        self._pos = self._pos + action
+        action = np.clip(np.asarray(action, dtype=np.float64), -self.bound, self.bound)
+        self._pos = self._pos + self.scale * action  # times 1.0 (displacement actions) is exact
         dx, dy = self._pos - self.goal
         reward = -float(np.sqrt(dx * dx + dy * dy))
         terminated = bool(abs(dx) < 0.01 and abs(dy) < 0.01)
@@ -66,6 +73,8 @@ class Navigation2D(TaskDistribution):
         horizon: Episode length (paper: 100).
         num_train_tasks, num_test_tasks: Sizes of the fixed, disjoint split pools.
         seed: Seed of the pools (not of training).
+        unit_actions: Actions in [-1, 1]^2 scaled to the +-0.1 step (the references'); false
+            for displacements directly, as runs made before 2026-12-06 acted.
     """
 
     low: float = -0.5
@@ -74,6 +83,7 @@ class Navigation2D(TaskDistribution):
     num_train_tasks: int = 1000
     num_test_tasks: int = 100
     seed: int = 0
+    unit_actions: bool = True
     name: str = "nav2d"
 
     def __post_init__(self) -> None:
@@ -90,7 +100,7 @@ class Navigation2D(TaskDistribution):
                                             "test": self.num_test_tasks}, self.seed)
 
     def make_env(self, task: Task, render_mode: str | None = None) -> gym.Env:
-        env = gym.wrappers.TimeLimit(PointNavigationEnv(render_mode=render_mode),
+        env = gym.wrappers.TimeLimit(PointNavigationEnv(render_mode=render_mode, unit_actions=self.unit_actions),
                                      max_episode_steps=self.horizon)
         self.set_task(env, task)
         return env

@@ -70,17 +70,21 @@ def test_set_task_changes_reward():
     assert r0 != r1
 
 
-def test_nav2d_matches_paper_dynamics():
-    dist = metarl.envs.make("nav2d")
+@pytest.mark.parametrize("unit_actions, scale", [(True, 0.1), (False, 1.0)])
+def test_nav2d_matches_paper_dynamics(unit_actions, scale):
+    """Actions in [-1, 1] move the point by a tenth of them (MAML's rllab normalize, VariBAD's
+    point robot); ``unit_actions=false`` takes displacements, as runs before it did."""
+    dist = metarl.envs.make("nav2d", unit_actions=unit_actions)
     env = dist.make_env(Task("nav2d", {"goal": [0.3, -0.2]}))
+    assert env.action_space.high.tolist() == pytest.approx([0.1 / scale] * 2)
     obs, _ = env.reset(seed=0)
     np.testing.assert_array_equal(obs, [0, 0])
-    obs, r, term, trunc, _ = env.step(np.array([0.5, -0.05]))  # clipped to +-0.1
+    obs, r, term, trunc, _ = env.step(np.array([5.0, -0.5]) / scale * 0.1)  # the first clipped to the bound
     np.testing.assert_allclose(obs, [0.1, -0.05], atol=1e-7)
     assert r == pytest.approx(-np.hypot(0.2, 0.15))
     assert not term
     for _ in range(2):
-        obs, r, term, _, _ = env.step(np.array([0.1, -0.075]))
+        obs, r, term, _, _ = env.step(np.array([0.1, -0.075]) / scale)
     assert term  # within 0.01 of the goal
 
 

@@ -250,15 +250,16 @@ def test_a_checkpoint_from_before_the_interface_evaluates_as_it_did_then(case, r
 
 
 def _reference_run(case: str, run: Path, **config: Any) -> tuple[Path, dict]:
-    """A run directory holding ``case``'s reference checkpoint file and its config; with
-    ``config``, top-level keys (dicts merged into their section) changed in both."""
+    """A run directory holding ``case``'s reference checkpoint and its config; ``config``:
+    top-level keys (dicts merged into their section) changed in both. Every
+    reference ran on nav2d's displacement actions, which its options now have to ask for."""
     (run / "checkpoints").mkdir(parents=True)
     shutil.copy(REFERENCE / f"{case}.fixture.pt", run / "checkpoints" / "latest.pt")
     saved = torch.load(REFERENCE / f"{case}.fixture.pt", weights_only=True)
-    if config:
-        for key, value in config.items():
-            saved["config"][key] = saved["config"][key] | value if isinstance(value, dict) else value
-        torch.save(saved, run / "checkpoints" / "latest.pt")
+    assert saved["config"]["tasks"] == {"name": "nav2d", "options": {}}
+    for key, value in ({"tasks": {"options": {"unit_actions": False}}} | config).items():
+        saved["config"][key] = saved["config"][key] | value if isinstance(value, dict) else value
+    torch.save(saved, run / "checkpoints" / "latest.pt")
     (run / "config.yaml").write_text(yaml.safe_dump(saved["config"] | {"run_dir": str(run)}))
     return run, saved
 
