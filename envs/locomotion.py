@@ -9,17 +9,26 @@ family                    task parameter (range, source)       task reward term
 ``halfcheetah-vel``       velocity ~ U[0, 2] m/s (MAML, 5.3)   ``-|v_x - v_goal|``
 ``halfcheetah-dir``       direction in {-1, +1} (MAML, 5.3)    ``direction * v_x``
 ``ant-dir``               heading ~ U[0, 2 pi) (ProMP,         ``v_xy . (cos, sin)``
-                          ``AntRandDirec2DEnv``)
+                          ``AntRandDirec2DEnv``); with
+                          ``forward_backward``, 0 or pi (MAML,
+                          VariBAD's ``AntDir``, oyster)
 ``ant-goal``              goal uniform in the disk of radius   ``-||xy - goal||_1``
                           3 (PEARL, ``ant_goal.py``)
 ========================  ===================================  ==========================
 
-Horizon 200 for all, as in MAML (Sec. 5.3) and PEARL's locomotion configs. The cheetahs
-add the rllab control cost ``0.05 * ||a||^2`` (MAML's reference code); the ants keep
-gymnasium's control, contact and healthy terms, and terminate when unhealthy.
+Horizon 200 for all, as in MAML (Sec. 5.3) and PEARL's locomotion configs, on gymnasium
+v5's 0.05 s steps (frame skip 5), as ProMP's, oyster's and VariBAD's envs; MAML's rllab
+cheetah stepped 0.01 s, so its 200 steps are a fifth of the time. The cheetahs
+add the rllab control cost ``0.05 * ||a||^2`` (MAML's reference code). ``ant-dir`` keeps
+gymnasium's control (0.5), contact (5e-4) and healthy (+1) terms and terminates when
+unhealthy, as oyster's and VariBAD's ant-dir. ``ant-goal`` takes oyster's and VariBAD's
+(and ProMP's) ``ant_goal.py`` terms: control cost 0.1, contact 5e-4, no healthy reward and no
+termination (with a +1 per healthy step and termination, a negative goal term makes falling
+over the best policy), and observes its position and clipped contact forces, as they do.
 
-``halfcheetah-dir`` has only two tasks; as in the papers its test split is those same two
-tasks (there is nothing else to hold out), so it is the one family whose splits overlap.
+``halfcheetah-dir`` (and ``ant-dir`` with ``forward_backward``) has only two tasks; as in
+the papers its test split is those same two tasks (there is nothing else to hold out), so
+these are the families whose splits overlap.
 """
 
 from __future__ import annotations
@@ -88,16 +97,20 @@ class Locomotion(TaskDistribution):
     num_train_tasks: int = 100
     num_test_tasks: int = 30
     seed: int = 0
+    forward_backward: bool = False
+    """``ant-dir`` only: the two headings 0 and pi instead of U[0, 2 pi)."""
 
     def __post_init__(self) -> None:
         if self.name not in _ENV_IDS:
             raise ValueError(f"unknown locomotion family {self.name!r}; valid: {', '.join(_ENV_IDS)}")
+        if self.forward_backward and self.name != "ant-dir":
+            raise ValueError(f"forward_backward is an ant-dir option, not {self.name}'s")
         check_pool_sizes(self.num_train_tasks, self.num_test_tasks)
 
     def _make_pools(self) -> dict[str, list[Task]]:
-        if self.name == "halfcheetah-dir":
-            both = [{"direction": -1.0}, {"direction": 1.0}]
-            return {s: [Task(self.name, p, s, i) for i, p in enumerate(both)]
+        if self.name == "halfcheetah-dir" or self.forward_backward:
+            key, values = ("direction", [-1.0, 1.0]) if self.name == "halfcheetah-dir" else ("angle", [np.pi, 0.0])
+            return {s: [Task(self.name, {key: v}, s, i) for i, v in enumerate(values)]
                     for s in ("train", "test")}
         sizes = {"train": self.num_train_tasks, "test": self.num_test_tasks}
         return draw_pools(self._draw, self.name, sizes, self.seed)
@@ -114,10 +127,11 @@ class Locomotion(TaskDistribution):
 
     def make_env(self, task: Task, render_mode: str | None = None) -> gym.Env:
         kwargs: dict[str, Any] = {"render_mode": render_mode}
-        if self.name.startswith("ant"):
+        if self.name == "ant-dir":
             kwargs["include_cfrc_ext_in_observation"] = False
-        if self.name == "ant-goal":  # the goal is a position: the agent must see its own
-            kwargs["exclude_current_positions_from_observation"] = False
+        if self.name == "ant-goal":  # oyster's ant_goal.py; the goal is a position: the agent sees its own
+            kwargs |= {"ctrl_cost_weight": 0.1, "healthy_reward": 0.0, "terminate_when_unhealthy": False,
+                       "exclude_current_positions_from_observation": False}
         env = _env_class(_ENV_IDS[self.name])(**kwargs)
         env = LocomotionTaskWrapper(env, self.name, task.params)
         return gym.wrappers.TimeLimit(env, max_episode_steps=self.horizon)

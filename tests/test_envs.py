@@ -88,6 +88,37 @@ def test_nav2d_matches_paper_dynamics(unit_actions, scale):
     assert term  # within 0.01 of the goal
 
 
+def test_ant_goal_takes_oysters_costs_and_never_ends_early():
+    """-|xy - goal|_1 - 0.1 |a|^2 - 5e-4 |clip(cfrc_ext)|^2, no healthy term, no termination
+    (oyster's, VariBAD's and ProMP's ant_goal.py), recomputed from the simulator; the ant
+    observes its position and contact forces."""
+    dist = metarl.envs.make("ant-goal")
+    task = dist.sample(1, "train", np.random.default_rng(0))[0]
+    env = dist.make_env(task)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (15 + 14 + 13 * 6,)
+    sim, (gx, gy) = env.unwrapped, task.params["goal"]
+    rng, unhealthy = np.random.default_rng(1), 0
+    for _ in range(200):  # random flailing leaves gymnasium's healthy range: no episode end
+        action = rng.uniform(-1, 1, size=8)
+        obs, reward, terminated, truncated, _ = env.step(action)
+        x, y = sim.data.qpos[:2]
+        contact = np.square(np.clip(sim.data.cfrc_ext[1:], -1, 1)).sum()
+        assert reward == pytest.approx(-(abs(x - gx) + abs(y - gy)) - 0.1 * np.square(action).sum()
+                                       - 5e-4 * contact, abs=1e-12)
+        assert not terminated
+        unhealthy += not sim.is_healthy
+    assert truncated and unhealthy > 0  # the horizon, 200
+
+
+def test_ant_dir_forward_backward_is_two_headings():
+    dist = metarl.envs.make("ant-dir", forward_backward=True)
+    for split in ("train", "test"):
+        assert sorted(t.params["angle"] for t in dist.tasks(split)) == [0.0, pytest.approx(np.pi)]
+    with pytest.raises(ValueError, match="forward_backward is an ant-dir option, not ant-goal's"):
+        metarl.envs.make("ant-goal", forward_backward=True)
+
+
 def test_car_task_parameters_reach_physics():
     dist = metarl.envs.make("car-speed")
     slow, fast = (Task("car-speed", {"friction": f, "mass": m, "speed": 1.0}) for f, m in ((0.1, 2.0), (1.0, 0.5)))
