@@ -25,7 +25,7 @@ def constant_policy(obs_dim, act_dim, action, std=1e-3):
 
 def test_shapes_and_masks_with_termination():
     dist = metarl.envs.make("nav2d")
-    policy, params = constant_policy(2, 2, [0.1, 0.0])
+    policy, params = constant_policy(2, 2, [1.0, 0.0])  # nav2d: 0.1 a step
     near, far = Task("nav2d", {"goal": [0.3, 0.0]}), Task("nav2d", {"goal": [-0.4, 0.4]})
     with Sampler(dist, policy.spec, backend="local") as s:
         batch = s.collect([near, far], params, episodes=3, seed=0, deterministic=True)
@@ -79,7 +79,7 @@ def test_same_seed_same_batch_across_backends_workers_and_lanes(name, per_task):
     params = policy.params()
     if per_task:  # each task's own parameters: on nav2d, straight to its goal in 3, 4, 5 steps
         policy, _ = constant_policy(obs_dim, act_dim, [0.0, 0.0], std=1e-3)
-        params = [constant_policy(obs_dim, act_dim, (np.array(task.params["goal"]) / (3 + i)).tolist(),
+        params = [constant_policy(obs_dim, act_dim, (np.array(task.params["goal"]) / (3 + i) / 0.1).tolist(),
                                   std=1e-3)[1] for i, task in enumerate(tasks)]
     batches = []
     for backend, workers, lanes in (("local", 1, 64), ("local", 1, 2), ("process", 2, 64), ("process", 1, 4)):
@@ -97,8 +97,8 @@ def test_same_seed_same_batch_across_backends_workers_and_lanes(name, per_task):
 
 def test_per_task_params_reach_their_tasks():
     dist = metarl.envs.make("nav2d")
-    policy, right = constant_policy(2, 2, [0.1, 0.0])
-    _, up = constant_policy(2, 2, [0.0, 0.1])
+    policy, right = constant_policy(2, 2, [1.0, 0.0])
+    _, up = constant_policy(2, 2, [0.0, 1.0])
     tasks = dist.sample(4, "train", np.random.default_rng(0))
     with Sampler(dist, policy.spec, backend="process", num_workers=2) as s:
         batch = s.collect(tasks, [right, up, up, right], episodes=1, seed=0, max_steps=5, deterministic=True)
