@@ -26,6 +26,12 @@ _FAMILIES: dict[str, Callable[..., TaskDistribution]] = {
 }
 
 
+VERSIONED_OPTIONS: dict[str, dict[str, Any]] = {"nav2d": {"unit_actions": False}}
+"""Options a family gained after runs had been saved without them, with the value those
+runs ran with: a run resumed or evaluated from such a checkpoint keeps it, and every new
+run records the option's current value in its config (``metarl.config.with_versioned_options``)."""
+
+
 def names() -> list[str]:
     """Every task distribution name, ML1's 50 environments included."""
     return list(_FAMILIES) + [f"ml1/{env}" for env in ml1_env_names()]

@@ -158,7 +158,12 @@ def run_suite(suite: Suite, results: Path = RESULTS, extra: Sequence[str] = (),
     early), instead of all seeds of a run before the next run.
     """
     from metarl import checkpoint
-    from metarl.config import load_config, resume_changes
+    from metarl.config import (
+        load_config,
+        resume_changes,
+        saved_with_versioned_options,
+        with_versioned_options,
+    )
     from metarl.trainer import Trainer
 
     unknown = [n for n in only if n not in {r.name for r in suite.runs}]
@@ -166,11 +171,12 @@ def run_suite(suite: Suite, results: Path = RESULTS, extra: Sequence[str] = (),
         raise ConfigError(f"unknown run {unknown[0]!r} in suite {suite.name}; valid: "
                           f"{', '.join(r.name for r in suite.runs)}")
     todo = [(run, seed) for run in suite.runs for seed in run.seeds if not only or run.name in only]
-    for run, seed in todo:  # every config and override checked now, not hours in when its turn comes
-        try:
-            load_config(run.config, [*suite.overrides, *run.overrides, *extra, f"seed={seed}"])
-        except ConfigError as err:
-            raise ConfigError(f"suite {suite.name}, run {run.name}: {err}") from None
+    for run, seed in todo:  # every unfinished row's config checked now, not hours in when its turn comes
+        if not _read_marker(results / f"{run.name}-s{seed}").get("finished"):
+            try:
+                load_config(run.config, _run_overrides(suite, run, seed, extra, results))
+            except ConfigError as err:
+                raise ConfigError(f"suite {suite.name}, run {run.name}: {err}") from None
     commit = _commit()  # the code this process runs, though HEAD may move while it does
     if seed_major:
         todo.sort(key=lambda item: item[0].seeds.index(item[1]))  # stable: runs keep their order
@@ -185,10 +191,13 @@ def run_suite(suite: Suite, results: Path = RESULTS, extra: Sequence[str] = (),
         if not resume:  # nothing to continue from: a clean start
             for path in (paths.metrics, paths.config, paths.eval, paths.eval_history):
                 path.unlink(missing_ok=True)
-        overrides = [*suite.overrides, *run.overrides, *extra, f"seed={seed}", f"run_dir={run_dir}",
-                     f"max_env_steps={run.env_steps}", f"resume={str(resume).lower()}"]
+        overrides = [*_run_overrides(suite, run, seed, extra, results), f"max_env_steps={run.env_steps}",
+                     f"resume={str(resume).lower()}"]
         cfg = load_config(run.config, overrides)
-        changes = resume_changes(checkpoint.load(paths.latest_checkpoint)["config"], cfg) if resume else []
+        changes = []
+        if resume:
+            saved = saved_with_versioned_options(checkpoint.load(paths.latest_checkpoint)["config"])
+            changes = resume_changes(saved, with_versioned_options(cfg, saved))
         if changes:
             raise ConfigError(f"{run_dir} was started with other settings than the suite now gives it "
                               f"({'; '.join(changes)}): restore {run.config} and the suite's overrides, "
@@ -214,6 +223,11 @@ def run_suite(suite: Suite, results: Path = RESULTS, extra: Sequence[str] = (),
         _write_json(run_dir / MARKER, marker)
         write_summary(suite, results)
     return write_summary(suite, results)
+
+
+def _run_overrides(suite: Suite, run: SuiteRun, seed: int, extra: Sequence[str], results: Path) -> list[str]:
+    """What one (run, seed) of ``suite`` trains with, before its budget and resume flag."""
+    return [*suite.overrides, *run.overrides, *extra, f"seed={seed}", f"run_dir={results / f'{run.name}-s{seed}'}"]
 
 
 def evaluate_protocol(trainer: Any, cfg: Any) -> dict[str, Any] | None:

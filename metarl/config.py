@@ -329,6 +329,37 @@ def resume_changes(saved: Mapping[str, Any], cfg: RunConfig) -> list[str]:
     return changes
 
 
+def saved_with_versioned_options(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config with each versioned option it lacks (it was saved before the
+    option existed) set to what the run ran with (``envs.registry.VERSIONED_OPTIONS``)."""
+    from metarl.envs.registry import VERSIONED_OPTIONS
+
+    tasks = dict(saved.get("tasks") or {})
+    old = VERSIONED_OPTIONS.get(tasks.get("name", ""), {})
+    return {**saved, "tasks": {**tasks, "options": {**old, **(tasks.get("options") or {})}}} if old else dict(saved)
+
+
+def with_versioned_options(cfg: RunConfig, saved: Mapping[str, Any] | None = None) -> RunConfig:
+    """``cfg`` with each versioned option of its task family written out: as ``saved`` (the
+    run's checkpoint config, through :func:`saved_with_versioned_options`) has it when the
+    run is resumed or evaluated, else the family's current default, so the run records it."""
+    from metarl.envs import make
+    from metarl.envs.registry import VERSIONED_OPTIONS
+
+    keys = [k for k in VERSIONED_OPTIONS.get(cfg.tasks.name, {}) if k not in cfg.tasks.options]
+    if not keys:
+        return cfg
+    if saved is not None:
+        values = {k: saved["tasks"]["options"][k] for k in keys}
+    else:
+        try:
+            dist = make(cfg.tasks.name, **cfg.tasks.options)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        values = {k: getattr(dist, k) for k in keys}
+    return dataclasses.replace(cfg, tasks=dataclasses.replace(cfg.tasks, options={**cfg.tasks.options, **values}))
+
+
 def _plain(value: Any) -> Any:
     """Tuples as lists, recursively: a checkpoint keeps the tuples a YAML file makes lists."""
     if isinstance(value, list | tuple):

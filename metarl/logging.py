@@ -54,20 +54,23 @@ class JsonlLogger:
 class WandbLogger:
     """Weights & Biases: online when logged in, offline otherwise (``wandb sync`` later).
 
-    ``logged_through``: on a resume, the env steps of the last row W&B was sent before the
-    run stopped; rows, evaluations and videos up to them are not sent again (a resume
-    redoes them bit for bit, and W&B would hold each twice).
+    A resume redoes the iterations after its checkpoint bit for bit, and W&B keeps what it
+    was sent before the stop: so the env steps of the last row, evaluation and video sent
+    are kept in ``wandb/metarl_sent.json`` (rewritten after each), and a resumed run sends
+    none of them again, through any number of interrupted resumes.
     """
 
+    SENT = "metarl_sent.json"
+
     def __init__(self, run_dir: Path, config: dict[str, Any], project: str, entity: str | None,
-                 group: str | None, tags: list[str], name: str | None, run_id: str | None,
-                 logged_through: int | None = None) -> None:
+                 group: str | None, tags: list[str], name: str | None, run_id: str | None) -> None:
         import wandb
 
         from metarl.errors import ConfigError
 
         self._wandb = wandb
-        self.logged_through = -1 if logged_through is None else logged_through
+        self._sent_path = Path(run_dir) / "wandb" / self.SENT
+        self.sent: dict[str, int] = json.loads(self._sent_path.read_text()) if self._sent_path.is_file() else {}
         try:
             self.run = wandb.init(dir=str(run_dir), config=config, project=project, entity=entity,
                                   group=group, tags=tags, name=name, id=run_id, resume="allow",
@@ -84,13 +87,24 @@ class WandbLogger:
         self.run.define_metric("*", step_metric="env_steps")
         self.run_id = self.run.id
 
+    def _new(self, kind: str, env_steps: int) -> bool:
+        """Whether W&B has yet to get this ``kind`` (row, eval, video) at ``env_steps``."""
+        return env_steps > self.sent.get(kind, -1)
+
+    def _sent(self, kind: str, env_steps: int) -> None:
+        from metarl.checkpoint import write_text
+
+        self.sent[kind] = env_steps
+        write_text(self._sent_path, json.dumps(self.sent))
+
     def log(self, metrics: Mapping[str, float]) -> None:
-        if metrics["env_steps"] > self.logged_through:
+        if self._new("row", metrics["env_steps"]):
             self.run.log(dict(metrics))
+            self._sent("row", metrics["env_steps"])
 
     def log_eval(self, result: Mapping[str, Any], env_steps: int) -> None:
         """The adaptation curve (a line plot over k) and a per-task table."""
-        if env_steps <= self.logged_through:
+        if not self._new("eval", env_steps):
             return
         wandb = self._wandb
         rows = result["adaptation"]
@@ -105,11 +119,13 @@ class WandbLogger:
         self.run.log({"eval/adaptation_curve": wandb.plot.line(curve, "k", "return_mean",
                                                                title=f"return vs adaptation ({unit})"),
                       "eval/adaptation_table": curve, "eval/per_task": per_task, "env_steps": env_steps})
+        self._sent("eval", env_steps)
 
     def log_video(self, path: Path, env_steps: int) -> None:
-        if env_steps > self.logged_through:
+        if self._new("video", env_steps):
             self.run.log({"video/adapted_rollout": self._wandb.Video(str(path), format="mp4"),
                           "env_steps": env_steps})
+            self._sent("video", env_steps)
 
     def close(self, failed: bool = False) -> None:
         self.run.finish(exit_code=1 if failed else 0)  # a crashed or interrupted run is not "finished"

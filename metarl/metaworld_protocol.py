@@ -412,7 +412,7 @@ def run_protocol(learner: Any, dist: Any, settings: dict[str, int], seed: int = 
     """
     from metaworld.evaluation import metalearning_evaluation
 
-    if not getattr(learner, "adapts_on_batch", True):
+    if not learner.adapts_on_batch:
         raise ConfigError(f"Meta-World's protocol hands the learner the episodes to adapt on; "
                           f"{type(learner).__name__} adapts on episodes of its own, so the protocol "
                           "cannot evaluate it")

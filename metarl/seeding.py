@@ -7,8 +7,9 @@ reproduce across versions; a consequence is that a few streams coincide by key:
 ``train_tasks(7)`` and ``eval_tasks()``, ``train_tasks(i, draw=3)`` and ``video_task(i)``,
 ``collection(i, 99)`` and ``video_rollout(i)``, ``eval_env(0)`` and ``eval_collection()``,
 and ``torch_init`` and ``learner`` (the same integer). None of these correlates anything
-that matters: train and held-out tasks come from disjoint pools, the video's draws pick
-what to film, and no iteration has a 99th collection. New streams take keys of their own.
+that matters: a training draw and the held-out set come from different pools (or, where
+both splits are the same two tasks, each takes both), the video's draws pick what to
+film, and no iteration has a 99th collection. New streams take keys of their own.
 """
 
 from __future__ import annotations

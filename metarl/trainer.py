@@ -24,7 +24,9 @@ from metarl.config import (
     read_config_file,
     resume_changes,
     save_config,
+    saved_with_versioned_options,
     to_dict,
+    with_versioned_options,
 )
 from metarl.evaluation import adaptation_curve, curve_metrics, eval_record, format_table, write_eval
 from metarl.logging import JsonlLogger, MultiLogger, WandbLogger, read_jsonl
@@ -84,11 +86,14 @@ class Trainer:
     def __init__(self, cfg: RunConfig, read_only: bool = False) -> None:
         """``read_only``: restore a run's weights to evaluate it, changing none of its files
         and reading none of the optimiser's or extra state beside its checkpoint."""
-        self.cfg = cfg
         retain_freed_memory()
         self.run_dir = Path(cfg.run_dir or default_run_dir(cfg))
         self.paths = RunDir(self.run_dir)
         self._check_run_dir(cfg.resume)  # before build(): ML45's takes tens of seconds
+        saved = None
+        if cfg.resume and self.paths.latest_checkpoint.is_file():
+            saved = saved_with_versioned_options(checkpoint.load(self.paths.latest_checkpoint)["config"])
+        self.cfg = cfg = with_versioned_options(cfg, saved)
         self.seeds = Seeds(cfg.seed)
         self.dist, self.learner = build(cfg, self.paths)
         # The task pools now, not inside the first iteration, whose update time they would
@@ -96,8 +101,6 @@ class Trainer:
         self.dist.tasks("train")
         self.start_iteration, self.env_steps, self.wall_offset = 0, 0, 0.0
         self.wandb_id: str | None = None
-        self.logged_through: int | None = None
-        """On a resume, the env steps of the last row logged before the run stopped."""
         if cfg.resume:
             self._resume(read_only)
         else:
@@ -284,16 +287,17 @@ class Trainer:
                           "so it cannot resume: delete it or choose another run_dir")
 
     def _resume(self, read_only: bool) -> None:
-        if not read_only and not getattr(self.learner, "resumes_exactly", True):
+        if not read_only and not self.learner.resumes_exactly:
             raise ConfigError(f"{self.cfg.algo.name} runs cannot resume: the checkpoint holds the policy's "
                               "weights, not the rest of the learner's state; start it again in a new "
                               "run_dir (its checkpoint still evaluates)")
         if not self.paths.latest_checkpoint.exists() and self.paths.metrics.exists():
             raise checkpoint.CheckpointError(
-                f"no checkpoint at {self.paths.latest_checkpoint}: the run stopped before its first, "
-                f"so it cannot resume; delete {self.run_dir} or choose another run_dir to start again")
+                f"no checkpoint at {self.paths.latest_checkpoint}: the run stopped before its first, so "
+                + ("there is nothing to evaluate" if read_only else
+                   f"it cannot resume; delete {self.run_dir} or choose another run_dir to start again"))
         state = checkpoint.load(self.paths.latest_checkpoint)
-        old = state["config"]
+        old = saved_with_versioned_options(state["config"])
         for key in ("algo", "tasks"):
             if old[key]["name"] != getattr(self.cfg, key).name:
                 raise checkpoint.CheckpointError(
@@ -315,14 +319,20 @@ class Trainer:
             training = self._training_state(state["extra_state"])
         if training["optimizer"] is not None:
             learner = learner | {"optimizer": training["optimizer"]}
-        self.learner.load_state_dict(learner)
+        try:
+            self.learner.load_state_dict(learner)
+        except RuntimeError as err:  # same settings, other shapes: the task family's spaces changed since
+            if "size mismatch" not in str(err):
+                raise
+            raise checkpoint.CheckpointError(
+                f"the checkpoint in {self.run_dir} does not fit the networks its settings build now "
+                f"({str(err).splitlines()[1].strip()[:160]}): its task family's observation or action "
+                "space has changed since it ran (see the README's task table)") from None
         if training["extra"] is not None:
             self.learner.load_extra_state_dict(training["extra"])
         self.start_iteration, self.env_steps = state["iteration"], state["env_steps"]
         self.wall_offset, self.wandb_id = state["wall_time_s"], state.get("wandb_id")
         if not read_only:  # lines logged after the checkpoint are redone
-            if self.wandb_id and self.paths.metrics.exists():  # ... and went to W&B, which keeps its first copy
-                self.logged_through = max((row["env_steps"] for row in read_jsonl(self.paths.metrics)), default=None)
             for path in (self.paths.metrics, self.paths.eval_history):
                 if path.exists():
                     kept = [row for row in read_jsonl(path) if row["iteration"] < self.start_iteration]
@@ -347,7 +357,7 @@ class Trainer:
             # Runs of one config share a group by default, so seeds aggregate in the UI.
             group = lc.group or f"{self.cfg.algo.name}-{self.cfg.tasks.name}"
             wb = WandbLogger(self.run_dir, to_dict(self.cfg), lc.project, lc.entity, group,
-                             list(lc.tags), lc.name or self.run_dir.name, self.wandb_id, self.logged_through)
+                             list(lc.tags), lc.name or self.run_dir.name, self.wandb_id)
             self.wandb_id = wb.run_id
             loggers.append(wb)
         return MultiLogger(*loggers)

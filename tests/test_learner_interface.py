@@ -37,6 +37,7 @@ class BestEpisodeLearner:
 
     adaptation_unit = "gradient_steps"
     eval_deterministic = False
+    resumes_exactly = adapts_on_batch = True
     trains = True
 
     def __init__(self, setup: LearnerSetup) -> None:

@@ -47,8 +47,11 @@ def test_a_resume_sends_w_and_b_no_row_twice(cli, tmp_path, monkeypatch):
     shutil.copy(checkpoints / "iter_000002.pt", checkpoints / "latest.pt")  # as if killed after row 2 was logged
     resumed = cli(["train", "maml_trpo/nav2d", *args, "iterations=3", "resume=true"])
     assert resumed.code == 0, resumed.stderr
+    shutil.copy(checkpoints / "iter_000001.pt", checkpoints / "latest.pt")  # and again, from further back
+    again = cli(["train", "maml_trpo/nav2d", *args, "iterations=3", "resume=true"])
+    assert again.code == 0, again.stderr
     files = sorted((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert len(files) == 2
+    assert len(files) == 3
     logged = [r["iteration"] for f in files for r in history(f) if "train/return_pre" in r]
     assert logged == [0, 1, 2]
     evals = [r for f in files for r in history(f) if "eval/per_task/_type" in r]

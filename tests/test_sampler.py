@@ -192,10 +192,11 @@ def test_exception_in_a_worker_is_raised_with_its_traceback_not_retried(tmp_path
     with Sampler(dist, policy.spec, backend="process", num_workers=2) as s:
         with pytest.raises(WorkerError, match=r"(?s)Traceback.*in step\n.*ValueError: the env's own bug at step 5"):
             s.collect(tasks, policy.params(), episodes=2, seed=3)
-        batch = s.collect(tasks, policy.params(), episodes=2, seed=3)  # the marker exists: no more raising
+        # The marker exists: no more raising. Another seed, so a stale result would show.
+        batch = s.collect(tasks, policy.params(), episodes=2, seed=4)
         assert s.restarts == 0
     with Sampler(metarl.envs.make("nav2d"), policy.spec, backend="local") as s:
-        reference = s.collect(tasks, policy.params(), episodes=2, seed=3)
+        reference = s.collect(tasks, policy.params(), episodes=2, seed=4)
     assert torch.equal(batch.obs, reference.obs) and torch.equal(batch.mask, reference.mask)
 
 

@@ -190,6 +190,28 @@ def test_eval_actions_follow_the_config_and_the_evaluate_flag(cli, tmp_path):
     assert json.loads((run / "eval.json").read_text())["deterministic"] is False
 
 
+def test_a_run_saved_before_an_option_existed_keeps_what_it_ran_with(cli, tmp_path):
+    """nav2d's unit_actions arrived after runs had been saved without it: those ran on
+    displacement actions and keep them when evaluated or resumed; new runs record it."""
+    import yaml
+
+    run = tmp_path / "r"
+    assert cli(["train", *TINY, "checkpoint_every=1", f"run_dir={run}"]).code == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["tasks"]["options"] == {"unit_actions": True}
+    for path in (run / "checkpoints").glob("*.pt"):  # as an older version saved it
+        state = torch.load(path, weights_only=True)
+        del state["config"]["tasks"]["options"]["unit_actions"]
+        torch.save(state, path)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    del config["tasks"]["options"]["unit_actions"]
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert load_run(run)[1].dist.unit_actions is False
+    changed = cli(["train", *TINY, "resume=true", "iterations=3", "tasks.options.unit_actions=true", f"run_dir={run}"])
+    assert changed.code == 2 and "tasks.options: {'unit_actions': False} -> {'unit_actions': True}" in changed.stderr
+    assert cli(["train", "resume=true", "iterations=3", "sampler.backend=local", f"run_dir={run}"]).code == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["tasks"]["options"] == {"unit_actions": False}
+
+
 def test_evaluating_a_run_whose_config_was_edited_is_one_line(cli, tmp_path):
     run = tmp_path / "r"
     assert cli(["train", *TINY, f"run_dir={run}"]).code == 0

@@ -116,10 +116,10 @@ class MetaLearner(Protocol):
     ``eval_deterministic``: held-out evaluation (eval.json, the periodic one) acts with the
     policy's mean, as the learner's reference evaluates; otherwise it samples.
     ``trains``: False for learners whose run is their evaluation (fine-tuning baselines).
-    A learner whose training cannot continue exactly from its checkpoint sets
-    ``resumes_exactly = False`` (optional; the trainer then refuses ``resume=true``); one
-    whose :meth:`adapt` learns from episodes it collects itself rather than from the batch
-    sets ``adapts_on_batch = False`` (Meta-World's protocol then refuses it).
+    ``resumes_exactly``: training continues from a checkpoint as if it had not stopped
+    (else the trainer refuses ``resume=true``).
+    ``adapts_on_batch``: :meth:`adapt` learns from the batch it is given (else, as SB3's
+    fine-tuning on episodes of its own, Meta-World's protocol refuses it).
     ``policy_spec``: the policy workers build to act with :meth:`acting`'s parameters.
 
     Adaptation states are the learner's own (opaque to callers); :meth:`adapt` returns a
@@ -130,6 +130,8 @@ class MetaLearner(Protocol):
     adaptation_unit: ClassVar[str]
     adaptation_episodes: int
     eval_deterministic: ClassVar[bool]
+    resumes_exactly: ClassVar[bool]
+    adapts_on_batch: ClassVar[bool]
     trains: bool
     policy_spec: PolicySpec
 

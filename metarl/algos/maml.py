@@ -269,6 +269,7 @@ class MamlLearner(NoExtraState):
 
     adaptation_unit = "gradient_steps"
     eval_deterministic = False  # rllab's MAML and ProMP sample their test-time episodes
+    resumes_exactly = adapts_on_batch = True
     trains = True
     closed_form = True
     """MAML-TRPO's products in closed form where :func:`maml_mlp.supports` says they apply

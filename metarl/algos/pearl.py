@@ -409,6 +409,7 @@ class PearlLearner:
     """The posterior is re-inferred after every episode."""
     eval_deterministic = True
     """oyster's ``eval_deterministic``: held-out episodes take the mean action under a sampled z."""
+    resumes_exactly = adapts_on_batch = True
     trains = True
 
     def __init__(self, cfg: PearlConfig, policy: LatentGaussianMLPPolicy, train_tasks: Sequence[Task],

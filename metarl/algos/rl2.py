@@ -201,6 +201,7 @@ class Rl2Learner(NoExtraState):
 
     adaptation_unit = "episodes"
     eval_deterministic = False  # the RL² paper and garage's RL2 sample
+    resumes_exactly = adapts_on_batch = True
     adaptation_episodes = 1
     """Each episode of a trial updates the state the next one starts from."""
     trains = True

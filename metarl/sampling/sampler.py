@@ -239,9 +239,11 @@ class Sampler:
                     pass
                 failures = self._restart(i, messages[i], failures)
         # Raised only now, with every pipe drained, so the next collection reads its own results.
-        for i, result in enumerate(results):
-            if isinstance(result, _Raised):
-                raise WorkerError(f"sampler worker {i} raised while collecting:\n{result.traceback}")
+        raised = [(i, r) for i, r in enumerate(results) if isinstance(r, _Raised)]
+        if raised:
+            (i, first), others = raised[0], [j for j, _ in raised[1:]]
+            also = f" (workers {others} raised too)" if others else ""
+            raise WorkerError(f"sampler worker {i} raised while collecting{also}:\n{first.traceback}")
         return results
 
     def _send(self, i: int, message: dict[str, Any]) -> bool:
