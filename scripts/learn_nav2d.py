@@ -11,9 +11,12 @@
 - ``promp``: configs/promp/nav2d (maml_trpo's task settings, ProMP's algorithm settings);
   the same check as ``maml_trpo``.
 - ``rl2_ppo``: configs/rl2_ppo/nav2d (trials of 2 episodes). On all 100 held-out tasks,
-  the second episode's return must be >= -20 and beat the first's by >= 2.0. (Not the
-  config's 40: the gain's standard error there is ~0.5, and one VariBAD policy gained 1.70
-  on 40 tasks, 2.30-2.45 on all 100 under three episode seeds.)
+  the second episode's return must be >= -10: the policy found the goal it does not observe
+  (a goal-blind policy does best standing still, about -38; walking straight to the goal
+  scores about -2). Until nav2d's actions were scaled (af6e41a) the check also asked the
+  second episode to beat the first by >= 2.0; on [-1, 1] actions RL² finds the goal within
+  its first episode (-2.56 -> -2.31), leaving nothing to gain. (All 100 tasks, not the
+  config's 40: the standard error of a mean there is ~0.5.)
 - ``varibad``: configs/varibad/nav2d (rl2_ppo's trials and tasks per iteration, so equal
   iterations are equal env steps, plus the VAE pretraining's 25 collections before the
   first); the same check as ``rl2_ppo``, on sampled actions as RL²'s (``eval.deterministic=false``;
@@ -39,7 +42,7 @@ from metarl.trainer import Trainer
 CHECKS = {
     "maml_trpo": (["eval.num_tasks=40", "eval.adapt_steps=3"],
                   lambda c: c[1] >= -20 and c[1] - c[0] >= 8),
-    "rl2_ppo": (["eval.num_tasks=100"], lambda c: c[1] >= -20 and c[1] - c[0] >= 2.0),  # standing still: -38
+    "rl2_ppo": (["eval.num_tasks=100"], lambda c: c[1] >= -10),  # standing still: -38, the oracle walk: -2
 }
 CHECKS["promp"] = CHECKS["maml_trpo"]
 CHECKS["varibad"] = (CHECKS["rl2_ppo"][0] + ["eval.deterministic=false"], CHECKS["rl2_ppo"][1])
