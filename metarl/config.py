@@ -349,7 +349,7 @@ def with_versioned_options(cfg: RunConfig, saved: Mapping[str, Any] | None = Non
     keys = [k for k in VERSIONED_OPTIONS.get(cfg.tasks.name, {}) if k not in cfg.tasks.options]
     if not keys:
         return cfg
-    if saved is not None:
+    if saved is not None and saved["tasks"]["name"] == cfg.tasks.name:  # another family: resuming says so
         values = {k: saved["tasks"]["options"][k] for k in keys}
     else:
         try:
