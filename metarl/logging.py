@@ -78,7 +78,9 @@ class WandbLogger:
         except (wandb.errors.Error, ValueError) as err:  # its settings (WANDB_MODE, a key): the user's to fix
             # A settings error reads "1 validation error for Settings / mode / Input should be ...".
             lines = [line.strip() for line in str(err).splitlines() if line.strip()][:3] or [type(err).__name__]
-            raise ConfigError(f"W&B did not start ({': '.join(lines[1:] or lines)}); fix its settings "
+            if "validation error" in lines[0] and len(lines) > 1:
+                lines = lines[1:]
+            raise ConfigError(f"W&B did not start ({': '.join(lines)}); fix its settings "
                               "(WANDB_* environment variables) or run with logger.wandb=false") from None
         # Both counters are logged with every row, so either can be the x-axis in the UI;
         # environment steps are the default.
