@@ -21,8 +21,8 @@ v5's 0.05 s steps (frame skip 5), as ProMP's, oyster's and VariBAD's envs; MAML'
 cheetah stepped 0.01 s, so its 200 steps are a fifth of the time. The cheetahs
 add the rllab control cost ``0.05 * ||a||^2`` (MAML's reference code). ``ant-dir`` keeps
 gymnasium's control (0.5), contact (5e-4) and healthy (+1) terms and terminates when
-unhealthy, as oyster's and VariBAD's ant-dir. ``ant-goal`` takes oyster's and VariBAD's
-(and ProMP's) ``ant_goal.py`` terms: control cost 0.1, contact 5e-4, no healthy reward and no
+unhealthy, as oyster's and VariBAD's ant-dir. ``ant-goal`` takes the terms of oyster's and
+VariBAD's ``ant_goal.py`` and ProMP's ``ant_rand_goal.py``: control cost 0.1, contact 5e-4, no healthy reward and no
 termination (with a +1 per healthy step and termination, a negative goal term makes falling
 over the best policy), and observes its position and clipped contact forces, as they do.
 
