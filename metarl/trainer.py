@@ -319,15 +319,13 @@ class Trainer:
             training = self._training_state(state["extra_state"])
         if training["optimizer"] is not None:
             learner = learner | {"optimizer": training["optimizer"]}
-        try:
-            self.learner.load_state_dict(learner)
-        except RuntimeError as err:  # same settings, other shapes: the task family's spaces changed since
-            if "size mismatch" not in str(err):
-                raise
+        mismatch = _shape_mismatch(learner, self.learner.state_dict())
+        if mismatch:  # same settings, other shapes: the task family's spaces changed since it ran
             raise checkpoint.CheckpointError(
                 f"the checkpoint in {self.run_dir} does not fit the networks its settings build now "
-                f"({str(err).splitlines()[1].strip()[:160]}): its task family's observation or action "
-                "space has changed since it ran (see the README's task table)") from None
+                f"({mismatch}): its task family's observation or action space has changed since it "
+                "ran (see the README's task table)")
+        self.learner.load_state_dict(learner)
         if training["extra"] is not None:
             self.learner.load_extra_state_dict(training["extra"])
         self.start_iteration, self.env_steps = state["iteration"], state["env_steps"]
@@ -361,6 +359,21 @@ class Trainer:
             self.wandb_id = wb.run_id
             loggers.append(wb)
         return MultiLogger(*loggers)
+
+
+def _shape_mismatch(saved: Any, current: Any, path: str = "") -> str | None:
+    """``"key: saved shape vs current shape"`` for the first tensor both nested states hold
+    with different shapes; None when every shared one fits."""
+    if isinstance(saved, torch.Tensor) and isinstance(current, torch.Tensor):
+        return None if saved.shape == current.shape else \
+            f"{path.lstrip('/')}: {tuple(saved.shape)} saved, {tuple(current.shape)} now"
+    if isinstance(saved, dict) and isinstance(current, dict):
+        pairs = [(saved[k], current[k], f"{path}/{k}") for k in saved if k in current]
+    elif isinstance(saved, list | tuple) and isinstance(current, list | tuple):
+        pairs = [(a, b, f"{path}/{i}") for i, (a, b) in enumerate(zip(saved, current, strict=False))]
+    else:
+        return None
+    return next((m for a, b, p in pairs if (m := _shape_mismatch(a, b, p))), None)
 
 
 def default_run_dir(cfg: RunConfig) -> Path:

@@ -212,6 +212,24 @@ def test_a_run_saved_before_an_option_existed_keeps_what_it_ran_with(cli, tmp_pa
     assert yaml.safe_load((run / "config.yaml").read_text())["tasks"]["options"] == {"unit_actions": False}
 
 
+def test_a_checkpoint_whose_networks_no_longer_fit_is_one_line(cli, tmp_path):
+    """As an ant-goal run from before its observation gained contact forces: the same
+    settings now build a wider first layer than the checkpoint holds."""
+    run = tmp_path / "r"
+    assert cli(["train", *TINY, f"run_dir={run}"]).code == 0
+    path = run / "checkpoints" / "latest.pt"
+    state = torch.load(path, weights_only=True)
+    meta = state["learner"]["meta"]
+    first = next(k for k, v in meta.items() if v.dim() == 2)
+    rows, cols = meta[first].shape
+    meta[first] = torch.zeros(rows, cols + 3)  # a wider observation than nav2d's
+    torch.save(state, path)
+    result = cli(["evaluate", str(run), "--tasks", "1"])
+    assert result.code == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"does not fit the networks its settings build now (meta/{first}: ({rows}, {cols + 3}) saved, " \
+           f"({rows}, {cols}) now)" in result.stderr
+
+
 def test_evaluating_a_run_whose_config_was_edited_is_one_line(cli, tmp_path):
     run = tmp_path / "r"
     assert cli(["train", *TINY, f"run_dir={run}"]).code == 0
