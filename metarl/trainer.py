@@ -90,9 +90,10 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir or default_run_dir(cfg))
         self.paths = RunDir(self.run_dir)
         self._check_run_dir(cfg.resume)  # before build(): ML45's takes tens of seconds
-        saved = None
-        if cfg.resume and self.paths.latest_checkpoint.is_file():
-            saved = saved_with_versioned_options(checkpoint.load(self.paths.latest_checkpoint)["config"])
+        # Read once: its config settings the versioned task options, _resume restores the rest.
+        self._checkpoint = (checkpoint.load(self.paths.latest_checkpoint)
+                            if cfg.resume and self.paths.latest_checkpoint.is_file() else None)
+        saved = None if self._checkpoint is None else saved_with_versioned_options(self._checkpoint["config"])
         self.cfg = cfg = with_versioned_options(cfg, saved)
         self.seeds = Seeds(cfg.seed)
         self.dist, self.learner = build(cfg, self.paths)
@@ -296,7 +297,8 @@ class Trainer:
                 f"no checkpoint at {self.paths.latest_checkpoint}: the run stopped before its first, so "
                 + ("there is nothing to evaluate" if read_only else
                    f"it cannot resume; delete {self.run_dir} or choose another run_dir to start again"))
-        state = checkpoint.load(self.paths.latest_checkpoint)
+        state = self._checkpoint if self._checkpoint is not None else checkpoint.load(self.paths.latest_checkpoint)
+        self._checkpoint = None  # the learner holds its state now
         old = saved_with_versioned_options(state["config"])
         for key in ("algo", "tasks"):
             if old[key]["name"] != getattr(self.cfg, key).name:
