@@ -6,7 +6,9 @@ and replaces the forward-progress term with the task's term:
 ========================  ===================================  ==========================
 family                    task parameter (range, source)       task reward term
 ========================  ===================================  ==========================
-``halfcheetah-vel``       velocity ~ U[0, 2] m/s (MAML, 5.3)   ``-|v_x - v_goal|``
+``halfcheetah-vel``       velocity ~ U[0, 2] m/s (MAML, 5.3);  ``-|v_x - v_goal|``
+                          with ``max_velocity: 3``, U[0, 3]
+                          (oyster, ProMP, VariBAD)
 ``halfcheetah-dir``       direction in {-1, +1} (MAML, 5.3)    ``direction * v_x``
 ``ant-dir``               heading ~ U[0, 2 pi) (ProMP,         ``v_xy . (cos, sin)``
                           ``AntRandDirec2DEnv``); with
@@ -99,12 +101,19 @@ class Locomotion(TaskDistribution):
     seed: int = 0
     forward_backward: bool = False
     """``ant-dir`` only: the two headings 0 and pi instead of U[0, 2 pi)."""
+    max_velocity: float = 2.0
+    """``halfcheetah-vel`` only: target velocities ~ U[0, max_velocity] m/s; 2 is MAML's
+    range, 3 oyster's, ProMP's and VariBAD's (their cheetahs' ``sample_tasks``)."""
 
     def __post_init__(self) -> None:
         if self.name not in _ENV_IDS:
             raise ValueError(f"unknown locomotion family {self.name!r}; valid: {', '.join(_ENV_IDS)}")
         if self.forward_backward and self.name != "ant-dir":
             raise ValueError(f"forward_backward is an ant-dir option, not {self.name}'s")
+        if self.max_velocity != 2.0 and self.name != "halfcheetah-vel":
+            raise ValueError(f"max_velocity is a halfcheetah-vel option, not {self.name}'s")
+        if not self.max_velocity > 0:
+            raise ValueError(f"max_velocity must be > 0 m/s, got {self.max_velocity}")
         check_pool_sizes(self.num_train_tasks, self.num_test_tasks)
 
     def _make_pools(self) -> dict[str, list[Task]]:
@@ -117,7 +126,7 @@ class Locomotion(TaskDistribution):
 
     def _draw(self, rng: np.random.Generator, n: int) -> list[dict[str, Any]]:
         if self.name == "halfcheetah-vel":
-            return [{"velocity": float(v)} for v in rng.uniform(0.0, 2.0, size=n)]
+            return [{"velocity": float(v)} for v in rng.uniform(0.0, self.max_velocity, size=n)]
         if self.name == "ant-dir":
             return [{"angle": float(a)} for a in rng.uniform(0.0, 2 * np.pi, size=n)]
         angle = rng.uniform(0.0, 2 * np.pi, size=n)

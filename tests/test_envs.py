@@ -119,6 +119,21 @@ def test_ant_dir_forward_backward_is_two_headings():
         metarl.envs.make("ant-goal", forward_backward=True)
 
 
+def test_halfcheetah_vel_max_velocity_sets_the_range():
+    """MAML's U[0, 2] by default, the same draws as before the option; oyster's U[0, 3] with it."""
+    maml, oyster = metarl.envs.make("halfcheetah-vel"), metarl.envs.make("halfcheetah-vel", max_velocity=3.0)
+    for split in ("train", "test"):
+        two = np.array([t.params["velocity"] for t in maml.tasks(split)])
+        three = np.array([t.params["velocity"] for t in oyster.tasks(split)])
+        assert two.min() >= 0 and two.max() < 2 and three.max() < 3
+        assert three.max() > 2.5  # 100 draws: some lie above MAML's range
+        np.testing.assert_allclose(three, 1.5 * two, rtol=1e-12)  # the same uniform draws, scaled
+    with pytest.raises(ValueError, match="max_velocity is a halfcheetah-vel option, not ant-dir's"):
+        metarl.envs.make("ant-dir", max_velocity=3.0)
+    with pytest.raises(ValueError, match="max_velocity must be > 0"):
+        metarl.envs.make("halfcheetah-vel", max_velocity=0)
+
+
 def test_car_task_parameters_reach_physics():
     dist = metarl.envs.make("car-speed")
     slow, fast = (Task("car-speed", {"friction": f, "mass": m, "speed": 1.0}) for f, m in ((0.1, 2.0), (1.0, 0.5)))
