@@ -6,9 +6,10 @@ For each task family, side by side in one run:
       (for Meta-World, the benchmark's own gym.make_vec("Meta-World/ML1-train", ...));
   (c) metarl's process sampler with 1 and 2 workers;
   (d) metarl's ray sampler with 2 workers (when ray is installed);
-the raw env.step rate without any policy, on the collection's tasks (the overhead's
-reference), and the ceiling: two independent single-env loops in two processes at once,
-each on the task its sampler worker rolls, their rates summed. Beside the
+the raw env.step rate without any policy, on the collection's tasks and stepping the
+actions the policy takes there (the overhead's reference: the same physics work), and the
+ceiling: two independent single-env loops in two processes at once, each stepping the task
+its sampler worker rolls with those actions, their rates summed. Beside the
 ratios, where a worker's time goes: its own share (policy, noise, recording) and how much
 slower each env step is inside the worker than alone.
 
@@ -32,16 +33,17 @@ from metarl.sampling import Sampler
 
 
 def plain_loop(dist, policy, task, steps: int, with_policy: bool = True, seconds: float | None = None,
-               ready=None) -> float:
+               ready=None, actions: np.ndarray | None = None) -> float:
     """Env steps/s of one env stepped in a loop: ``steps`` steps, or as many as fit in
-    ``seconds`` (cycling through ``steps`` fixed actions); ``ready()`` runs after the env is
-    built and before the clock starts."""
+    ``seconds``. Without the policy it cycles through ``actions`` (default: ``steps``
+    uniform ones); ``ready()`` runs after the env is built and before the clock starts."""
     env = dist.make_env(task)
     obs, _ = env.reset(seed=0)
     params = policy.params()
     rng = np.random.default_rng(0)
     low, high = env.action_space.low, env.action_space.high
-    fixed = rng.uniform(low, high, size=(steps, *env.action_space.shape)).astype(np.float32)
+    fixed = (rng.uniform(low, high, size=(steps, *env.action_space.shape)).astype(np.float32)
+             if actions is None else actions)
     if ready is not None:
         ready()
     t0 = time.perf_counter()
@@ -52,7 +54,7 @@ def plain_loop(dist, policy, task, steps: int, with_policy: bool = True, seconds
                 mean, std = torch.func.functional_call(policy, params, (torch.as_tensor(obs, dtype=torch.float32),))
                 action = (mean + std * torch.randn_like(std)).numpy().clip(low, high)
         else:
-            action = fixed[i % steps]
+            action = fixed[i % len(fixed)]
         obs, _, term, trunc, _ = env.step(action)
         if term or trunc:
             obs, _ = env.reset()
@@ -60,28 +62,45 @@ def plain_loop(dist, policy, task, steps: int, with_policy: bool = True, seconds
     return i / (time.perf_counter() - t0)
 
 
-def env_step_only(dist, policy, tasks, steps: int) -> float:
+def policy_actions(dist, policy, tasks, episodes: int, max_steps: int) -> list[np.ndarray]:
+    """The actions the policy takes on each task (a collection's episodes in order, clipped
+    to the env's bounds as the worker clips them): what the env-only loops step, so that
+    they do the sampler's physics work. A unit-std Gaussian policy sits at pick-place's
+    bounds about a third of the time, and such steps cost MuJoCo more than the uniform
+    actions the loops stepped before (``env_step_policy_actions_vs_uniform`` in the output)."""
+    with Sampler(dist, policy.spec, backend="local") as sampler:
+        batch = sampler.collect(tasks, policy.params(), episodes, seed=1, max_steps=max_steps)
+    space = dist.spaces[1]
+    return [batch.actions[i][batch.mask[i]].numpy().clip(space.low, space.high) for i in range(len(tasks))]
+
+
+def env_step_only(dist, policy, tasks, steps: int, actions: list[np.ndarray] | None = None) -> float:
     """Env steps/s of the env alone (no policy), ``steps`` split evenly over ``tasks``,
-    each task's env stepped in turn: the reference for the same work as a collection on
-    these tasks (a task's step cost depends on where its goal and object sit)."""
+    each task's env stepped in turn with ``actions[i]`` (default: uniform actions): the
+    reference for the same work as a collection on these tasks (a task's step cost depends
+    on where its goal and object sit)."""
     per_task = max(1, steps // len(tasks))
-    seconds = sum(per_task / plain_loop(dist, policy, task, per_task, with_policy=False) for task in tasks)
+    seconds = sum(per_task / plain_loop(dist, policy, task, per_task, with_policy=False,
+                                        actions=None if actions is None else actions[i])
+                  for i, task in enumerate(tasks))
     return per_task * len(tasks) / seconds
 
 
 def _ceiling_lane(args) -> float:
-    name, fast, hidden, task, barrier, seconds = args
+    name, fast, hidden, task, actions, barrier, seconds = args
     torch.set_num_threads(1)
     dist = metarl.envs.make(name, **({} if fast else {"fast": False}))
     obs_space, act_space = dist.spaces
     return plain_loop(dist, GaussianMLPPolicy(obs_space.shape[0], act_space.shape[0], hidden), task, 10000,
-                      with_policy=False, seconds=seconds, ready=barrier.wait)
+                      with_policy=False, seconds=seconds, ready=barrier.wait, actions=actions)
 
 
-def ceiling(name: str, fast: bool, hidden: list[int], tasks: list, seconds: float, processes: int = 2) -> float:
+def ceiling(name: str, fast: bool, hidden: list[int], tasks: list, actions: list[np.ndarray], seconds: float,
+            processes: int = 2) -> float:
     """The machine's ceiling for ``processes`` workers: that many independent single-env
     loops (env.step only) stepping at once for the same ``seconds``, their rates summed;
-    loop ``i`` steps ``tasks[i % len(tasks)]``, the task the sampler's worker ``i`` rolls.
+    loop ``i`` steps ``tasks[i % len(tasks)]``, the task the sampler's worker ``i`` rolls,
+    with the policy's actions there.
     (Loops of a fixed step count would not all run at once: the first to finish leaves the
     others the machine to themselves, and the sum overstates what two can do together.)"""
     import multiprocessing as mp
@@ -90,7 +109,8 @@ def ceiling(name: str, fast: bool, hidden: list[int], tasks: list, seconds: floa
     with ctx.Manager() as manager:
         barrier = manager.Barrier(processes)
         with ctx.Pool(processes) as pool:
-            return sum(pool.map(_ceiling_lane, [(name, fast, hidden, tasks[i % len(tasks)], barrier, seconds)
+            return sum(pool.map(_ceiling_lane, [(name, fast, hidden, tasks[i % len(tasks)],
+                                                 actions[i % len(tasks)], barrier, seconds)
                                                 for i in range(processes)]))
 
 
@@ -215,7 +235,8 @@ def main() -> None:
         # drift during the few seconds of one comparison cancels to first order.
         pairs: dict[str, list[float]] = {k: [] for k in ("env_step_only", "process_1", "main_cpu_per_s_process_1",
                                                          "ceiling", "process_2", "main_cpu_per_s_process_2")}
-        reference = functools.partial(env_step_only, dist, policy, tasks, min(steps, 10000))
+        actions = policy_actions(dist, policy, tasks, args.episodes, args.max_steps)
+        reference = functools.partial(env_step_only, dist, policy, tasks, min(steps, 10000), actions)
         for _ in range(args.repeats):
             before = reference()
             for k, v in zip(("process_1", "main_cpu_per_s_process_1"),
@@ -225,27 +246,29 @@ def main() -> None:
             pairs["env_step_only"].append((before + after) / 2)
             # As long as one loop takes for the collection's steps (~1-3 s for pick-place).
             seconds = min(steps, 10000) / pairs["env_step_only"][-1]
-            before = ceiling(name, fast, args.hidden, tasks, seconds)
+            before = ceiling(name, fast, args.hidden, tasks, actions, seconds)
             for k, v in zip(("process_2", "main_cpu_per_s_process_2"),
                             metarl_rate(dist, policy, tasks, args.episodes, "process", 2, args.max_steps), strict=True):
                 pairs[k].append(v)
-            pairs["ceiling"].append((before + ceiling(name, fast, args.hidden, tasks, seconds)) / 2)
-        # Where the rest goes: each env step's own time alone (the env-only loop), in a worker
-        # that steps one episode at a time (a policy forward between steps: each evicts the
-        # other's working set; the actions' distribution itself changed pick-place's step
-        # time by 1%), and in the worker's lockstep of a task's episodes (one forward per
+            pairs["ceiling"].append((before + ceiling(name, fast, args.hidden, tasks, actions, seconds)) / 2)
+        # Where the rest goes: each env step's own time alone (the env-only loop on the
+        # policy's actions; and on uniform ones, for their difference), in a worker that steps
+        # one episode at a time (a policy forward between steps: each evicts the other's
+        # working set), and in the worker's lockstep of a task's episodes (one forward per
         # lockstep, the envs taking turns in the caches).
-        inside: dict[str, list[float]] = {"overhead": [], "lockstep": [], "one_lane": [], "alone": []}
+        inside: dict[str, list[float]] = {"overhead": [], "lockstep": [], "one_lane": [], "alone": [], "uniform": []}
         for _ in range(args.repeats):
             overhead, inside_step = worker_overhead(dist, policy, tasks, args.episodes, args.max_steps)
             inside["overhead"].append(overhead)
             inside["lockstep"].append(inside_step)
             inside["one_lane"].append(worker_overhead(dist, policy, tasks, args.episodes, args.max_steps, 1)[1])
-            inside["alone"].append(1 / env_step_only(dist, policy, tasks, min(steps, 10000)))
+            inside["alone"].append(1 / reference())
+            inside["uniform"].append(1 / env_step_only(dist, policy, tasks, min(steps, 10000)))
         row = {"num_envs": num_envs, **{k: float(np.median(v)) for k, v in pairs.items()},
                "worker_overhead": float(np.median(inside["overhead"])),
                "env_step_one_lane_vs_alone": float(np.median(np.divide(inside["one_lane"], inside["alone"]))),
                "env_step_lockstep_vs_one_lane": float(np.median(np.divide(inside["lockstep"], inside["one_lane"]))),
+               "env_step_policy_actions_vs_uniform": float(np.median(np.divide(inside["alone"], inside["uniform"]))),
                "plain_loop": plain_loop(dist, policy, tasks[0], min(steps, 3000)),
                "async_vector_env": async_vector(dist, policy, tasks, num_envs, steps),
                "process_1_vs_env_step_only": float(np.median(np.divide(pairs["process_1"], pairs["env_step_only"]))),
