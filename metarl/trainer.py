@@ -44,7 +44,7 @@ def retain_freed_memory() -> bool:
     MAML-TRPO's batch is 100k steps x 512 units, 205 MB. glibc serves each allocation that
     large with a fresh ``mmap`` and unmaps it when freed, so every new tensor faults in and
     zeroes its pages again. On a 2-core VM that was a quarter to a half of the update's
-    time, spent in the kernel (README, Numbers). With ``mmap`` off for ``malloc`` and no trimming of the
+    time, spent in the kernel (docs/numbers.md). With ``mmap`` off for ``malloc`` and no trimming of the
     heap, freed memory is reused; the price is that the process keeps its peak memory until
     it exits. Process-wide: it changes how this process's ``malloc`` works from now on.
     """

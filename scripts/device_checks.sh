@@ -7,7 +7,7 @@
 # its own time limit (about 6 minutes in all) and its output under $OUT:
 #   tests.log        the CUDA tests (MAML's and PEARL's learners on the GPU match the CPU);
 #   meta_update.txt  one MAML-TRPO meta-update against the garage-style reference, on the
-#                    device (README, Numbers), at bench_meta_update's shape and ML1's;
+#                    device (docs/numbers.md), at bench_meta_update's shape and ML1's;
 #   pearl.txt        PEARL's gradient steps per second on the GPU (issue: PEARL);
 #   gpu.txt          the device. Here, on a CPU, `DEVICE=cpu PYTHON=.venv/bin/python
 #                    OUT=/tmp/out bash scripts/device_checks.sh` runs the same steps.

@@ -110,7 +110,7 @@ class MamlConfig(AlgoConfig):
     size instead); 1.0 is exact, and fractions not of the form 1 / k are refused. The
     gradient and the line search's KL and surrogate checks always use every step, so an
     accepted step keeps the exact trust region. 0.1 makes MAML-TRPO's update on ML1
-    several times faster (README, Numbers)."""
+    several times faster (docs/numbers.md)."""
     ls_max_steps: int = 15
     ls_backtrack_ratio: float = 0.8
     outer_lr: float = 1e-3
@@ -215,7 +215,7 @@ policies, the line search's candidates and the conjugate gradient's products are
 concatenations over tasks, so they run a group at a time:
 each product's temporaries (steps x hidden units) stay a few MB, near the caches, and the
 subsampled update keeps only the subsample's passes, 0.55 GB at ML1 pick-place's shape
-against 5 GB for the whole batch at once (README, Numbers). The exact update still keeps
+against 5 GB for the whole batch at once (docs/numbers.md). The exact update still keeps
 every group's passes for its conjugate gradient. On a GPU the whole batch is one group: its
 memory allows it and its kernels want the rows."""
 
