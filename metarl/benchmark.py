@@ -164,7 +164,7 @@ def run_suite(suite: Suite, results: Path = RESULTS, extra: Sequence[str] = (),
         saved_with_versioned_options,
         with_versioned_options,
     )
-    from metarl.trainer import Trainer
+    from metarl.trainer import RunStopped, Trainer
 
     unknown = [n for n in only if n not in {r.name for r in suite.runs}]
     if unknown:
@@ -211,7 +211,11 @@ def run_suite(suite: Suite, results: Path = RESULTS, extra: Sequence[str] = (),
                   "finished": False}
         _write_json(run_dir / MARKER, marker)
         trainer = Trainer(cfg)
-        trainer.run()
+        try:
+            trainer.run()
+        except RunStopped as stop:
+            raise KeyboardInterrupt(stop.describe("re-running the same `metarl benchmark` command "
+                                                  "continues the suite")) from None
         t0 = time.perf_counter()
         protocol = evaluate_protocol(trainer, cfg)
         if protocol is not None:

@@ -239,8 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"metarl: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
               file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("metarl: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as stop:  # a RunStopped says where the run stopped and how it continues
+        print(f"metarl: {stop}" if str(stop) else "metarl: interrupted", file=sys.stderr)
         return 130
 
 

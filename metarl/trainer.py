@@ -5,7 +5,9 @@ from __future__ import annotations
 import ctypes
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -54,6 +56,51 @@ def retain_freed_memory() -> bool:
     m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
     # mallopt takes an int; glibc reads the trim threshold as size_t, so -1 means "never".
     return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, -1))
+
+
+class RunStopped(KeyboardInterrupt):
+    """Ctrl-C during training: the run finished its iteration, wrote its checkpoint and stopped.
+
+    A ``KeyboardInterrupt``, so whatever does not know it unwinds as for any Ctrl-C; its
+    message says where the run stopped and how it continues (``metarl`` prints it)."""
+
+    def __init__(self, iterations_done: int, run_dir: Path, resumable: bool) -> None:
+        self.iterations_done, self.run_dir, self.resumable = iterations_done, run_dir, resumable
+        super().__init__(self.describe(f"`metarl train run_dir={run_dir} resume=true` continues it"))
+
+    def describe(self, continue_with: str) -> str:
+        """The stop, then ``continue_with`` (how to continue), or why it cannot."""
+        where = f"stopped after iteration {self.iterations_done}, at its checkpoint in {self.run_dir}"
+        if not self.resumable:
+            return f"{where} (this learner does not resume; the checkpoint evaluates)"
+        return f"{where}; {continue_with}"
+
+
+class _StopOnInterrupt:
+    """Within the block, the first Ctrl-C (SIGINT) only sets ``requested``: the training
+    loop finishes its iteration, checkpoints and raises :class:`RunStopped`. The second
+    raises ``KeyboardInterrupt`` at once, as usual. Inert outside the main thread or where
+    someone else already handles SIGINT."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _StopOnInterrupt:
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)
+        print("\nmetarl: stopping after this iteration, at a checkpoint (Ctrl-C again to stop now)",
+              file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def check_device(device: str) -> None:
@@ -122,29 +169,8 @@ class Trainer:
         bar = tqdm(range(self.start_iteration, cfg.iterations), initial=self.start_iteration,
                    total=cfg.iterations, desc="meta-iterations", disable=None, dynamic_ncols=True)
         try:
-            for iteration in bar:
-                if self.budget_spent:
-                    break
-                t0 = time.perf_counter()
-                metrics = self.train_step(iteration, sampler)
-                metrics["time/iteration_s"] = time.perf_counter() - t0
-                if cfg.eval.every and (iteration + 1) % cfg.eval.every == 0:
-                    metrics |= self._periodic_eval(sampler, iteration, logger)
-                if cfg.logger.video_every and (iteration + 1) % cfg.logger.video_every == 0:
-                    self._video(sampler, iteration, logger)
-                row = {"iteration": iteration, "env_steps": self.env_steps,
-                       "wall_time_s": time.perf_counter() - start, **metrics}
-                logger.log(row)
-                bar.set_postfix(steps_per_s=f"{metrics['time/env_steps_per_s']:.0f}",
-                                pre=f"{metrics['train/return_pre']:.1f}",
-                                post=f"{metrics['train/return_post']:.1f}")
-                last = iteration + 1 == cfg.iterations or self.budget_spent
-                if (iteration + 1) % cfg.checkpoint_every == 0 or last:
-                    self.save(iteration + 1, row["wall_time_s"])
-                if cfg.max_env_steps and not last:  # the bar's end: iterations the budget allows
-                    per_iteration = self.env_steps / (iteration + 1)
-                    bar.total = min(cfg.iterations, iteration + 1 + math.ceil(
-                        (cfg.max_env_steps - self.env_steps) / per_iteration))
+            with _StopOnInterrupt() as stop:
+                self._train_loop(bar, sampler, logger, start, stop)
             result = self.evaluate(sampler, cfg.eval.num_tasks, cfg.eval.adapt_steps, seed=cfg.seed)
             logger.log_eval(result, self.env_steps)
         finally:
@@ -152,6 +178,37 @@ class Trainer:
             sampler.close()
             logger.close(failed=sys.exc_info()[0] is not None)
         return result
+
+    def _train_loop(self, bar: tqdm, sampler: Sampler, logger: MultiLogger, start: float,
+                    stop: _StopOnInterrupt) -> None:
+        """The meta-iterations ``bar`` counts, each logged; a checkpoint every
+        ``checkpoint_every``, at the last and where a Ctrl-C asked to stop."""
+        cfg = self.cfg
+        for iteration in bar:
+            if self.budget_spent:
+                break
+            t0 = time.perf_counter()
+            metrics = self.train_step(iteration, sampler)
+            metrics["time/iteration_s"] = time.perf_counter() - t0
+            if cfg.eval.every and (iteration + 1) % cfg.eval.every == 0:
+                metrics |= self._periodic_eval(sampler, iteration, logger)
+            if cfg.logger.video_every and (iteration + 1) % cfg.logger.video_every == 0:
+                self._video(sampler, iteration, logger)
+            row = {"iteration": iteration, "env_steps": self.env_steps,
+                   "wall_time_s": time.perf_counter() - start, **metrics}
+            logger.log(row)
+            bar.set_postfix(steps_per_s=f"{metrics['time/env_steps_per_s']:.0f}",
+                            pre=f"{metrics['train/return_pre']:.1f}",
+                            post=f"{metrics['train/return_post']:.1f}")
+            last = iteration + 1 == cfg.iterations or self.budget_spent
+            if (iteration + 1) % cfg.checkpoint_every == 0 or last or stop.requested:
+                self.save(iteration + 1, row["wall_time_s"])
+            if stop.requested:
+                raise RunStopped(iteration + 1, self.run_dir, self.learner.resumes_exactly)
+            if cfg.max_env_steps and not last:  # the bar's end: iterations the budget allows
+                per_iteration = self.env_steps / (iteration + 1)
+                bar.total = min(cfg.iterations, iteration + 1 + math.ceil(
+                    (cfg.max_env_steps - self.env_steps) / per_iteration))
 
     @property
     def budget_spent(self) -> bool:

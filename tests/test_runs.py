@@ -1,4 +1,4 @@
-"""Runs people can watch and trust: W&B, plots, videos, exact resume after SIGKILL."""
+"""Runs people can watch and trust: W&B, plots, videos, exact resume after SIGKILL or Ctrl-C."""
 
 import json
 import os
@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from test_trainer import TINY, metrics
@@ -126,6 +127,62 @@ def test_sigkill_and_resume_reproduce_an_uninterrupted_run(cli, tmp_path):
     assert resumed.code == 0, resumed.stderr
     assert metrics(run) == metrics(tmp_path / "full")
     assert sorted(p.name for p in (run / "checkpoints").glob("iter_*.pt")) == ["iter_000003.pt", "iter_000004.pt"]
+
+
+def _train_until(run, args, log, *, lines=1):
+    """``metarl train`` in its own process group (as from a terminal), once its metrics
+    hold ``lines`` rows."""
+    proc = subprocess.Popen([sys.executable, "-m", "metarl.cli", "train", *args, f"run_dir={run}"],
+                            stdout=subprocess.DEVNULL, stderr=log.open("w"), start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (
+            (run / "metrics.jsonl").exists() and len((run / "metrics.jsonl").read_text().splitlines()) >= lines):
+        time.sleep(0.02)
+    assert proc.poll() is None, log.read_text()
+    return proc
+
+
+def _children(pid):
+    return set(Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+
+
+def test_ctrl_c_stops_at_the_end_of_the_iteration_with_a_checkpoint_and_resume_continues(cli, tmp_path):
+    # Process workers, as a user runs: a terminal's Ctrl-C reaches them too, and they keep collecting.
+    args = ["maml_trpo/nav2d", *TINY, "iterations=1000", "checkpoint_every=1000",
+            "sampler.backend=process", "sampler.num_workers=2"]
+    run, log = tmp_path / "stopped", tmp_path / "stderr.txt"
+    proc = _train_until(run, args, log)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=300) == 130
+    done = len(metrics(run))
+    assert f"stopped after iteration {done}, at its checkpoint in {run}; `metarl train run_dir={run} resume=true` " \
+           "continues it" in log.read_text(), log.read_text()
+    assert "Traceback" not in log.read_text()
+    assert (run / "checkpoints" / f"iter_{done:06d}.pt").is_file()  # not the 1000th: written at the stop
+    resumed = cli(["train", *args, f"iterations={done + 1}", "resume=true", f"run_dir={run}"])
+    assert resumed.code == 0, resumed.stderr
+    assert cli(["train", *args, f"iterations={done + 1}", f"run_dir={tmp_path / 'full'}"]).code == 0
+    assert metrics(run) == metrics(tmp_path / "full")
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path):
+    # Iterations of seconds, so the second Ctrl-C lands inside the one the first let finish.
+    args = ["maml_trpo/nav2d", *TINY, "iterations=1000", "meta_batch_size=20", "episodes_per_task=20",
+            "max_episode_steps=100", "sampler.backend=process", "sampler.num_workers=2"]
+    run, log = tmp_path / "interrupted", tmp_path / "stderr.txt"
+    proc = _train_until(run, args, log)
+    workers = _children(proc.pid)
+    os.killpg(proc.pid, signal.SIGINT)
+    deadline = time.time() + 60
+    while time.time() < deadline and "Ctrl-C again to stop now" not in log.read_text():
+        time.sleep(0.01)
+    for _ in range(30):  # the first Ctrl-C leaves the workers collecting: none dies and is restarted
+        assert _children(proc.pid) == workers
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    assert "metarl: interrupted" in log.read_text() and "stopped after" not in log.read_text(), log.read_text()
+    assert not (run / "checkpoints").exists() or not list((run / "checkpoints").glob("iter_*.pt"))
 
 
 def test_seed_sweep_runs_sibling_directories(cli, tmp_path):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import time
 import traceback
 from collections.abc import Sequence
@@ -74,6 +75,9 @@ class _Raised:
 
 
 def _process_main(conn: Any, dist: TaskDistribution, spec: PolicySpec, max_lanes: int) -> None:
+    # A terminal's Ctrl-C reaches the whole process group: the parent decides (the trainer
+    # finishes its iteration on the first), and a worker lives until the parent closes it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     worker = RolloutWorker(dist, spec, max_lanes=max_lanes)
     try:
         while True:
