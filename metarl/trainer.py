@@ -250,9 +250,12 @@ class Trainer:
         t0 = time.perf_counter()
         metrics = self.learner.train_step(ctx)
         self.env_steps += ctx.env_steps
-        return metrics | {"time/sample_s": ctx.sample_time_s,
-                          "time/update_s": time.perf_counter() - t0 - ctx.sample_time_s,
-                          "time/env_steps_per_s": ctx.env_steps / max(ctx.sample_time_s, 1e-9)}
+        metrics |= {"time/sample_s": ctx.sample_time_s,
+                    "time/update_s": time.perf_counter() - t0 - ctx.sample_time_s,
+                    "time/env_steps_per_s": ctx.env_steps / max(ctx.sample_time_s, 1e-9)}
+        if sampler.restarts:  # only once a worker has died: the batches are the same, the time is not
+            metrics["sampler/restarts"] = sampler.restarts
+        return metrics
 
     # ----------------------------------------------------------------- evaluation
 

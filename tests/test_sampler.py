@@ -108,7 +108,7 @@ def test_per_task_params_reach_their_tasks():
         assert (x > 0.4 and abs(y) < 1e-6) if direction == "right" else (y > 0.4 and abs(x) < 1e-6)
 
 
-def test_killed_worker_between_collections_is_replaced():
+def test_killed_worker_between_collections_is_replaced(caplog):
     dist = metarl.envs.make("nav2d")
     policy = GaussianMLPPolicy(2, 2, [8])
     tasks = dist.sample(4, "train", np.random.default_rng(0))
@@ -118,6 +118,8 @@ def test_killed_worker_between_collections_is_replaced():
         again = s.collect(tasks, policy.params(), episodes=2, seed=3)
         assert s.restarts == 1
     assert torch.equal(reference.obs, again.obs)
+    # The user hears of it: a killed worker is what the OOM killer leaves.
+    assert "sampler worker 0 died (exit code -9 (SIGKILL: out of memory?)); restarted" in caplog.text
 
 
 class CrashOnceEnv(PointNavigationEnv):

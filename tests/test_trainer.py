@@ -1,6 +1,7 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -350,3 +351,13 @@ def test_retain_freed_memory_reuses_freed_tensors_pages():
     default = faults("default")
     assert default >= 20  # at least one fault per unmapped allocation
     assert retained * 4 < default
+
+
+def test_iteration_metrics_report_restarted_workers(tmp_path):
+    cfg = load_config("maml_trpo/nav2d", [*TINY, f"run_dir={tmp_path}", "sampler.backend=process",
+                                          "sampler.num_workers=2"])
+    trainer = Trainer(cfg)
+    with trainer.make_sampler() as sampler:
+        assert "sampler/restarts" not in trainer.train_step(0, sampler)
+        os.kill(sampler.worker_pids[1], signal.SIGKILL)
+        assert trainer.train_step(1, sampler)["sampler/restarts"] == 1

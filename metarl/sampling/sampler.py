@@ -18,6 +18,7 @@ batch has another size, so a different split over workers can move the last bit.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import os
 import signal
@@ -52,6 +53,8 @@ def stop_processes(conns: Sequence[Any], procs: Sequence[Any], timeout: float = 
         if proc.is_alive():
             proc.kill()
 
+
+_log = logging.getLogger(__name__)
 
 RAY_RETRY_DELAY_S = 1.0
 """Wait before a Ray collection's failed share is resubmitted."""
@@ -119,6 +122,7 @@ class Sampler:
         self.num_workers = 1 if backend == "local" else (num_workers or os.cpu_count() or 1)
         self.max_retries, self.max_lanes = max_retries, max_lanes
         self.restarts = 0
+        """Workers restarted so far (a process that died, a Ray actor or node lost)."""
         self._local: RolloutWorker | None = None
         self._procs: list[Any] = []
         self._conns: list[Any] = []
@@ -264,6 +268,8 @@ class Sampler:
             raise SamplerError(f"sampler worker {i} died (exit code {code}) and the collection "
                                f"failed after {self.max_retries} restarts")
         self._procs[i].join(timeout=1)
+        hint = " (SIGKILL: out of memory?)" if code == -9 else ""
+        _log.warning("sampler worker %d died (exit code %s%s); restarted, its share collected again", i, code, hint)
         self._start_process(i)
         self.restarts += 1
         if not self._send(i, message):
@@ -309,6 +315,7 @@ class Sampler:
                         raise SamplerError(f"ray worker {i} was still unavailable after "
                                            f"{RAY_RESTART_TIMEOUT_S:.0f} s") from None
                 except (RayActorError, ObjectLostError):  # the actor, or its node with the result, died
+                    _log.warning("ray worker %d (or its node) was lost; its share is collected again", i)
                     self.restarts += 1
                     failures += 1
                     if failures > self.max_retries:
