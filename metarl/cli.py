@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -60,8 +61,19 @@ def _train(args: argparse.Namespace) -> int:
     cfgs = [load_config(config, [o for o in rest if not o.startswith("run_dir=")] + [f"seed={v}"]
                         + ([f"run_dir={run_dir}-s{v}"] if run_dir else []))
             for v in values]  # validate every run before starting the first
-    for cfg in cfgs:
-        _train_one(cfg)
+    for i, cfg in enumerate(cfgs):
+        try:
+            _train_one(cfg)
+        except KeyboardInterrupt as stop:
+            from metarl.trainer import RunStopped
+
+            if not isinstance(stop, RunStopped) or i + 1 == len(cfgs):
+                raise
+            left = ",".join(str(v) for v in values[i + 1:])
+            command = shlex.join(["metarl", "train", *([config] if config else []), *rest])
+            raise KeyboardInterrupt(stop.describe(
+                f"`metarl train run_dir={stop.run_dir} resume=true` continues it, and "
+                f"`{command} seed={left}` runs the seeds not started")) from None
     return 0
 
 

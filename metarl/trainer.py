@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -68,6 +69,9 @@ class RunStopped(KeyboardInterrupt):
         self.iterations_done, self.run_dir, self.resumable = iterations_done, run_dir, resumable
         super().__init__(self.describe(f"`metarl train run_dir={run_dir} resume=true` continues it"))
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.iterations_done, self.run_dir, self.resumable)
+
     def describe(self, continue_with: str) -> str:
         """The stop, then ``continue_with`` (how to continue), or why it cannot."""
         where = f"stopped after iteration {self.iterations_done}, at its checkpoint in {self.run_dir}"
@@ -95,8 +99,8 @@ class _StopOnInterrupt:
     def _handle(self, signum: int, frame: Any) -> None:
         self.requested = True
         signal.signal(signal.SIGINT, self._previous)
-        print("\nmetarl: stopping after this iteration, at a checkpoint (Ctrl-C again to stop now)",
-              file=sys.stderr, flush=True)
+        # os.write, not print: a handler that interrupts a write to stderr must not write through it again.
+        os.write(2, b"\nmetarl: stopping after this iteration, at a checkpoint (Ctrl-C again to stop now)\n")
 
     def __exit__(self, *exc: Any) -> None:
         if self._previous is not None:
@@ -171,6 +175,8 @@ class Trainer:
         try:
             with _StopOnInterrupt() as stop:
                 self._train_loop(bar, sampler, logger, start, stop)
+            if stop.requested:  # after the last iteration's checkpoint: the evaluation is what resume does
+                raise RunStopped(self.start_iteration, self.run_dir, self.learner.resumes_exactly)
             result = self.evaluate(sampler, cfg.eval.num_tasks, cfg.eval.adapt_steps, seed=cfg.seed)
             logger.log_eval(result, self.env_steps)
         finally:
@@ -201,9 +207,12 @@ class Trainer:
                             pre=f"{metrics['train/return_pre']:.1f}",
                             post=f"{metrics['train/return_post']:.1f}")
             last = iteration + 1 == cfg.iterations or self.budget_spent
-            if (iteration + 1) % cfg.checkpoint_every == 0 or last or stop.requested:
+            stopping = stop.requested  # read once: a Ctrl-C from here on stops after the next iteration
+            if (iteration + 1) % cfg.checkpoint_every == 0 or last or stopping:
                 self.save(iteration + 1, row["wall_time_s"])
-            if stop.requested:
+            # Where a later run() (or resume) starts.
+            self.start_iteration, self.wall_offset = iteration + 1, row["wall_time_s"]
+            if stopping:
                 raise RunStopped(iteration + 1, self.run_dir, self.learner.resumes_exactly)
             if cfg.max_env_steps and not last:  # the bar's end: iterations the budget allows
                 per_iteration = self.env_steps / (iteration + 1)

@@ -65,9 +65,9 @@ def plain_loop(dist, policy, task, steps: int, with_policy: bool = True, seconds
 def policy_actions(dist, policy, tasks, episodes: int, max_steps: int) -> list[np.ndarray]:
     """The actions the policy takes on each task (a collection's episodes in order, clipped
     to the env's bounds as the worker clips them): what the env-only loops step, so that
-    they do the sampler's physics work. A unit-std Gaussian policy sits at pick-place's
-    bounds about a third of the time, and such steps cost MuJoCo more than the uniform
-    actions the loops stepped before (``env_step_policy_actions_vs_uniform`` in the output)."""
+    they do the sampler's physics work (a unit-std Gaussian policy sits at pick-place's
+    bounds about a third of the time, uniform actions never do; whether that changes a
+    step's cost is ``env_step_policy_actions_vs_uniform`` in the output)."""
     with Sampler(dist, policy.spec, backend="local") as sampler:
         batch = sampler.collect(tasks, policy.params(), episodes, seed=1, max_steps=max_steps)
     space = dist.spaces[1]

@@ -1,5 +1,6 @@
 import os
 import signal
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -120,6 +121,21 @@ def test_killed_worker_between_collections_is_replaced(caplog):
     assert torch.equal(reference.obs, again.obs)
     # The user hears of it: a killed worker is what the OOM killer leaves.
     assert "sampler worker 0 died (exit code -9 (SIGKILL: out of memory?)); restarted" in caplog.text
+
+
+def test_workers_ignore_a_terminals_ctrl_c():
+    """A terminal's Ctrl-C reaches every process of the group; the parent decides what it
+    means (the trainer finishes its iteration), so the workers live on, unrestarted."""
+    dist = metarl.envs.make("nav2d")
+    policy = GaussianMLPPolicy(2, 2, [8])
+    tasks = dist.sample(4, "train", np.random.default_rng(0))
+    with Sampler(dist, policy.spec, backend="process", num_workers=2) as s:
+        pids = s.worker_pids
+        for pid in pids:
+            os.kill(pid, signal.SIGINT)
+        time.sleep(0.5)
+        s.collect(tasks, policy.params(), episodes=2, seed=3)
+        assert s.restarts == 0 and s.worker_pids == pids
 
 
 class CrashOnceEnv(PointNavigationEnv):

@@ -22,9 +22,11 @@ import logging
 import multiprocessing as mp
 import os
 import signal
+import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Any
@@ -52,6 +54,7 @@ def stop_processes(conns: Sequence[Any], procs: Sequence[Any], timeout: float = 
         proc.join(timeout=timeout)
         if proc.is_alive():
             proc.kill()
+            proc.join(timeout=1)
 
 
 _log = logging.getLogger(__name__)
@@ -77,10 +80,25 @@ class _Raised:
     traceback: str
 
 
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while starting a worker process, which keeps that from its birth.
+
+    A terminal's Ctrl-C reaches the whole process group: the parent decides (the trainer
+    finishes its iteration on the first), and a worker lives until the parent closes or
+    kills it. (Only the main thread may set handlers; elsewhere the worker sets it itself.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _process_main(conn: Any, dist: TaskDistribution, spec: PolicySpec, max_lanes: int) -> None:
-    # A terminal's Ctrl-C reaches the whole process group: the parent decides (the trainer
-    # finishes its iteration on the first), and a worker lives until the parent closes it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # see _sigint_ignored
     worker = RolloutWorker(dist, spec, max_lanes=max_lanes)
     try:
         while True:
@@ -122,6 +140,7 @@ class Sampler:
         self.num_workers = 1 if backend == "local" else (num_workers or os.cpu_count() or 1)
         self.max_retries, self.max_lanes = max_retries, max_lanes
         self.restarts = 0
+        self._in_flight = False  # a process collection started and not finished
         """Workers restarted so far (a process that died, a Ray actor or node lost)."""
         self._local: RolloutWorker | None = None
         self._procs: list[Any] = []
@@ -177,7 +196,9 @@ class Sampler:
         if self.backend == "local":
             results = [self._local.collect(**messages[0])]
         elif self.backend == "process":
+            self._in_flight = True
             results = self._collect_processes(messages)
+            self._in_flight = False
         else:
             results = self._collect_ray(messages)
         per_slot: list[dict[str, np.ndarray]] = [None] * len(tasks)  # type: ignore[list-item]
@@ -187,7 +208,9 @@ class Sampler:
         return _stack(per_slot, list(tasks))
 
     def close(self) -> None:
-        stop_processes(self._conns, self._procs)
+        # Workers interrupted mid-collection (Ctrl-C, an error) would finish it first: kill them.
+        stop_processes(self._conns, self._procs, timeout=0 if self._in_flight else 5)
+        self._in_flight = False
         self._procs, self._conns = [], []
         if self._local is not None:
             self._local.close()
@@ -214,7 +237,8 @@ class Sampler:
         proc = self._ctx.Process(target=_process_main, args=(child, self.dist, self.spec, self.max_lanes),
                                  daemon=True,
                                  name=f"metarl-sampler-{i}")
-        proc.start()
+        with _sigint_ignored():
+            proc.start()
         child.close()
         if i < len(self._procs):
             self._procs[i], self._conns[i] = proc, parent
@@ -263,11 +287,11 @@ class Sampler:
 
     def _restart(self, i: int, message: dict[str, Any], failures: int) -> int:
         failures += 1
+        self._procs[i].join(timeout=1)  # its exit code, once reaped
         code = self._procs[i].exitcode
         if failures > self.max_retries:
             raise SamplerError(f"sampler worker {i} died (exit code {code}) and the collection "
                                f"failed after {self.max_retries} restarts")
-        self._procs[i].join(timeout=1)
         hint = " (SIGKILL: out of memory?)" if code == -9 else ""
         _log.warning("sampler worker %d died (exit code %s%s); restarted, its share collected again", i, code, hint)
         self._start_process(i)
