@@ -361,3 +361,47 @@ def test_iteration_metrics_report_restarted_workers(tmp_path):
         assert "sampler/restarts" not in trainer.train_step(0, sampler)
         os.kill(sampler.worker_pids[1], signal.SIGKILL)
         assert trainer.train_step(1, sampler)["sampler/restarts"] == 1
+
+
+def test_a_stopped_run_continues_in_the_same_process_as_if_uninterrupted(tmp_path, monkeypatch):
+    """Ctrl-C in the first iteration (a notebook's interrupt): the run stops after it, at a
+    checkpoint; calling run() again continues with the next iteration, one metrics row each."""
+    from metarl.trainer import RunStopped
+
+    args = [*TINY, "iterations=3", "checkpoint_every=10"]
+    Trainer(load_config("maml_trpo/nav2d", [*args, f"run_dir={tmp_path / 'full'}"])).run()
+    trainer = Trainer(load_config("maml_trpo/nav2d", [*args, f"run_dir={tmp_path / 'stopped'}"]))
+    step, pressed = trainer.train_step, []
+
+    def interrupted(iteration, sampler):
+        if not pressed:  # once (a second would escape as KeyboardInterrupt and end pytest)
+            pressed.append(iteration)
+            signal.raise_signal(signal.SIGINT)  # as Ctrl-C: the handler only takes note
+        return step(iteration, sampler)
+
+    monkeypatch.setattr(trainer, "train_step", interrupted)
+    with pytest.raises(RunStopped, match="stopped after iteration 1, at its checkpoint"):
+        trainer.run()
+    assert (tmp_path / "stopped" / "checkpoints" / "iter_000001.pt").is_file()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    trainer.run()
+    assert metrics(tmp_path / "stopped") == metrics(tmp_path / "full")
+
+
+def test_ctrl_c_after_the_last_iterations_check_skips_the_final_evaluation(tmp_path, monkeypatch):
+    from metarl.trainer import RunStopped
+
+    trainer = Trainer(load_config("maml_trpo/nav2d", [*TINY, f"run_dir={tmp_path}"]))
+    save = trainer.save
+
+    def save_then_press(iterations_done, wall_time_s):
+        save(iterations_done, wall_time_s)
+        if iterations_done == 2:  # the last: Ctrl-C lands after the loop last looked
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(trainer, "save", save_then_press)
+    with pytest.raises(RunStopped, match="stopped after iteration 2, at its checkpoint"):
+        trainer.run()
+    assert not RunDir(tmp_path).eval.exists()
+    monkeypatch.setattr(trainer, "save", save)
+    assert trainer.run()["adaptation"] and RunDir(tmp_path).eval.exists()  # what resume would do: evaluate
