@@ -69,11 +69,14 @@ def _train(args: argparse.Namespace) -> int:
 
             if not isinstance(stop, RunStopped) or i + 1 == len(cfgs):
                 raise
-            left = ",".join(str(v) for v in values[i + 1:])
-            command = shlex.join(["metarl", "train", *([config] if config else []), *rest])
-            raise KeyboardInterrupt(stop.describe(
-                f"`metarl train run_dir={stop.run_dir} resume=true` continues it, and "
-                f"`{command} seed={left}` runs the seeds not started")) from None
+            left = values[i + 1:]
+            others = [o for o in rest if not o.startswith(("run_dir=", "resume="))]
+            if len(left) == 1:  # one seed: no sweep, so its own directory is named
+                others += [f"seed={left[0]}", *([f"run_dir={run_dir}-s{left[0]}"] if run_dir else [])]
+            else:
+                others += [f"seed={','.join(map(str, left))}", *([f"run_dir={run_dir}"] if run_dir else [])]
+            command = shlex.join(["metarl", "train", *([config] if config else []), *others])
+            raise KeyboardInterrupt(f"{stop}; `{command}` runs the seeds not started") from None
     return 0
 
 

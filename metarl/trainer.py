@@ -6,6 +6,7 @@ import ctypes
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -67,7 +68,8 @@ class RunStopped(KeyboardInterrupt):
 
     def __init__(self, iterations_done: int, run_dir: Path, resumable: bool) -> None:
         self.iterations_done, self.run_dir, self.resumable = iterations_done, run_dir, resumable
-        super().__init__(self.describe(f"`metarl train run_dir={run_dir} resume=true` continues it"))
+        super().__init__(self.describe(f"`metarl train run_dir={shlex.quote(str(run_dir))} resume=true` "
+                                       "continues it"))
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.iterations_done, self.run_dir, self.resumable)
@@ -100,7 +102,10 @@ class _StopOnInterrupt:
         self.requested = True
         signal.signal(signal.SIGINT, self._previous)
         # os.write, not print: a handler that interrupts a write to stderr must not write through it again.
-        os.write(2, b"\nmetarl: stopping after this iteration, at a checkpoint (Ctrl-C again to stop now)\n")
+        try:
+            os.write(2, b"\nmetarl: stopping at the end of the iteration, at a checkpoint (Ctrl-C again to stop now)\n")
+        except OSError:  # no stderr to tell: the stop happens all the same
+            pass
 
     def __exit__(self, *exc: Any) -> None:
         if self._previous is not None:
@@ -153,6 +158,7 @@ class Trainer:
         self.dist.tasks("train")
         self.start_iteration, self.env_steps, self.wall_offset = 0, 0, 0.0
         self.wandb_id: str | None = None
+        self._mid_iteration = False  # an iteration began and did not complete: run() may not continue
         if cfg.resume:
             self._resume(read_only)
         else:
@@ -169,6 +175,11 @@ class Trainer:
         sampler = self.make_sampler()
         if not self.learner.trains:
             return self._adaptation_only(sampler, logger)
+        if self._mid_iteration:
+            sampler.close()
+            raise RuntimeError("this Trainer stopped inside an iteration (an error or a second Ctrl-C): "
+                               "its state is partly updated; continue from the checkpoint with a new "
+                               "Trainer and resume=true")
         start = time.perf_counter() - self.wall_offset
         bar = tqdm(range(self.start_iteration, cfg.iterations), initial=self.start_iteration,
                    total=cfg.iterations, desc="meta-iterations", disable=None, dynamic_ncols=True)
@@ -193,6 +204,7 @@ class Trainer:
         for iteration in bar:
             if self.budget_spent:
                 break
+            self._mid_iteration = True
             t0 = time.perf_counter()
             metrics = self.train_step(iteration, sampler)
             metrics["time/iteration_s"] = time.perf_counter() - t0
@@ -212,6 +224,7 @@ class Trainer:
                 self.save(iteration + 1, row["wall_time_s"])
             # Where a later run() (or resume) starts.
             self.start_iteration, self.wall_offset = iteration + 1, row["wall_time_s"]
+            self._mid_iteration = False
             if stopping:
                 raise RunStopped(iteration + 1, self.run_dir, self.learner.resumes_exactly)
             if cfg.max_env_steps and not last:  # the bar's end: iterations the budget allows

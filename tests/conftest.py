@@ -27,3 +27,21 @@ def run_cli(args: list[str], cwd: Path | None = None, timeout: int = 600) -> Cli
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture
+def default_sigint():
+    """Python's own Ctrl-C handler for the test, whatever this process inherited: a shell
+    starts background jobs with SIGINT ignored, and CI may run the suite as one."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def with_default_sigint():
+    """``preexec_fn`` for a child that must see Ctrl-C as a terminal's child would."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

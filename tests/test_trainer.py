@@ -363,7 +363,7 @@ def test_iteration_metrics_report_restarted_workers(tmp_path):
         assert trainer.train_step(1, sampler)["sampler/restarts"] == 1
 
 
-def test_a_stopped_run_continues_in_the_same_process_as_if_uninterrupted(tmp_path, monkeypatch):
+def test_a_stopped_run_continues_in_the_same_process_as_if_uninterrupted(tmp_path, monkeypatch, default_sigint):
     """Ctrl-C in the first iteration (a notebook's interrupt): the run stops after it, at a
     checkpoint; calling run() again continues with the next iteration, one metrics row each."""
     from metarl.trainer import RunStopped
@@ -388,7 +388,7 @@ def test_a_stopped_run_continues_in_the_same_process_as_if_uninterrupted(tmp_pat
     assert metrics(tmp_path / "stopped") == metrics(tmp_path / "full")
 
 
-def test_ctrl_c_after_the_last_iterations_check_skips_the_final_evaluation(tmp_path, monkeypatch):
+def test_ctrl_c_after_the_last_iterations_check_skips_the_final_evaluation(tmp_path, monkeypatch, default_sigint):
     from metarl.trainer import RunStopped
 
     trainer = Trainer(load_config("maml_trpo/nav2d", [*TINY, f"run_dir={tmp_path}"]))
@@ -405,3 +405,19 @@ def test_ctrl_c_after_the_last_iterations_check_skips_the_final_evaluation(tmp_p
     assert not RunDir(tmp_path).eval.exists()
     monkeypatch.setattr(trainer, "save", save)
     assert trainer.run()["adaptation"] and RunDir(tmp_path).eval.exists()  # what resume would do: evaluate
+
+
+def test_a_trainer_that_failed_inside_an_iteration_does_not_run_again(tmp_path, monkeypatch):
+    trainer = Trainer(load_config("maml_trpo/nav2d", [*TINY, f"run_dir={tmp_path}"]))
+    step = trainer.train_step
+
+    def fails_second(iteration, sampler):
+        if iteration == 1:
+            raise ValueError("a bug in the update")
+        return step(iteration, sampler)
+
+    monkeypatch.setattr(trainer, "train_step", fails_second)
+    with pytest.raises(ValueError, match="a bug in the update"):
+        trainer.run()
+    with pytest.raises(RuntimeError, match="stopped inside an iteration"):  # its state is half-updated
+        trainer.run()

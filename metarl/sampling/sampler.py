@@ -140,8 +140,8 @@ class Sampler:
         self.num_workers = 1 if backend == "local" else (num_workers or os.cpu_count() or 1)
         self.max_retries, self.max_lanes = max_retries, max_lanes
         self.restarts = 0
-        self._in_flight = False  # a process collection started and not finished
         """Workers restarted so far (a process that died, a Ray actor or node lost)."""
+        self._in_flight = False  # a process collection started and not finished
         self._local: RolloutWorker | None = None
         self._procs: list[Any] = []
         self._conns: list[Any] = []
@@ -273,6 +273,7 @@ class Sampler:
         # Raised only now, with every pipe drained, so the next collection reads its own results.
         raised = [(i, r) for i, r in enumerate(results) if isinstance(r, _Raised)]
         if raised:
+            self._in_flight = False  # every pipe drained: the workers are idle
             (i, first), others = raised[0], [j for j, _ in raised[1:]]
             also = f" (workers {others} raised too)" if others else ""
             raise WorkerError(f"sampler worker {i} raised while collecting{also}:\n{first.traceback}")
@@ -288,6 +289,9 @@ class Sampler:
     def _restart(self, i: int, message: dict[str, Any], failures: int) -> int:
         failures += 1
         self._procs[i].join(timeout=1)  # its exit code, once reaped
+        if self._procs[i].is_alive():  # its pipe broke but it lives on: do not leave it behind
+            self._procs[i].kill()
+            self._procs[i].join(timeout=1)
         code = self._procs[i].exitcode
         if failures > self.max_retries:
             raise SamplerError(f"sampler worker {i} died (exit code {code}) and the collection "
