@@ -171,15 +171,14 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
+        if self._mid_iteration:
+            raise RuntimeError("this Trainer stopped inside an iteration (an error or a second Ctrl-C): "
+                               "its state is partly updated; continue from the checkpoint with a new "
+                               "Trainer and resume=true")
         logger = self._logger()
         sampler = self.make_sampler()
         if not self.learner.trains:
             return self._adaptation_only(sampler, logger)
-        if self._mid_iteration:
-            sampler.close()
-            raise RuntimeError("this Trainer stopped inside an iteration (an error or a second Ctrl-C): "
-                               "its state is partly updated; continue from the checkpoint with a new "
-                               "Trainer and resume=true")
         start = time.perf_counter() - self.wall_offset
         bar = tqdm(range(self.start_iteration, cfg.iterations), initial=self.start_iteration,
                    total=cfg.iterations, desc="meta-iterations", disable=None, dynamic_ncols=True)
