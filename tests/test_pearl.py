@@ -296,6 +296,24 @@ def test_transitions_and_adaptation_keep_valid_steps_only():
     assert torch.equal(acting.params[0]["mean.weight"], acting.params[1]["mean.weight"])
 
 
+def test_exploration_episodes_keep_the_priors_z_then_infer_from_them_all():
+    """oyster's num_exp_traj_eval: with 2, the second episode still acts on the prior's draw
+    and the third on the posterior of both, the one a learner inferring after every episode
+    reaches after the same two."""
+    first, second = _batch(2, 1, 4, 2, 2, [[4], [3]]), _batch(2, 1, 4, 2, 2, [[2], [4]])
+    torch.manual_seed(0)
+    every = _learner()
+    torch.manual_seed(0)
+    explore = _learner(exploration_episodes=2)
+    start = explore.init_adaptation(first.tasks, seed=5)
+    after_one = explore.adapt(start, first)
+    assert torch.equal(after_one.z, start.z) and [c.shape[0] for c in after_one.context] == [4, 3]
+    after_two = explore.adapt(after_one, second)
+    reference = every.adapt(every.adapt(every.init_adaptation(first.tasks, seed=5), first), second)
+    assert not torch.equal(after_two.z, start.z)
+    assert torch.equal(after_two.z, reference.z)
+
+
 # ----------------------------------------------------------------------------- policy
 
 
@@ -356,6 +374,7 @@ def test_replay_samples_per_task_wraps_around_and_round_trips():
     ("algo.tau=1.5", "algo.tau must be in \\(0, 1\\], got 1.5"),
     ("algo.kl_weight=-1", "algo.kl_weight must be >= 0"),
     ("algo.factor_rank=-1", "algo.factor_rank must be >= 0, got -1"),
+    ("algo.exploration_episodes=0", "algo.exploration_episodes must be >= 1, got 0"),
     ("algo.num_extra_posterior_episodes=0", "num_posterior_episodes \\+ algo.num_extra_posterior_episodes"),
 ])
 def test_bad_settings_fail_with_one_line(override, message):

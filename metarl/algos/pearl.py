@@ -153,12 +153,18 @@ class PearlConfig(AlgoConfig):
     """Updates per iteration."""
     replay_size: int = 1_000_000
     """Transitions each train task's replay buffer keeps (oldest overwritten first)."""
+    exploration_episodes: int = 1
+    """Held-out adaptation: episodes that act on the prior's z before the first posterior.
+    1: the posterior of the episodes so far after each one. n: the prior's draw for n
+    episodes, then the posterior of them all, as oyster's ``num_exp_traj_eval`` (2 in its
+    configs); the context grows from the first episode either way."""
 
     def __post_init__(self) -> None:
         for key in ("reward_scale", "policy_lr", "qf_lr", "vf_lr", "encoder_lr", "alpha_lr", "alpha"):
             check_positive(f"algo.{key}", getattr(self, key))
         for key in ("latent_dim", "batch_size", "embedding_batch_size", "num_initial_episodes",
-                    "num_tasks_sample", "num_prior_episodes", "gradient_steps", "replay_size"):
+                    "num_tasks_sample", "num_prior_episodes", "gradient_steps", "replay_size",
+                    "exploration_episodes"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"algo.{key} must be >= 1, got {getattr(self, key)}")
         for key in ("kl_weight", "policy_mean_reg", "policy_std_reg", "num_posterior_episodes",
@@ -654,9 +660,11 @@ class PearlLearner:
     @torch.no_grad()
     def adapt(self, state: PearlState, batch: EpisodeBatch) -> PearlState:
         """Add ``batch``'s valid transitions to each task's context and draw z from the new
-        posterior."""
+        posterior (keep the prior's while within ``exploration_episodes``)."""
         context = [torch.cat([c, self._context(r)]) for c, r in zip(state.context, transition_rows(batch),
                                                                      strict=True)]
+        if state.steps + 1 < self.cfg.exploration_episodes:
+            return PearlState(context, state.z, state.seed, state.steps + 1)
         lengths = torch.tensor([c.shape[0] for c in context])
         padded = nn.utils.rnn.pad_sequence(context, batch_first=True).to(self.device)
         mask = (torch.arange(padded.shape[1]) < lengths.unsqueeze(1)).to(self.device)
