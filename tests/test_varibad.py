@@ -183,6 +183,27 @@ def test_update_trains_policy_and_encoder_and_fills_the_buffer():
     assert not torch.equal(before["actor.0.weight"], after["actor.0.weight"])
 
 
+@pytest.mark.parametrize("clip", [None, 1e-3])
+def test_vae_max_grad_norm_clips_the_encoder_and_each_decoder_on_its_own(clip):
+    learner = make(state_decoder=True, vae_max_grad_norm=clip)
+    learner.update(collect(learner))
+    norms = []
+    step = learner.vae_optimizer.step
+
+    def record(*args, **kwargs):
+        norms.append([torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in part])).item()
+                      for part in learner._vae_parts()])
+        return step(*args, **kwargs)
+
+    learner.vae_optimizer.step = record
+    learner.vae_update(steps=1)
+    assert len(norms) == 1 and len(norms[0]) == 3  # encoder, reward decoder, state decoder
+    if clip is None:
+        assert min(norms[0]) > 1e-2  # what the clip below has to act on
+    else:
+        assert max(norms[0]) == pytest.approx(clip, rel=1e-4)
+
+
 def test_ppo_takes_num_minibatches_steps_per_epoch_when_they_do_not_divide_the_steps():
     """3 trials x 2 episodes x 5 steps = 30 steps in 4 minibatches: 4 Adam steps per epoch
     (sizes 8, 8, 7, 7), not a fifth on the 2 steps left over."""
