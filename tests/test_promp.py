@@ -8,7 +8,7 @@ from torch.func import functional_call, grad, hessian
 
 from metarl.algos import MamlConfig
 from metarl.algos.maml import MamlLearner, TaskData, _flat, adapt_kl_penalty, prepare
-from metarl.policies import GaussianMLPPolicy, gaussian_log_prob
+from metarl.policies import GaussianMLPPolicy, gaussian_kl, gaussian_log_prob
 from tests.test_maml import random_batch
 
 OBS, A = 3, 2
@@ -125,6 +125,87 @@ def test_meta_gradient_through_the_lvc_step_matches_finite_differences():
         fd = (at(1) - at(-1)) / (2 * eps)
         assert gradient @ _flat(direction) == pytest.approx(fd, rel=1e-6, abs=1e-9)
 
+
+def test_outer_loss_and_gradient_match_a_transcription_of_promps_reference():
+    """ProMP's outer loss written out task by task in the shape of its reference code
+    (``meta_algos/pro_mp.py``): two LVC inner steps against the policies that sampled each
+    step's data, the clipped surrogate of the adapted policy against the one that sampled
+    the post-adaptation data, plus mean_k eta_k * KL_k. The log-probs are recorded as a
+    sampler records them (float32, along the LVC path at the sampling parameters), and the
+    update recomputes them in its own precision. Catches a flipped penalty or surrogate
+    sign, which finite differences of the library's own loss cannot."""
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(OBS, A, [5], init_std=0.7).double()
+    eta, lr, clip = [0.3, 0.7], 0.4, 0.2
+    lrn = MamlLearner(MamlConfig(name="promp", inner_lr=lr, num_inner_steps=2, kl_penalty=0.3, ppo_clip=clip),
+                      policy, "cpu")
+    lrn.kl_penalty = torch.tensor(eta, dtype=torch.float64)
+    steps = [double(prepare(random_batch(n=2, o=OBS, a=A, seed=s), lrn.cfg, lrn.device)) for s in (11, 12)]
+    post = double(prepare(random_batch(n=2, o=OBS, a=A, seed=13), lrn.cfg, lrn.device))
+    start = {k: v.detach() for k, v in lrn.meta.items()}
+
+    def task(data: TaskData, i: int) -> TaskData:
+        return TaskData(*(x[i] for x in data))
+
+    def lvc_step(params, data, sampling_log_prob, create_graph):
+        mean, std = functional_call(policy, params, (data.obs,))
+        ratio = torch.exp(gaussian_log_prob(mean, std, data.actions) - sampling_log_prob)
+        objective = -(ratio * data.advantages * data.weight).sum()
+        grads = torch.autograd.grad(objective, list(params.values()), create_graph=create_graph)
+        return {k: v - lr * g for (k, v), g in zip(params.items(), grads, strict=True)}
+
+    def sampling_path(i, recorded=None):
+        """Each inner step's sampling policy (mean, std on its data) and the last adapted
+        parameters, from the parameters the sampler held, without a graph; the LVC steps
+        divide by the ``recorded`` log-probs where given (as the reference, by its agent
+        infos), else by the policy's own."""
+        params, policies = dict(start), []
+        for k, data in enumerate(steps):
+            d = task(data, i)
+            mean, std = (x.detach() for x in functional_call(policy, params, (d.obs,)))
+            policies.append((mean, std))
+            live = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
+            denominator = gaussian_log_prob(mean, std, d.actions) if recorded is None else recorded[k][i]
+            params = {k: v.detach() for k, v in lvc_step(live, d, denominator, False).items()}
+        return policies, params
+
+    own = [torch.zeros_like(data.sampling_log_prob) for data in steps]
+    for i in range(2):
+        policies, _ = sampling_path(i)
+        for data, log_prob, (mean, std) in zip(steps, own, policies, strict=True):
+            log_prob[i] = gaussian_log_prob(mean, std, task(data, i).actions)
+            data.sampling_log_prob[i] = log_prob[i].float()  # as a sampler records them
+    recorded = [data.sampling_log_prob.clone() for data in steps]
+    steps, old, samplers = lrn.sampling_policies(steps, post)
+    # Recomputed in the update's precision (the first step's sampler is the meta-policy itself).
+    torch.testing.assert_close(steps[0].sampling_log_prob, own[0], rtol=0, atol=1e-12)
+    assert not torch.equal(steps[0].sampling_log_prob, recorded[0])
+
+    g = torch.Generator().manual_seed(5)
+    theta = {k: (v + 0.1 * torch.randn(v.shape, generator=g, dtype=v.dtype)).requires_grad_() for k, v in start.items()}
+    loss = lrn.ppo_loss(theta, steps, post, old, samplers)[0]
+    surrogates, kls = [], [[], []]
+    for i in range(2):
+        policies, last = sampling_path(i, recorded)
+        params = theta
+        for k, data in enumerate(steps):
+            d = task(data, i)
+            mean, std = functional_call(policy, params, (d.obs,))
+            kls[k].append((gaussian_kl(*policies[k], mean, std) * d.weight).sum())
+            params = lvc_step(params, d, gaussian_log_prob(*policies[k], d.actions), True)
+        q = task(post, i)
+        old_mean, old_std = (x.detach() for x in functional_call(policy, last, (q.obs,)))
+        mean, std = functional_call(policy, params, (q.obs,))
+        ratio = torch.exp(gaussian_log_prob(mean, std, q.actions) - gaussian_log_prob(old_mean, old_std, q.actions))
+        clipped = torch.min(ratio * q.advantages, ratio.clamp(1 - clip, 1 + clip) * q.advantages)
+        surrogates.append(-(clipped * q.weight).sum())
+    penalty = (torch.tensor(eta, dtype=torch.float64) * torch.stack([torch.stack(k).mean() for k in kls])).mean()
+    reference = torch.stack(surrogates).mean() + penalty
+    assert float(penalty.detach()) > 1e-3  # both terms matter at this theta
+    torch.testing.assert_close(loss, reference, rtol=1e-12, atol=0)
+    got, want = (torch.autograd.grad(x, list(theta.values())) for x in (loss, reference))
+    torch.testing.assert_close(_flat(dict(zip(theta, got, strict=True))), _flat(dict(zip(theta, want, strict=True))),
+                               rtol=0, atol=1e-12)
 
 def test_kl_penalty_gradient_by_hand():
     """eta * KL(pi_old || pi_theta) on the pre-update data: d/dmean = (mean - mean_old) / var

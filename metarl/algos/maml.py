@@ -107,10 +107,13 @@ class MamlConfig(AlgoConfig):
     hvp_subsample: float = 1.0
     """Fraction of each task's steps that the conjugate gradient's curvature products use:
     1 / k keeps every k-th step (rllab's ``subsample_factor`` draws a random subset of that
-    size instead); 1.0 is exact, and fractions not of the form 1 / k are refused. The
-    gradient and the line search's KL and surrogate checks always use every step, so an
-    accepted step keeps the exact trust region. 0.1 makes MAML-TRPO's update on ML1
-    several times faster (docs/numbers.md)."""
+    size instead); 1.0 is exact, and fractions not of the form 1 / k are refused. Where the
+    episode length is a multiple of k, the kept steps are the same times of every episode
+    in every update (t = 0, k, 2k, ...: a sample stratified over the episode, not a random
+    one). The products' adaptation (the inner step and its Jacobian) also runs on the kept
+    pre-adaptation steps. The gradient and the line search's KL and surrogate checks always
+    use every step, so an accepted step keeps the exact trust region. 0.1 makes
+    MAML-TRPO's update on ML1 several times faster (docs/numbers.md)."""
     ls_max_steps: int = 15
     ls_backtrack_ratio: float = 0.8
     outer_lr: float = 1e-3
