@@ -204,6 +204,21 @@ def test_vae_max_grad_norm_clips_the_encoder_and_each_decoder_on_its_own(clip):
         assert max(norms[0]) == pytest.approx(clip, rel=1e-4)
 
 
+def test_the_clipped_huber_value_loss_by_hand():
+    """The reference's 0.5 max(huber(V - R), huber(V_clip - R)), V_clip the collection's
+    value moved at most ppo_clip (0.1) towards V; the squared error otherwise."""
+    learner = make(value_loss="clipped_huber", ppo_clip=0.1)
+    value, old, returns = torch.tensor([0.5, 1.95, -0.2]), torch.tensor([0.0, 0.0, 0.0]), torch.tensor([2.0, 2.0, -0.15])
+    # huber(-1.5) = 1.0 and the clipped 0.1's huber(-1.9) = 1.4; huber(-0.05) = 0.00125 and
+    # huber(-1.9) = 1.4; huber(-0.05) = 0.00125 and the clipped -0.1's huber(0.05) too.
+    torch.testing.assert_close(learner._value_loss(value, old, returns), torch.tensor([0.7, 0.7, 0.000625]))
+    torch.testing.assert_close(make()._value_loss(value, old, returns), (value - returns) ** 2)
+    stats = learner.update(collect(learner))
+    assert math.isfinite(stats["loss/value"]) and stats["loss/value"] > 0
+    with pytest.raises(ConfigError, match="algo.value_loss must be mse or clipped_huber, got 'huber'"):
+        VaribadConfig(value_loss="huber")
+
+
 def test_ppo_takes_num_minibatches_steps_per_epoch_when_they_do_not_divide_the_steps():
     """3 trials x 2 episodes x 5 steps = 30 steps in 4 minibatches: 4 Adam steps per epoch
     (sizes 8, 8, 7, 7), not a fifth on the 2 steps left over."""

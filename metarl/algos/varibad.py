@@ -37,8 +37,8 @@ the first observation (see :class:`~metarl.policies.VariBADPolicy`); the policy 
 normalised state and posterior without the reference's 64-unit input embeddings; the
 KL is averaged over trials like the reconstruction (the reference sums it over trials,
 against its own comment); the ELBO backpropagates through whole trials (the reference
-truncates every ``tbptt_stepsize`` 50 steps); the value loss is the squared error, not the
-reference's clipped Huber loss; advantages are normalised per minibatch (the reference:
+truncates every ``tbptt_stepsize`` 50 steps); the value loss is the squared error unless
+``value_loss`` asks for the reference's clipped Huber loss; advantages are normalised per minibatch (the reference:
 once per batch); the reward decoder reads s, a, s' raw (the reference embeds them first);
 the VAE samples its trials with replacement.
 """
@@ -119,6 +119,12 @@ class VaribadConfig(AlgoConfig):
     ppo_epochs: int = 2
     num_minibatches: int = 8
     vf_coef: float = 0.5
+    value_loss: str = "mse"
+    """``mse``: vf_coef * mean (V - R)^2 (RL²'s; twice the reference's plain 0.5 (V - R)^2).
+    ``clipped_huber``: vf_coef * 0.5 * mean max(huber(V - R), huber(V_clip - R)), V_clip the
+    collection's value moved at most ``ppo_clip`` towards V (the reference's
+    ppo_use_huberloss and ppo_use_clipped_value_loss, on in all its configs). R and V are
+    in the value head's units, returns over their running std (see RL²)."""
     ent_coef: float = 0.01
     max_grad_norm: float = 0.5
     normalize_advantages: bool = True
@@ -150,6 +156,8 @@ class VaribadConfig(AlgoConfig):
             raise ConfigError(f"algo.kl_weight must be >= 0, got {self.kl_weight}")
         if not 0 <= self.gae_lambda <= 1:
             raise ConfigError(f"algo.gae_lambda must be in [0, 1], got {self.gae_lambda}")
+        if self.value_loss not in ("mse", "clipped_huber"):
+            raise ConfigError(f"algo.value_loss must be mse or clipped_huber, got {self.value_loss!r}")
 
 
 class VaeTrials(NamedTuple):
@@ -361,6 +369,14 @@ class VaribadLearner(Rl2Learner):
             stats = {f"loss/vae_{k}": v.item() for k, v in terms.items()}
         return stats
 
+    def _value_loss(self, value: Tensor, old_value: Tensor, returns: Tensor) -> Tensor:
+        """Each step's value loss (``value_loss``)."""
+        if self.cfg.value_loss == "mse":
+            return (value - returns) ** 2
+        clipped_value = old_value + (value - old_value).clamp(-self.cfg.ppo_clip, self.cfg.ppo_clip)
+        return 0.5 * torch.max(nn.functional.smooth_l1_loss(value, returns, reduction="none"),
+                               nn.functional.smooth_l1_loss(clipped_value, returns, reduction="none"))
+
     def _vae_parts(self) -> list[list[nn.Parameter]]:
         """The encoder's and each decoder's parameters (what ``vae_max_grad_norm`` clips)."""
         decoders = [d for d in (self.reward_decoder, self.state_decoder) if d is not None]
@@ -404,7 +420,8 @@ class VaribadLearner(Rl2Learner):
             values = self.policy.heads(obs, mean_z, logvar_z)[2]
         adv, returns = self.advantages(trials, values, states, self._value_scale(trials))
         data = {"obs": obs, "mean_z": mean_z, "logvar_z": logvar_z, "actions": trials.actions,
-                "old_logp": trials.log_probs, "adv": adv, "returns": returns, "mask": trials.mask}
+                "old_logp": trials.log_probs, "old_value": values, "adv": adv, "returns": returns,
+                "mask": trials.mask}
         if cfg.rl_loss_through_encoder:  # units: whole trials, the encoder rerun on each minibatch
             data |= {"x": trials.x, "h0": h0}
             data |= {f"vae_{k}": v for k, v in vae_trials(trials, obs.shape[-1])._asdict().items()}
@@ -425,7 +442,7 @@ class VaribadLearner(Rl2Learner):
                 logp = gaussian_log_prob(mean, std, d["actions"])
                 ratio = torch.exp(logp - d["old_logp"])
                 pg_loss = -(ppo_clip_objective(ratio, a, cfg.ppo_clip) * mask).sum() / count
-                v_loss = (((value - d["returns"]) ** 2) * mask).sum() / count
+                v_loss = (self._value_loss(value, d["old_value"], d["returns"]) * mask).sum() / count
                 entropy = (std.log().sum(-1) * mask).sum() / count
                 loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
                 if cfg.rl_loss_through_encoder:  # as the reference, the VAE loss joins the RL loss
