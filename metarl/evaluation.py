@@ -15,8 +15,21 @@ import numpy as np
 from metarl.algos.base import MetaLearner
 from metarl.checkpoint import write_text
 from metarl.envs import Task
+from metarl.errors import ConfigError
 from metarl.sampling import EpisodeBatch, Sampler
 from metarl.seeding import Seeds
+
+
+def check_eval_actions(learner: MetaLearner, deterministic: bool | None, adapt_steps: int) -> None:
+    """Refuse to adapt a learner that takes policy-gradient steps (MAML's family) on
+    episodes acted with the policy's mean: without exploration there is nothing to learn
+    (for a state-independent std and centred advantages its gradient is exactly zero), so
+    its curve would stay flat whatever it learned. Its k = 0 alone may act with the mean."""
+    if deterministic and adapt_steps > 0 and learner.adaptation_unit == "gradient_steps":
+        raise ConfigError("MAML's family adapts by policy-gradient steps on the episodes it acts in, which "
+                          "with the policy's mean (eval.deterministic=true, --actions mean) hold no "
+                          "exploration to learn from: sample them (eval.deterministic=false, --actions "
+                          "sample), or evaluate k = 0 alone (eval.adapt_steps=0, --adapt-steps 0)")
 
 
 def adaptation_curve(learner: MetaLearner, sampler: Sampler, tasks: list[Task], adapt_steps: int,
@@ -37,6 +50,7 @@ def adaptation_curve(learner: MetaLearner, sampler: Sampler, tasks: list[Task], 
     """
     unit, per_round = learner.adaptation_unit, learner.adaptation_episodes
     deterministic = learner.eval_deterministic if deterministic is None else deterministic
+    check_eval_actions(learner, deterministic, adapt_steps)
     seeds = Seeds(seed)
     state = learner.init_adaptation(list(tasks), seeds.eval_collection())
     curve, per_task = [], {t.key(): {"params": dict(t.params), "returns": [], "success": []} for t in tasks}

@@ -32,7 +32,14 @@ from metarl.config import (
     to_dict,
     with_versioned_options,
 )
-from metarl.evaluation import adaptation_curve, curve_metrics, eval_record, format_table, write_eval
+from metarl.evaluation import (
+    adaptation_curve,
+    check_eval_actions,
+    curve_metrics,
+    eval_record,
+    format_table,
+    write_eval,
+)
 from metarl.logging import JsonlLogger, MultiLogger, WandbLogger, read_jsonl
 from metarl.rundir import RunDir
 from metarl.sampling import Sampler
@@ -153,6 +160,8 @@ class Trainer:
         self.cfg = cfg = with_versioned_options(cfg, saved)
         self.seeds = Seeds(cfg.seed)
         self.dist, self.learner = build(cfg, self.paths)
+        if not read_only:  # before hours of training, not at the evaluation after them
+            check_eval_actions(self.learner, cfg.eval.deterministic, max(cfg.eval.adapt_steps, int(cfg.eval.every > 0)))
         # The task pools now, not inside the first iteration, whose update time they would
         # join (Meta-World's: ~3 s to build ML1's benchmark, tens of seconds for ML45's).
         self.dist.tasks("train")
