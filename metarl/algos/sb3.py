@@ -12,15 +12,26 @@ like every learner's: metarl's sampler rolls the SB3 policy's weights, translate
 metarl's Gaussian MLP (PPO's policy as it is; SAC's with a state-dependent std and tanh
 squashing), with the same episode seeds and success criterion as the meta-learners.
 
-Checkpoints hold the SB3 policy's ``state_dict`` (loaded with ``weights_only``), never an
-SB3 zip, whose loader unpickles code; optimiser state and SAC's replay buffer are not
-saved, so a resumed ``sb3_multitask`` run restarts those.
+Checkpoints hold the SB3 policy's ``state_dict`` (and SAC's entropy coefficient), loaded
+with ``weights_only``, never an SB3 zip, whose loader unpickles code; optimiser state and
+SAC's replay buffer are not saved, so ``sb3_multitask`` runs do not resume (the trainer
+refuses ``resume=true``); their checkpoints evaluate and seed ``sb3_finetune``.
+
+The hyper-parameters are SB3's defaults (PPO: 2048-step rollouts over the envs, minibatches
+of 64, 10 epochs, gamma 0.99, GAE lambda 0.95, clip 0.2, a 2x64 tanh MLP; SAC: 2x256 ReLU,
+learned entropy coefficient, one gradient step per transition), without rl-baselines3-zoo's
+per-environment tuning or its observation and reward normalisation. SB3 draws from the
+global random generators and its ``seed=`` resets them: held-out fine-tuning runs on a
+stream of its own (kept in the adaptation state), so evaluating leaves training's as it was.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,20 +85,22 @@ class TaskEnv(gym.Env):
     """A task distribution's split as one gymnasium env (SB3 trains on it unchanged).
 
     Draws a task from ``split`` at every reset, or holds ``task`` when one is given. Envs are
-    built once per :meth:`TaskDistribution.env_key` and re-tasked in place. At an episode's
-    end, ``info["episode_success"]`` is 1.0 if ``info["success"]`` was ever true in it.
+    built once per :meth:`TaskDistribution.env_key` and re-tasked in place. An episode is
+    truncated after ``max_steps`` steps (the run's ``max_episode_steps``, as metarl's sampler
+    truncates; None: the family's own limit). At an episode's end,
+    ``info["episode_success"]`` is 1.0 if ``info["success"]`` was ever true in it.
     """
 
     metadata = {"render_modes": []}
 
     def __init__(self, dist: TaskDistribution, split: Split = "train", task: Task | None = None,
-                 seed: int = 0) -> None:
-        self.dist, self.split, self.task = dist, split, task
+                 seed: int = 0, max_steps: int | None = None) -> None:
+        self.dist, self.split, self.task, self.max_steps = dist, split, task, max_steps
         self.observation_space, self.action_space = dist.spaces
         self._rng = np.random.default_rng(seed)
         self._envs: dict[str, gym.Env] = {}
         self._env: gym.Env | None = None
-        self._success = 0.0
+        self._success, self._steps = 0.0, 0
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
@@ -99,12 +112,14 @@ class TaskEnv(gym.Env):
             self._envs[key] = self.dist.make_env(task)
         self._env = self._envs[key]
         self.dist.set_task(self._env, task)
-        self._success = 0.0
+        self._success, self._steps = 0.0, 0
         obs, info = self._env.reset(seed=int(self._rng.integers(2**31 - 1)))
         return obs.astype(self.observation_space.dtype), info
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self._env.step(action)
+        self._steps += 1
+        truncated = truncated or (not terminated and self._steps == self.max_steps)
         self._success = max(self._success, float(info.get("success", 0.0)))
         if terminated or truncated:
             info["episode_success"] = self._success
@@ -115,12 +130,13 @@ class TaskEnv(gym.Env):
             env.close()
 
 
-def make_vec_env(dist: TaskDistribution, split: Split, n_envs: int, seed: int, task: Task | None = None):
+def make_vec_env(dist: TaskDistribution, split: Split, n_envs: int, seed: int, task: Task | None = None,
+                 max_steps: int | None = None):
     """An SB3 VecEnv of ``n_envs`` TaskEnvs (Monitor-wrapped, so SB3 logs episode returns)."""
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    return DummyVecEnv([lambda i=i: Monitor(TaskEnv(dist, split, task, seed + i),
+    return DummyVecEnv([lambda i=i: Monitor(TaskEnv(dist, split, task, seed + i, max_steps),
                                             info_keywords=("episode_success",)) for i in range(n_envs)])
 
 
@@ -161,12 +177,42 @@ def _is_sac(model: Any) -> bool:
 @dataclass
 class Sb3State:
     """Adaptation state: each task's fine-tuned SB3 model and its env (None before the
-    first fine-tuning of a learner that starts from its own policy)."""
+    first fine-tuning of a learner that starts from its own policy), and the global random
+    generators' state the fine-tuning continues from (None: not started)."""
 
     tasks: list[Task]
     seed: int
     models: list[Any] | None = None
     envs: list[Any] | None = None
+    rng: tuple[Any, ...] | None = None
+
+
+def _global_rng() -> tuple[Any, ...]:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    return random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda
+
+
+def _set_global_rng(state: tuple[Any, ...]) -> None:
+    python, numpy, cpu, cuda = state
+    random.setstate(python)
+    np.random.set_state(numpy)
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+
+
+@contextmanager
+def _own_stream(state: Sb3State) -> Iterator[None]:
+    """The global random generators on ``state``'s stream while SB3 fine-tunes, and back on
+    the caller's (training's) after."""
+    outside = _global_rng()
+    if state.rng is not None:
+        _set_global_rng(state.rng)
+    try:
+        yield
+    finally:
+        state.rng = _global_rng()
+        _set_global_rng(outside)
 
 
 class Sb3Learner(NoExtraState):
@@ -185,12 +231,13 @@ class Sb3Learner(NoExtraState):
     model, outside metarl's checkpoint (the policy's weights)."""
 
     def __init__(self, cfg: Sb3Config, dist: TaskDistribution, horizon: int, seed: int = 0,
-                 device: str = "cpu", episodes: int = 20, init_policy: dict[str, torch.Tensor] | None = None) -> None:
+                 device: str = "cpu", episodes: int = 20, init_state: dict[str, Any] | None = None) -> None:
         self.cfg, self.dist, self.horizon, self.seed, self.device = cfg, dist, horizon, seed, str(device)
         self.adaptation_episodes = episodes
-        self.model = self._new_model(make_vec_env(dist, "train", cfg.n_envs, seed), cfg.n_steps)
-        if init_policy is not None:
-            self.model.policy.load_state_dict(init_policy)
+        self.model = self._new_model(make_vec_env(dist, "train", cfg.n_envs, seed, max_steps=horizon), cfg.n_steps,
+                                     seed)
+        if init_state is not None:  # sb3_finetune: an sb3_multitask run's state_dict
+            self._load(self.model, init_state)
         self.policy_spec = policy_spec(self.model)
 
     @classmethod
@@ -201,23 +248,31 @@ class Sb3Learner(NoExtraState):
             if not cfg.init_from:
                 raise ConfigError("sb3_finetune needs algo.init_from=<run dir of an sb3_multitask run>")
             state = setup.load_run(cfg.init_from)
-            if state["config"]["algo"]["name"] != "sb3_multitask":
-                raise ConfigError(f"algo.init_from={cfg.init_from} is a {state['config']['algo']['name']} "
-                                  "run, not sb3_multitask")
-            init = state["learner"]["policy"]
+            algo, tasks = state["config"]["algo"], state["config"]["tasks"]["name"]
+            if algo["name"] != "sb3_multitask":
+                raise ConfigError(f"algo.init_from={cfg.init_from} is a {algo['name']} run, not sb3_multitask")
+            if algo.get("sb3_algo", "ppo") != cfg.sb3_algo or tasks != setup.dist.name:
+                raise ConfigError(f"algo.init_from={cfg.init_from} trained {algo.get('sb3_algo', 'ppo')} on {tasks}; "
+                                  f"this run fine-tunes {cfg.sb3_algo} on {setup.dist.name}")
+            init = state["learner"]
         return cls(cfg, setup.dist, setup.max_steps, setup.seeds.learner, setup.device,
                    setup.episodes_per_task, init)
 
-    def _new_model(self, env, n_steps: int):
+    def _new_model(self, env, n_steps: int, seed: int, fine_tune: bool = False):
+        """A PPO or SAC model on ``env``. SAC takes one gradient step per transition
+        (``gradient_steps=-1``: as many as the envs stepped); a fine-tuning one starts
+        updating at once, where a multi-task one first gathers ``min(1000, n_steps)``
+        random-action transitions (within a fine-tuning round's budget those would leave
+        it no update at all)."""
         from stable_baselines3 import PPO, SAC
 
         if self.cfg.sb3_algo == "ppo":
             rollout = n_steps * env.num_envs  # minibatches of at most 64 that divide the rollout
             batch = max(d for d in range(1, min(64, rollout) + 1) if rollout % d == 0)
             return PPO("MlpPolicy", env, n_steps=n_steps, batch_size=batch,
-                       learning_rate=self.cfg.lr, seed=self.seed, device=self.device, verbose=0)
-        return SAC("MlpPolicy", env, learning_rate=self.cfg.lr, seed=self.seed, device=self.device,
-                   learning_starts=min(1000, n_steps), verbose=0)
+                       learning_rate=self.cfg.lr, seed=seed, device=self.device, verbose=0)
+        return SAC("MlpPolicy", env, learning_rate=self.cfg.lr, seed=seed, device=self.device,
+                   learning_starts=0 if fine_tune else min(1000, n_steps), gradient_steps=-1, verbose=0)
 
     @property
     def trains(self) -> bool:
@@ -253,30 +308,46 @@ class Sb3Learner(NoExtraState):
         """``adaptation_episodes`` more episodes of SB3 fine-tuning on each task's own env
         (SB3 collects its data itself; ``batch`` is the measurement, not used here)."""
         models = self._fine_tuners(state)
-        for model in models:
-            model.learn(self.adaptation_episodes * self.horizon, reset_num_timesteps=False)
+        with _own_stream(state):
+            for model in models:
+                model.learn(self.adaptation_episodes * self.horizon, reset_num_timesteps=False)
         return state
 
     def _fine_tuners(self, state: Sb3State) -> list[Any]:
-        """Each task's model (copies of the policy, or fresh ones for sb3_scratch) and env."""
+        """Each task's model (copies of the policy, or fresh ones for sb3_scratch) and env,
+        task i's seeded with the adaptation's seed + i."""
         if state.models is None:
-            state.envs = [make_vec_env(self.dist, "test", 1, state.seed + i, task=task)
+            state.envs = [make_vec_env(self.dist, "test", 1, state.seed + i, task=task, max_steps=self.horizon)
                           for i, task in enumerate(state.tasks)]
             state.models = []
-            for env in state.envs:
-                model = self._new_model(env, n_steps=self.adaptation_episodes * self.horizon)
-                if self.cfg.name != "sb3_scratch":
-                    model.policy.load_state_dict(copy.deepcopy(self.model.policy.state_dict()))
-                state.models.append(model)
+            with _own_stream(state):
+                for i, env in enumerate(state.envs):
+                    model = self._new_model(env, self.adaptation_episodes * self.horizon, state.seed + i,
+                                            fine_tune=True)
+                    if self.cfg.name != "sb3_scratch":
+                        self._load(model, copy.deepcopy(self.state_dict()))
+                    state.models.append(model)
         return state.models
 
     def state_dict(self) -> dict:
+        """The policy's weights (SAC's: actor and critics) and, for SAC, its entropy
+        coefficient's log (None when fixed)."""
+        log_ent_coef = getattr(self.model, "log_ent_coef", None)
         return {"policy": {k: v.cpu() for k, v in self.model.policy.state_dict().items()},
-                "num_timesteps": int(self.model.num_timesteps)}
+                "num_timesteps": int(self.model.num_timesteps),
+                "log_ent_coef": None if log_ent_coef is None else log_ent_coef.detach().cpu().clone()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.policy.load_state_dict(state["policy"])
+        self._load(self.model, state)
         self.model.num_timesteps = int(state["num_timesteps"])
+
+    @staticmethod
+    def _load(model: Any, state: dict) -> None:
+        """``state_dict``'s weights (and entropy coefficient) into ``model``."""
+        model.policy.load_state_dict(state["policy"])
+        if state.get("log_ent_coef") is not None and getattr(model, "log_ent_coef", None) is not None:
+            with torch.no_grad():
+                model.log_ent_coef.copy_(state["log_ent_coef"])
 
 
 register(("sb3_multitask", "sb3_finetune", "sb3_scratch"), Sb3Config, Sb3Learner.from_setup)
