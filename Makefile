@@ -11,10 +11,11 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# Without a GPU, take the CPU build of torch first so the dependency resolver does not
-	# pull the multi-GB CUDA wheels.
+	# Without a GPU, take a CPU build of torch first so the dependency resolver does not pull
+	# the multi-GB CUDA wheels (PyPI's Linux torch): the +cpu wheel where pip's find-links
+	# hold one, else PyTorch's CPU index.
 	if ! command -v nvidia-smi >/dev/null 2>&1; then \
-	  $(BIN)/python -m pip install -q "torch==2.13.0" || \
+	  $(BIN)/python -m pip install -q "torch==2.13.0+cpu" || \
 	  $(BIN)/python -m pip install -q "torch>=2.3" --index-url https://download.pytorch.org/whl/cpu; \
 	fi
 	# setuptools tells every editable install of a package mapped from a folder of another

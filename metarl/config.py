@@ -153,7 +153,7 @@ class RunConfig:
     device: str = "cpu"
     """Where the learner runs: ``cpu`` or ``cuda`` (rollouts always run on CPU)."""
     run_dir: str | None = None
-    """Where the run's files go; None means ``runs/<algo>-<tasks>-<seed>-<time>``."""
+    """Where the run's files go; None means ``runs/<algo>-<tasks>-s<seed>-<time>``."""
     resume: bool = False
     """Continue the run in ``run_dir`` from its latest checkpoint."""
     checkpoint_every: int = 10
