@@ -182,32 +182,27 @@ def test_a_run_that_stopped_before_its_first_checkpoint_says_how_to_start_again(
     assert result.code == 2 and "run_dir " + str(tmp_path / "file") + " is a file, not a directory" in result.stderr
 
 
-def test_eval_actions_follow_the_config_and_the_evaluate_flag(cli, tmp_path):
+def test_eval_actions_follow_the_config_and_the_evaluate_flag_and_maml_adapts_on_sampled_ones(cli, tmp_path):
+    """With the mean as the action, a policy-gradient step has no exploration to learn
+    from (here exactly zero: nav2d's std is state-independent), so MAML's curve would be
+    flat: refused before training and by ``metarl evaluate``; k = 0 alone may use the mean."""
     run = tmp_path / "r"
     assert cli(["train", *TINY, "eval.every=1", f"run_dir={run}"]).code == 0
     assert json.loads((run / "eval.json").read_text())["deterministic"] is False  # MAML samples by default
     assert json.loads((run / "eval_history.jsonl").read_text().splitlines()[0])["deterministic"] is False
-    assert cli(["evaluate", str(run), "--actions", "mean", "--adapt-steps", "0"]).code == 0
-    assert json.loads((run / "eval.json").read_text())["deterministic"] is True
-
-
-@pytest.mark.parametrize("args", [["eval.deterministic=true"], ["eval.deterministic=true", "eval.adapt_steps=0",
-                                                                  "eval.every=1"]])
-def test_a_gradient_learner_is_not_adapted_on_mean_action_episodes(cli, tmp_path, args):
-    """With the mean as the action, a policy-gradient step has no exploration to learn
-    from (here exactly zero: nav2d's std is state-independent): MAML's curve would be flat.
-    Refused before training, and by ``metarl evaluate``; k = 0 alone may use the mean."""
-    run = tmp_path / "r"
-    result = cli(["train", *TINY, *args, f"run_dir={run}"])
-    assert result.code == 2 and not run.exists() and len(result.stderr.strip().splitlines()) == 1
-    assert result.stderr.strip().endswith(
-        "hold no exploration to learn from: sample them (eval.deterministic=false, --actions sample), "
-        "or evaluate k = 0 alone (eval.adapt_steps=0, --adapt-steps 0)")
-    assert cli(["train", *TINY, f"run_dir={run}"]).code == 0
     eval_json = (run / "eval.json").read_text()
     result = cli(["evaluate", str(run), "--actions", "mean"])
     assert result.code == 2 and "MAML's family adapts by policy-gradient steps" in result.stderr
     assert (run / "eval.json").read_text() == eval_json  # nothing lost
+    assert cli(["evaluate", str(run), "--actions", "mean", "--adapt-steps", "0"]).code == 0
+    assert json.loads((run / "eval.json").read_text())["deterministic"] is True
+
+    for args in (["eval.deterministic=true"], ["eval.deterministic=true", "eval.adapt_steps=0", "eval.every=1"]):
+        result = cli(["train", *TINY, *args, f"run_dir={tmp_path / 'refused'}"])
+        assert result.code == 2 and not (tmp_path / "refused").exists()
+        assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.strip().endswith(
+            "hold no exploration to learn from: sample them (eval.deterministic=false, --actions sample), "
+            "or evaluate k = 0 alone (eval.adapt_steps=0, --adapt-steps 0)")
 
 
 def test_a_run_saved_before_an_option_existed_keeps_what_it_ran_with(cli, tmp_path):
