@@ -38,9 +38,9 @@ normalised state and posterior without the reference's 64-unit input embeddings;
 KL is averaged over trials like the reconstruction (the reference sums it over trials,
 against its own comment); the ELBO backpropagates through whole trials (the reference
 truncates every ``tbptt_stepsize`` 50 steps); the value loss is the squared error unless
-``value_loss`` asks for the reference's clipped Huber loss; advantages are normalised per minibatch (the reference:
-once per batch); the reward decoder reads s, a, s' raw (the reference embeds them first);
-the VAE samples its trials with replacement.
+``value_loss`` asks for the reference's clipped Huber loss; advantages are normalised per
+minibatch (the reference: once per batch); the reward decoder reads s, a, s' raw (the
+reference embeds them first); the VAE samples its trials with replacement.
 """
 
 from __future__ import annotations
