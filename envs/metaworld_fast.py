@@ -24,7 +24,7 @@ scalars and 3-vectors. This module builds, for each stock env class, a subclass 
 Every substitution performs the same floating-point operations in the same order as
 the code it replaces, so observations, rewards and ``info`` are bit-for-bit those of
 the stock classes, and so is the simulator state after each step
-(``tests/test_metaworld_fast.py`` checks all 50 v3 environments over full episodes).
+(``tests/test_metaworld_fast.py``'s slow tests check all 50 v3 environments over full episodes).
 What was verified is pinned by source fingerprints (:data:`VERIFIED_BASE`,
 :data:`VERIFIED_CLASSES`, :data:`VERIFIED_SCIPY`): a method, env class, helper or scipy
 version that was not verified is left stock, and that is logged once. Two things are

@@ -23,6 +23,11 @@ import metarl.envs
 from metarl.envs import metaworld_fast as mwf
 
 ENV_NAMES = list(ALL_V3_ENVIRONMENTS)
+# The default run checks the equivalence on the results' three ML1 classes and every sixth
+# other one; the slow run on all 50 (seed 0 and three more). What was verified is pinned
+# by source fingerprints (test_recorded_fingerprints_match_the_installed_sources), which
+# fail in the default run when an upgrade changes any class: re-run the slow tests then.
+DEFAULT_NAMES = sorted({"reach-v3", "push-v3", "pick-place-v3", *ENV_NAMES[::6]})
 # What the next step reads (state, controls, mocap targets, the solver's warm start) and
 # what the fast step writes differently from stock (sites: mj_forward recomputes them).
 MJDATA_FIELDS = ("qpos", "qvel", "act", "ctrl", "mocap_pos", "mocap_quat", "qacc_warmstart",
@@ -76,10 +81,11 @@ def _pair(name):
     return stock_cls(), fast_cls()
 
 
-def run_side_by_side(name, seed):
-    """One scripted episode (goal visible, noisy actions) and one random episode (actions
-    beyond [-1, 1], float32 and float64 alternating), 500 steps each, on the stock and the
-    fast class; asserts every output identical. Returns whether the scripted one succeeded."""
+def run_side_by_side(name, seed, random_steps=200):
+    """One scripted episode (goal visible, noisy actions) to its 500-step horizon and
+    ``random_steps`` steps of a random one (actions beyond [-1, 1], float32 and float64
+    alternating), on the stock and the fast class; asserts every output identical. Returns
+    whether the scripted one succeeded."""
     envs = _pair(name)
     policy = ENV_POLICY_MAP[name]()
     succeeded = False
@@ -90,7 +96,7 @@ def run_side_by_side(name, seed):
         out = [env.reset() for env in envs]
         assert_identical(out[0], out[1], f"{name} {mode} reset")
         obs = out[0][0]
-        for t in range(500):
+        for t in range(500 if mode == "scripted" else random_steps):
             if mode == "scripted":
                 action = np.clip(policy.get_action(obs) + rng.normal(0, 0.05, 4), -1, 1).astype(np.float32)
             else:
@@ -103,7 +109,7 @@ def run_side_by_side(name, seed):
             obs = out[0][0]
             if mode == "scripted":
                 succeeded |= bool(out[0][4]["success"])
-        assert out[0][3] is True  # truncated at the horizon: the full episode ran
+        assert out[0][3] is (mode == "scripted")  # truncated at the horizon: the full episode ran
         for attr in ("_prev_obs", "_last_stable_obs"):
             assert_identical(getattr(envs[0], attr), getattr(envs[1], attr), attr)
         assert envs[0].data.qpos.tobytes() == envs[1].data.qpos.tobytes()
@@ -116,24 +122,24 @@ _scripted_success = {}
 
 
 @pytest.mark.filterwarnings("ignore:Constant")
-@pytest.mark.parametrize("name", ENV_NAMES)
+@pytest.mark.parametrize("name", DEFAULT_NAMES)
 def test_fast_step_is_bit_identical(name):
     _scripted_success[name] = run_side_by_side(name, seed=0)
 
 
 def test_scripted_episodes_exercised_success():
     """The equivalence runs above went through the grasp/success branches of the rewards."""
-    if len(_scripted_success) < len(ENV_NAMES):
+    if len(_scripted_success) < len(DEFAULT_NAMES):
         pytest.skip("needs every test_fast_step_is_bit_identical case in this run")
-    assert sum(_scripted_success.values()) >= 0.6 * len(ENV_NAMES), _scripted_success
+    assert sum(_scripted_success.values()) >= 0.6 * len(DEFAULT_NAMES), _scripted_success
 
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Constant")
 @pytest.mark.parametrize("name", ENV_NAMES)
 def test_fast_step_is_bit_identical_more_tasks(name):
-    for seed in (1, 2, 3):
-        run_side_by_side(name, seed)
+    for seed in (0, 1, 2, 3):
+        run_side_by_side(name, seed, random_steps=500)
 
 
 def test_every_v3_class_is_verified_and_uses_the_fast_methods():
