@@ -1,8 +1,7 @@
+import logging
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -17,16 +16,35 @@ class CliResult:
     stderr: str
 
 
-def run_cli(args: list[str], cwd: Path | None = None, timeout: int = 600) -> CliResult:
-    """Run the real entry point in a subprocess."""
-    proc = subprocess.run([sys.executable, "-m", "metarl.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout)
-    return CliResult(proc.returncode, proc.stdout, proc.stderr)
-
-
 @pytest.fixture
-def cli():
-    return run_cli
+def cli(capfd):
+    """Run ``metarl.cli.main`` in this process, as the console script does, with the output
+    captured at the file descriptors (the sampler's worker processes' included). A fresh
+    interpreter would take 3-5 s to import torch and metarl, and the suite calls the CLI
+    dozens of times; the tests about the process itself (Ctrl-C, SIGKILL) start
+    ``python -m metarl.cli`` themselves. A bug still raises here with its traceback;
+    argparse's exits become the code."""
+    from metarl.cli import main
+
+    def run(args: list[str]) -> CliResult:
+        capfd.readouterr()
+        # main()'s logging.basicConfig does nothing under pytest, whose handlers the root
+        # logger already has: give the run's warnings the stderr a console would show them on.
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setLevel(logging.WARNING)
+        root = logging.getLogger()
+        root.addHandler(handler)
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        finally:
+            root.removeHandler(handler)
+        out = capfd.readouterr()
+        return CliResult(code, out.out, out.err)
+
+    return run
 
 
 @pytest.fixture
