@@ -121,14 +121,21 @@ class MetaWorld(TaskDistribution):
 
     def set_task(self, env: gym.Env, task: Task) -> None:
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS
-        from metaworld.types import Task as MWTask
 
         base = find_wrapper(env, ALL_V3_ENVIRONMENTS[task.params["env_name"]])
-        data = {"rand_vec": np.asarray(task.params["rand_vec"], dtype=np.float64),
-                "env_cls": ALL_V3_ENVIRONMENTS[task.params["env_name"]],
-                "partially_observable": True, **task.params.get("kwargs", {})}
-        # In-memory only: Meta-World's set_task takes its kwargs pickled.
-        base.set_task(MWTask(env_name=task.params["env_name"], data=pickle.dumps(data)))
+        base.set_task(metaworld_task(task))
+
+
+def metaworld_task(task: Task) -> Any:
+    """``task`` as the ``metaworld.Task`` it came from (the inverse of :func:`_plain_params`):
+    Meta-World's ``set_task`` takes its kwargs pickled. In-memory only."""
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+    from metaworld.types import Task as MWTask
+
+    data = {"rand_vec": np.asarray(task.params["rand_vec"], dtype=np.float64),
+            "env_cls": ALL_V3_ENVIRONMENTS[task.params["env_name"]],
+            "partially_observable": True, **task.params.get("kwargs", {})}
+    return MWTask(env_name=task.params["env_name"], data=pickle.dumps(data))
 
 
 @functools.cache

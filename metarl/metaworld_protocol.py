@@ -108,16 +108,16 @@ def protocol_env_fns(dist: Any, settings: dict[str, int],
     """Constructors of the protocol's test envs, as ``gym.make_vec("Meta-World/ML*-test")``
     builds them (same goals, seeds, wrappers and settings), on ``dist``'s env classes (the
     fast classes unless ``tasks.options.fast=false``)."""
-    import metaworld
     from metaworld import _init_each_env
 
+    from metarl.envs.metaworld import metaworld_task
     from metarl.envs.metaworld_fast import env_class
 
-    if dist.benchmark == "ml1":
-        bench = metaworld.ML1(dist.env_name, seed=dist.seed)
-    else:
-        bench = getattr(metaworld, dist.benchmark.upper())(seed=dist.seed)
-    by_class = {name: [t for t in bench.test_tasks if t.env_name == name] for name in bench.test_classes}
+    # dist's test pool is the benchmark's test_tasks in their order (grouped by class, the
+    # classes in test_classes' order): no second build of the benchmark (ML45's takes tens of seconds).
+    by_class: dict[str, list[Any]] = {}
+    for task in dist.tasks("test"):
+        by_class.setdefault(task.params["env_name"], []).append(metaworld_task(task))
     return [partial(_init_each_env, env_cls=env_class(name, dist.fast), tasks=tasks, seed=dist.seed,
                     terminate_on_success=True, task_select="pseudorandom",
                     reward_function_version=dist.reward_function_version,

@@ -164,11 +164,15 @@ def test_metaworld_benchmark_classes_are_the_benchmarks_own():
 def test_ml10_tasks_use_exactly_the_benchmark_split():
     import metaworld
 
+    from metarl.envs.metaworld import metaworld_task
+
     dist = metarl.envs.make("ml10", seed=3)
     bench = metaworld.ML10(seed=3)
     for split, mw_tasks in (("train", bench.train_tasks), ("test", bench.test_tasks)):
         ours = dist.tasks(split)
         assert [t.params["env_name"] for t in ours] == [t.env_name for t in mw_tasks]
+        # back to Meta-World's own tasks byte for byte (set_task and the protocol's envs use these)
+        assert [metaworld_task(t).data for t in ours] == [t.data for t in mw_tasks]
     assert {t.params["env_name"] for t in dist.tasks("test")} == set(bench.test_classes)
 
 
