@@ -1,5 +1,6 @@
 import logging
 import os
+import subprocess
 import sys
 from dataclasses import dataclass
 
@@ -17,12 +18,24 @@ class CliResult:
 
 
 @pytest.fixture
+def cli_process():
+    """Run the console entry point in a fresh interpreter (``python -m metarl.cli``): what
+    the in-process ``cli`` cannot show, such as an import that only an earlier test made."""
+    def run(args: list[str]) -> CliResult:
+        proc = subprocess.run([sys.executable, "-m", "metarl.cli", *map(str, args)], capture_output=True,
+                              text=True, timeout=600)
+        return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+    return run
+
+
+@pytest.fixture
 def cli(capfd):
     """Run ``metarl.cli.main`` in this process, as the console script does, with the output
     captured at the file descriptors (the sampler's worker processes' included). A fresh
     interpreter would take 3-5 s to import torch and metarl, and the suite calls the CLI
-    dozens of times; the tests about the process itself (Ctrl-C, SIGKILL) start
-    ``python -m metarl.cli`` themselves. A bug still raises here with its traceback;
+    dozens of times; ``cli_process`` starts one, and the tests about the process itself
+    (Ctrl-C, SIGKILL) start their own. A bug still raises here with its traceback;
     argparse's exits become the code."""
     from metarl.cli import main
 

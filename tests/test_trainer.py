@@ -25,13 +25,13 @@ def metrics(run_dir):
     return [{k: v for k, v in r.items() if not k.startswith("time/") and k != "wall_time_s"} for r in rows]
 
 
-def test_cli_train_smoke_is_deterministic_and_writes_the_run_contract(cli, tmp_path):
+def test_cli_train_smoke_is_deterministic_and_writes_the_run_contract(cli, cli_process, tmp_path):
     runs = []
-    for name in ("a", "b"):
-        result = cli(["train", "maml_trpo/nav2d", *TINY, "seed=1", f"run_dir={tmp_path / name}"])
+    for name, run in (("a", cli_process), ("b", cli)):  # a fresh interpreter, then this one
+        result = run(["train", "maml_trpo/nav2d", *TINY, "seed=1", f"run_dir={tmp_path / name}"])
         assert result.code == 0, result.stderr
+        assert "held-out" in result.stdout and "return" in result.stdout
         runs.append(tmp_path / name)
-    assert "held-out" in result.stdout and "return" in result.stdout
     a = metrics(runs[0])
     assert a == metrics(runs[1])
     assert [r["iteration"] for r in a] == [0, 1]
@@ -71,11 +71,12 @@ def test_checkpoint_round_trip_evaluates_identically(tmp_path):
         assert torch.equal(v, restored.learner.meta[k])
 
 
-def test_cli_evaluate_writes_eval_json(cli, tmp_path):
+def test_cli_evaluate_writes_eval_json(cli, cli_process, tmp_path):
     assert cli(["train", "maml_trpo/nav2d", *TINY, "seed=4", "eval.adapt_steps=2", f"run_dir={tmp_path}"]).code == 0
     written = json.loads((tmp_path / "eval.json").read_text())
-    # Without flags it evaluates as the run's final evaluation did (tasks, k, the run's seed).
-    again = cli(["evaluate", str(tmp_path)])
+    # Without flags it evaluates as the run's final evaluation did (tasks, k, the run's seed),
+    # in a fresh interpreter too.
+    again = cli_process(["evaluate", str(tmp_path)])
     assert again.code == 0, again.stderr
     assert json.loads((tmp_path / "eval.json").read_text()) == written
     assert [row["k"] for row in written["adaptation"]] == [0, 1, 2]
