@@ -2,7 +2,9 @@ import logging
 import os
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
+from unittest import mock
 
 import pytest
 
@@ -29,31 +31,44 @@ def cli_process():
     return run
 
 
+def _warn_on_stderr(message, category, filename, lineno, file=None, line=None):
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 @pytest.fixture
 def cli(capfd):
     """Run ``metarl.cli.main`` in this process, as the console script does, with the output
     captured at the file descriptors (the sampler's worker processes' included). A fresh
     interpreter would take 3-5 s to import torch and metarl, and the suite calls the CLI
     dozens of times; ``cli_process`` starts one, and the tests about the process itself
-    (Ctrl-C, SIGKILL) start their own. A bug still raises here with its traceback;
-    argparse's exits become the code."""
+    (Ctrl-C, SIGKILL) start their own. As on a console, the run's logged warnings and
+    Python warnings reach its stderr; what it sets in ``os.environ`` or on the root logger
+    is undone after it. A bug still raises here with its traceback; argparse's exits
+    become the code."""
     from metarl.cli import main
 
     def run(args: list[str]) -> CliResult:
         capfd.readouterr()
+        root = logging.getLogger()
+        handlers, level = root.handlers[:], root.level
         # main()'s logging.basicConfig does nothing under pytest, whose handlers the root
         # logger already has: give the run's warnings the stderr a console would show them on.
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler.setLevel(logging.WARNING)
-        root = logging.getLogger()
         root.addHandler(handler)
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-        finally:
-            root.removeHandler(handler)
+        with mock.patch.dict(os.environ), warnings.catch_warnings():
+            warnings.resetwarnings()  # Python's own filters, not pytest's recorder
+            for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+                warnings.simplefilter("ignore", category)
+            warnings.showwarning = _warn_on_stderr
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+            finally:
+                root.handlers[:] = handlers
+                root.setLevel(level)
         out = capfd.readouterr()
         return CliResult(code, out.out, out.err)
 
