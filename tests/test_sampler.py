@@ -89,7 +89,7 @@ def test_same_seed_same_batch_across_backends_workers_and_lanes(name, per_task):
     if name == "nav2d":
         assert len(set(batches[0].lengths.flatten().tolist())) > 1  # lanes leave the lockstep at different steps
     for b in batches[1:]:
-        for key in ("obs", "actions", "rewards", "log_probs", "mask", "last_obs"):
+        for key in ("obs", "actions", "rewards", "log_probs", "mask", "terminated", "truncated", "last_obs"):
             assert torch.equal(getattr(b, key), getattr(batches[0], key)), key
     with Sampler(dist, policy.spec, backend="local") as s:
         other = s.collect(tasks, params, episodes=2, seed=6, max_steps=30)
