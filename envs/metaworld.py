@@ -126,18 +126,6 @@ class MetaWorld(TaskDistribution):
         base.set_task(metaworld_task(task))
 
 
-def metaworld_task(task: Task) -> Any:
-    """``task`` as the ``metaworld.Task`` it came from (the inverse of :func:`_plain_params`):
-    Meta-World's ``set_task`` takes its kwargs pickled. In-memory only."""
-    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
-    from metaworld.types import Task as MWTask
-
-    data = {"rand_vec": np.asarray(task.params["rand_vec"], dtype=np.float64),
-            "env_cls": ALL_V3_ENVIRONMENTS[task.params["env_name"]],
-            "partially_observable": True, **task.params.get("kwargs", {})}
-    return MWTask(env_name=task.params["env_name"], data=pickle.dumps(data))
-
-
 @functools.cache
 def _sawyer_spaces() -> tuple[gym.spaces.Box, gym.spaces.Box]:
     from metaworld.env_dict import ALL_V3_ENVIRONMENTS
@@ -159,11 +147,29 @@ class SeedOnReset(gym.Wrapper):
         return self.env.reset(options=options)
 
 
+# The keys Meta-World's ML benchmarks put in every task's pickled kwargs after the env's
+# own (``metaworld._make_tasks``: the goal, the class, then ``partially_observable=True``).
+_TASK_KEYS = ("rand_vec", "env_cls", "partially_observable")
+
+
 def _plain_params(mw_task: Any) -> dict[str, Any]:
     """Meta-World's pickled task kwargs -> JSON-able params (class name, goal vector)."""
     data = pickle.loads(mw_task.data)  # produced in this process by metaworld itself
-    extra = {k: v for k, v in data.items() if k not in ("rand_vec", "env_cls", "partially_observable")}
+    extra = {k: v for k, v in data.items() if k not in _TASK_KEYS}
     params: dict[str, Any] = {"env_name": mw_task.env_name, "rand_vec": as_float_list(data["rand_vec"])}
     if extra:
         params["kwargs"] = extra
     return params
+
+
+def metaworld_task(task: Task) -> Any:
+    """``task`` as the ``metaworld.Task`` of an ML benchmark it came from, byte for byte (the
+    inverse of :func:`_plain_params` for those, whose tasks are all partially observable):
+    Meta-World's ``set_task`` and its protocol's envs take the kwargs pickled. In-memory only."""
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+    from metaworld.types import Task as MWTask
+
+    values = (np.asarray(task.params["rand_vec"], dtype=np.float64),
+              ALL_V3_ENVIRONMENTS[task.params["env_name"]], True)
+    data = {**task.params.get("kwargs", {}), **dict(zip(_TASK_KEYS, values, strict=True))}
+    return MWTask(env_name=task.params["env_name"], data=pickle.dumps(data))

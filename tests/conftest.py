@@ -32,6 +32,7 @@ def cli_process():
 
 
 def _warn_on_stderr(message, category, filename, lineno, file=None, line=None):
+    """``warnings.showwarning`` as a console run's: to stderr (``file`` is never given here)."""
     sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
@@ -64,11 +65,14 @@ def cli(capfd):
             warnings.showwarning = _warn_on_stderr
             try:
                 code = main([str(a) for a in args])
-            except SystemExit as exit_:
+            except SystemExit as exit_:  # as the interpreter would: a message is printed, status 1
+                if exit_.code is not None and not isinstance(exit_.code, int):
+                    print(exit_.code, file=sys.stderr)
                 code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
             finally:
                 root.handlers[:] = handlers
                 root.setLevel(level)
+                handler.close()
         out = capfd.readouterr()
         return CliResult(code, out.out, out.err)
 
