@@ -161,13 +161,15 @@ def test_metaworld_benchmark_classes_are_the_benchmarks_own():
         assert dist.split_size("test") == 50 * len(table["test"])
 
 
-def test_ml10_tasks_use_exactly_the_benchmark_split():
+@pytest.mark.parametrize("benchmark", ["ml10", pytest.param("ml25", marks=pytest.mark.slow),
+                                       pytest.param("ml45", marks=pytest.mark.slow)])
+def test_ml_tasks_use_exactly_the_benchmark_split(benchmark):
     import metaworld
 
     from metarl.envs.metaworld import metaworld_task
 
-    dist = metarl.envs.make("ml10", seed=3)
-    bench = metaworld.ML10(seed=3)
+    dist = metarl.envs.make(benchmark, seed=3)
+    bench = getattr(metaworld, benchmark.upper())(seed=3)
     for split, mw_tasks in (("train", bench.train_tasks), ("test", bench.test_tasks)):
         ours = dist.tasks(split)
         assert [t.params["env_name"] for t in ours] == [t.env_name for t in mw_tasks]
