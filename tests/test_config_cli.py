@@ -3,7 +3,6 @@ import re
 import pytest
 
 from metarl.algos import MamlConfig
-from metarl.cli import main as metarl_main
 from metarl.config import ConfigError, load_config, resume_changes, to_dict
 
 
@@ -60,7 +59,7 @@ def test_cli_bad_input_is_one_line(cli, cli_process, tmp_path, args, message, fr
     assert "Traceback" not in result.stderr
 
 
-def test_cli_bad_run_directories_are_one_line(tmp_path, capsys):
+def test_cli_bad_run_directories_are_one_line(cli, tmp_path):
     # A directory that is not a run, and a run killed before its first iteration was logged.
     started = tmp_path / "started"
     started.mkdir()
@@ -73,10 +72,10 @@ def test_cli_bad_run_directories_are_one_line(tmp_path, capsys):
         (["plot", str(tmp_path), "--out", str(tmp_path / "c.png")], "is not a run directory (no config.yaml)"),
         (["plot", str(started), "--out", str(tmp_path / "c.png")], "has no iterations to plot yet"),
     ]:
-        code, stderr = metarl_main(args), capsys.readouterr().err  # in process: the same main()
-        assert code == 2, (args, stderr)
-        lines = [line for line in stderr.splitlines() if line.strip()]
-        assert len(lines) == 1 and message in lines[0], (args, stderr)
+        result = cli(args)
+        assert result.code == 2, (args, result.stderr)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and message in lines[0], (args, result.stderr)
     assert not (tmp_path / "c.png").exists()
 
 
