@@ -11,7 +11,10 @@ actions the policy takes there (the overhead's reference: the same physics work)
 ceiling: two independent single-env loops in two processes at once, each stepping the task
 its sampler worker rolls with those actions, their rates summed. Beside the
 ratios, where a worker's time goes: its own share (policy, noise, recording) and how much
-slower each env step is inside the worker than alone.
+slower each env step is inside the worker than alone; and with 2 workers, how long the
+faster one waits for the slower (each worker rolls a fixed share of the episodes, the
+ceiling's loops a fixed time, so a CPU slower than the other during a collection costs
+the sampler and not the ceiling).
 
     python scripts/bench_sampler.py [--families ml1/pick-place-v3 halfcheetah-vel] [--metaworld-stock] [--json]
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import time
 
 import gymnasium as gym
@@ -150,20 +154,35 @@ def async_vector(dist, policy, tasks, num_envs: int, steps: int) -> float:
     return rate
 
 
+def _cpu_seconds(pid: int) -> float:
+    """A process's CPU time (user + system) so far, from /proc (Linux)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def metarl_rate(dist, policy, tasks, episodes: int, backend: str, workers: int, max_steps: int,
-                repeats: int = 1) -> tuple[float, float]:
-    """Median env steps/s over ``repeats`` collections, and the main process's CPU seconds
-    per wall second while the workers collect."""
+                repeats: int = 1) -> tuple[float, float, float | None]:
+    """Median env steps/s over ``repeats`` collections; the main process's CPU seconds per
+    wall second while the workers collect; and (process backend, Linux) the median
+    straggler loss: the share of a collection's wall time its workers' mean CPU time falls
+    short of, i.e. how long the others waited for the slowest (a worker is busy on its
+    CPU from the moment its share arrives until it sends its episodes back)."""
     with Sampler(dist, policy.spec, backend=backend, num_workers=workers) as sampler:
         sampler.collect(tasks, policy.params(), episodes, seed=0, max_steps=5)  # start-up, env creation
-        rates, cpu, wall = [], 0.0, 0.0
+        pids = sampler.worker_pids if backend == "process" and os.path.exists("/proc/self/stat") else []
+        rates, losses, cpu, wall = [], [], 0.0, 0.0
         for r in range(repeats):
+            busy0 = [_cpu_seconds(p) for p in pids]
             t0, c0 = time.perf_counter(), time.process_time()
             batch = sampler.collect(tasks, policy.params(), episodes, seed=1 + r, max_steps=max_steps)
             elapsed = time.perf_counter() - t0
             cpu, wall = cpu + time.process_time() - c0, wall + elapsed
             rates.append(batch.env_steps / elapsed)
-        return float(np.median(rates)), cpu / wall
+            if pids:
+                busy = np.subtract([_cpu_seconds(p) for p in pids], busy0)
+                losses.append(1 - float(busy.mean()) / elapsed)
+        return float(np.median(rates)), cpu / wall, float(np.median(losses)) if losses else None
 
 
 def worker_overhead(dist, policy, tasks, episodes: int, max_steps: int, max_lanes: int = 16) -> tuple[float, float]:
@@ -234,20 +253,22 @@ def main() -> None:
         # between two measurements of its reference and is compared with their mean, so a
         # drift during the few seconds of one comparison cancels to first order.
         pairs: dict[str, list[float]] = {k: [] for k in ("env_step_only", "process_1", "main_cpu_per_s_process_1",
-                                                         "ceiling", "process_2", "main_cpu_per_s_process_2")}
+                                                         "ceiling", "process_2", "main_cpu_per_s_process_2",
+                                                         "straggler_loss_process_2")}
         actions = policy_actions(dist, policy, tasks, args.episodes, args.max_steps)
         reference = functools.partial(env_step_only, dist, policy, tasks, min(steps, 10000), actions)
         for _ in range(args.repeats):
             before = reference()
             for k, v in zip(("process_1", "main_cpu_per_s_process_1"),
-                            metarl_rate(dist, policy, tasks, args.episodes, "process", 1, args.max_steps), strict=True):
+                            metarl_rate(dist, policy, tasks, args.episodes, "process", 1, args.max_steps)[:2],
+                            strict=True):
                 pairs[k].append(v)
             after = reference()
             pairs["env_step_only"].append((before + after) / 2)
             # As long as one loop takes for the collection's steps (~1-3 s for pick-place).
             seconds = min(steps, 10000) / pairs["env_step_only"][-1]
             before = ceiling(name, fast, args.hidden, tasks, actions, seconds)
-            for k, v in zip(("process_2", "main_cpu_per_s_process_2"),
+            for k, v in zip(("process_2", "main_cpu_per_s_process_2", "straggler_loss_process_2"),
                             metarl_rate(dist, policy, tasks, args.episodes, "process", 2, args.max_steps), strict=True):
                 pairs[k].append(v)
             pairs["ceiling"].append((before + ceiling(name, fast, args.hidden, tasks, actions, seconds)) / 2)
@@ -264,6 +285,7 @@ def main() -> None:
             inside["one_lane"].append(worker_overhead(dist, policy, tasks, args.episodes, args.max_steps, 1)[1])
             inside["alone"].append(1 / reference())
             inside["uniform"].append(1 / env_step_only(dist, policy, tasks, min(steps, 10000)))
+        losses = pairs.pop("straggler_loss_process_2")
         row = {"num_envs": num_envs, **{k: float(np.median(v)) for k, v in pairs.items()},
                "worker_overhead": float(np.median(inside["overhead"])),
                "env_step_one_lane_vs_alone": float(np.median(np.divide(inside["one_lane"], inside["alone"]))),
@@ -273,7 +295,12 @@ def main() -> None:
                "async_vector_env": async_vector(dist, policy, tasks, num_envs, steps),
                "process_1_vs_env_step_only": float(np.median(np.divide(pairs["process_1"], pairs["env_step_only"]))),
                "process_2_vs_ceiling": float(np.median(np.divide(pairs["process_2"], pairs["ceiling"]))),
-               "measurements": pairs}
+               # The same without the wait for the slower worker: what a collection's work split
+               # (each worker a fixed share) costs when the two CPUs' speeds differ.
+               "straggler_loss_process_2": None if None in losses else float(np.median(losses)),
+               "process_2_without_wait_vs_ceiling": None if None in losses else float(np.median(
+                   np.divide(pairs["process_2"], np.multiply(pairs["ceiling"], np.subtract(1, losses))))),
+               "measurements": pairs | {"straggler_loss_process_2": losses}}
         if not args.no_ray:
             try:
                 import ray
@@ -304,6 +331,10 @@ def main() -> None:
               + f"; an env step in a worker, one episode at a time / alone {row['env_step_one_lane_vs_alone']:.2f}"
               + f", in the lockstep / one at a time {row['env_step_lockstep_vs_one_lane']:.2f}"
               + f"; main-process CPU while 2 workers collect: {row['main_cpu_per_s_process_2']:.2f} s/s")
+        if row["straggler_loss_process_2"] is not None:
+            print(f"  2 workers: {row['straggler_loss_process_2']:.1%} of a collection's wall time waiting for the "
+                  f"slower one; without that wait, process_2_vs_ceiling "
+                  f"{row['process_2_without_wait_vs_ceiling']:.2f}")
 
 
 if __name__ == "__main__":
