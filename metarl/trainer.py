@@ -301,8 +301,9 @@ class Trainer:
         unset: ``eval.deterministic``."""
         tasks = self.eval_tasks(num_tasks, seed, split)
         deterministic = self.cfg.eval.deterministic if deterministic is None else deterministic
-        result = adaptation_curve(self.learner, sampler, tasks, adapt_steps, seed, self.max_steps,
-                                  deterministic) | (extra or {})
+        # The seed too, so the file says how to repeat it (scripts/recheck_results.py does).
+        result = {"seed": seed} | adaptation_curve(self.learner, sampler, tasks, adapt_steps, seed, self.max_steps,
+                                                   deterministic) | (extra or {})
         write_eval(self.paths.eval, result, self.dist.name, split)
         return result
 

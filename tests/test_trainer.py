@@ -79,14 +79,44 @@ def test_cli_evaluate_writes_eval_json(cli, cli_process, tmp_path):
     again = cli_process(["evaluate", str(tmp_path)])
     assert again.code == 0, again.stderr
     assert json.loads((tmp_path / "eval.json").read_text()) == written
-    assert [row["k"] for row in written["adaptation"]] == [0, 1, 2]
+    assert [row["k"] for row in written["adaptation"]] == [0, 1, 2] and written["seed"] == 4
     result = cli(["evaluate", str(tmp_path), "--adapt-steps", "2", "--tasks", "2", "--seed", "3"])
     assert result.code == 0, result.stderr
     ev = json.loads((tmp_path / "eval.json").read_text())
-    assert [row["k"] for row in ev["adaptation"]] == [0, 1, 2] and len(ev["per_task"]) == 2
+    assert [row["k"] for row in ev["adaptation"]] == [0, 1, 2] and len(ev["per_task"]) == 2 and ev["seed"] == 3
     plot = cli(["plot", str(tmp_path), "--out", str(tmp_path / "curves.png")])
     assert plot.code == 0, plot.stderr
     assert (tmp_path / "curves.png").stat().st_size > 10_000
+
+
+def test_recheck_results_repeats_an_evaluation_and_finds_a_changed_number(cli, tmp_path):
+    """scripts/recheck_results.py re-evaluates a copy of a run with the settings its eval.json
+    records (here not the run's defaults: 2 tasks, seed 3, the mean), leaves the run alone,
+    and reports a number that is not what the weights give."""
+    run = tmp_path / "run"
+    assert cli(["train", "maml_trpo/nav2d", *TINY, "seed=4", f"run_dir={run}"]).code == 0
+    assert cli(["evaluate", str(run), "--tasks", "2", "--seed", "3", "--actions", "mean", "--adapt-steps", "0"]).code == 0
+    script = [sys.executable, "scripts/recheck_results.py", str(tmp_path)]
+
+    def recheck():
+        return subprocess.run(script, capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+
+    written, files = (run / "eval.json").read_text(), sorted(run.rglob("*"))
+    done = recheck()
+    assert done.returncode == 0 and "] identical" in done.stdout, done.stdout + done.stderr
+    assert "1 of 1 runs reproduce" in done.stdout
+    assert (run / "eval.json").read_text() == written and sorted(run.rglob("*")) == files
+    ev = json.loads(written)
+    task = next(iter(ev["per_task"]))
+    ev["per_task"][task]["returns"][0] += 0.5
+    (run / "eval.json").write_text(json.dumps(ev))
+    done = recheck()
+    assert done.returncode == 1 and "] differs" in done.stdout, done.stdout + done.stderr
+    assert f"max |diff| 0.5 at per_task[{task}].returns[0]" in done.stdout
+    del ev["seed"]  # a file from before the seed was recorded: the run's seed (4), other tasks
+    (run / "eval.json").write_text(json.dumps(ev))
+    done = recheck()
+    assert done.returncode == 1 and "] other tasks" in done.stdout, done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("config, extra", [("maml_trpo/nav2d", []), ("rl2_ppo/nav2d", ["algo.gru_size=8"]),
