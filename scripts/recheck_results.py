@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import platform
 import shutil
 import subprocess
 import sys
@@ -52,6 +53,14 @@ def run_dirs(paths: list[Path]) -> list[Path]:
             if (run / "eval.json").is_file() and (run / "checkpoints" / "latest.pt").is_file():
                 found.add(run)
     return sorted(found)
+
+
+def shown(run: Path) -> str:
+    """``run`` relative to the repository where it lies inside it."""
+    try:
+        return str(run.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(run)
 
 
 def evaluate_args(committed: dict) -> list[str]:
@@ -134,7 +143,7 @@ def recheck(run: Path, atol: float, protocol: bool) -> dict:
     args = evaluate_args(committed if protocol else {k: v for k, v in committed.items() if k != "metaworld_protocol"})
     if protocol and "metaworld_protocol" in committed:
         args += ["--protocol", "metaworld"]
-    command = f"metarl evaluate {run} {' '.join(args)}"
+    command = f"metarl evaluate {shown(run)} {' '.join(args)}"
     with tempfile.TemporaryDirectory(prefix="metarl-recheck-") as tmp:
         copy = Path(tmp) / run.name
         shutil.copytree(run, copy, ignore=shutil.ignore_patterns("wandb", "videos"))
@@ -144,11 +153,11 @@ def recheck(run: Path, atol: float, protocol: bool) -> dict:
         seconds = time.perf_counter() - t0
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-            return {"run": str(run), "status": "failed", "error": last, "command": command, "seconds": seconds}
+            return {"run": shown(run), "status": "failed", "error": last, "command": command, "seconds": seconds}
         new = json.loads((copy / "eval.json").read_text())
     status, worst, where = compare(committed, new, atol, protocol)
     means = [(a["return_mean"], b["return_mean"]) for a, b in zip(committed["adaptation"], new["adaptation"], strict=True)]
-    return {"run": str(run), "status": status, "max_abs_diff": worst, "where": where, "return_means": means,
+    return {"run": shown(run), "status": status, "max_abs_diff": worst, "where": where, "return_means": means,
             "written_at": written_at(run / "eval.json"), "command": command, "seconds": seconds}
 
 
@@ -182,7 +191,7 @@ def main() -> int:
             moved = ", ".join(f"k={k}: {a:.4g} -> {b:.4g}" for k, (a, b) in enumerate(r["return_means"]))
             detail = (f"max |diff| {r['max_abs_diff']:.3g} at {r['where']}; mean return {moved}; "
                       f"eval.json from {r['written_at'] or 'an unknown commit'}")
-        print(f"[{i}/{len(runs)}] {r['status']:<12} {r['seconds']:6.1f} s  {run}  {detail}", flush=True)
+        print(f"[{i}/{len(runs)}] {r['status']:<12} {r['seconds']:6.1f} s  {r['run']}  {detail}", flush=True)
     accepted = ("identical", "within atol") if args.exact else ("identical", "within atol", "consistent")
     bad = [r for r in results if r["status"] not in accepted]
     counts = {s: sum(r["status"] == s for r in results) for s in dict.fromkeys(r["status"] for r in results)}
@@ -190,8 +199,22 @@ def main() -> int:
           f"({', '.join(f'{n} {s}' for s, n in counts.items())})"
           + (f"; not: {', '.join(r['run'] for r in bad)}" if bad else ""))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        head = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=ROOT)
+        record = {"commit": head.stdout.strip() or None, "cpu": cpu_name(), "platform": platform.platform(),
+                  "runs": results}
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
     return 1 if bad else 0
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what the platform module says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":
