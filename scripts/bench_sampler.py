@@ -166,8 +166,9 @@ def metarl_rate(dist, policy, tasks, episodes: int, backend: str, workers: int, 
     """Median env steps/s over ``repeats`` collections; the main process's CPU seconds per
     wall second while the workers collect; and (process backend, Linux) the median
     straggler loss: the share of a collection's wall time its workers' mean CPU time falls
-    short of, i.e. how long the others waited for the slowest (a worker is busy on its
-    CPU from the moment its share arrives until it sends its episodes back)."""
+    short of, their mean idle share (a worker is busy on its CPU from the moment its share
+    arrives until it sends its episodes back; with 2 workers, where the slower never idles,
+    half of what the faster waited)."""
     with Sampler(dist, policy.spec, backend=backend, num_workers=workers) as sampler:
         sampler.collect(tasks, policy.params(), episodes, seed=0, max_steps=5)  # start-up, env creation
         pids = sampler.worker_pids if backend == "process" and os.path.exists("/proc/self/stat") else []
