@@ -126,13 +126,15 @@ def _keys(data: Any, cls: type, where: str) -> None:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r}; valid: {', '.join(valid)}")
 
 
-def _commit() -> str:
+def code_commit(repo: Path | None = None) -> str:
+    """HEAD's short hash in ``repo`` (default: the working directory), with ``+dirty`` where
+    tracked files outside results/ have changes (the code's state: results/ changes as runs
+    write to it); ``unknown`` without git."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-        # the code's state: results/ changes as the suite runs and says nothing of the code
+                              check=True, cwd=repo).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
-                               capture_output=True, text=True, check=True).stdout.strip()
+                               capture_output=True, text=True, check=True, cwd=repo).stdout.strip()
         return head + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -177,7 +179,7 @@ def run_suite(suite: Suite, results: Path = RESULTS, extra: Sequence[str] = (),
                 load_config(run.config, _run_overrides(suite, run, seed, extra, results))
             except ConfigError as err:
                 raise ConfigError(f"suite {suite.name}, run {run.name}: {err}") from None
-    commit = _commit()  # the code this process runs, though HEAD may move while it does
+    commit = code_commit()  # the code this process runs, though HEAD may move while it does
     if seed_major:
         todo.sort(key=lambda item: item[0].seeds.index(item[1]))  # stable: runs keep their order
     for i, (run, seed) in enumerate(todo):

@@ -1,9 +1,11 @@
+import importlib.util
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ from metarl.rundir import RunDir
 from metarl.sampling import Sampler
 from metarl.trainer import Trainer, load_run
 
+ROOT = Path(__file__).resolve().parent.parent
 TINY = ["iterations=2", "meta_batch_size=3", "episodes_per_task=2", "max_episode_steps=20",
         "policy.hidden_sizes=[16]", "eval.num_tasks=3", "eval.adapt_steps=1", "sampler.backend=local",
         "logger.wandb=false"]
@@ -89,6 +92,13 @@ def test_cli_evaluate_writes_eval_json(cli, cli_process, tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 10_000
 
 
+def _recheck_module():
+    spec = importlib.util.spec_from_file_location("recheck_results", ROOT / "scripts" / "recheck_results.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_recheck_results_repeats_an_evaluation_and_finds_a_changed_number(cli, tmp_path):
     """scripts/recheck_results.py re-evaluates a copy of a run with the settings its eval.json
     records (here not the run's defaults: 2 tasks, seed 3, the mean), leaves the run alone,
@@ -99,8 +109,8 @@ def test_recheck_results_repeats_an_evaluation_and_finds_a_changed_number(cli, t
     assert cli(["evaluate", str(run), "--tasks", "2", "--seed", "3", "--actions", "mean", "--adapt-steps", "0"]).code == 0
     script = [sys.executable, "scripts/recheck_results.py", str(tmp_path)]
 
-    def recheck():
-        return subprocess.run(script, capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    def recheck(*flags):
+        return subprocess.run([*script, *flags], capture_output=True, text=True, cwd=ROOT)
 
     written, files = (run / "eval.json").read_text(), sorted(run.rglob("*"))
     done = recheck()
@@ -109,23 +119,61 @@ def test_recheck_results_repeats_an_evaluation_and_finds_a_changed_number(cli, t
     assert (run / "eval.json").read_text() == written and sorted(run.rglob("*")) == files
     ev = json.loads(written)
     first, second = ev["per_task"]
+    returns = [ev["per_task"][t]["returns"][0] for t in (first, second)]
+    shift = (max(returns) - min(returns)) / 4
+    assert shift > 0
     for task in (first, second):  # a change of behaviour moves every task: not another draw of the noise
-        ev["per_task"][task]["returns"][0] += 0.5
+        ev["per_task"][task]["returns"][0] += shift
     (run / "eval.json").write_text(json.dumps(ev))
     done = recheck()
     assert done.returncode == 1 and "] differs" in done.stdout, done.stdout + done.stderr
-    assert "max |diff| 0.5 at per_task[" in done.stdout and "eval.json from " in done.stdout
-    ev["per_task"][second]["returns"][0] -= 1.0  # +0.5 and -0.5: within the noise of 2 tasks
+    assert f"max |diff| {shift:.3g} at per_task[" in done.stdout and "eval.json last committed at" in done.stdout
+    assert (run / "eval.json").read_text() == json.dumps(ev)  # evaluated in a copy
+    ev["per_task"][second]["returns"][0] -= 2 * shift  # +shift and -shift: within the noise of 2 tasks
     (run / "eval.json").write_text(json.dumps(ev))
     done = recheck()
     assert done.returncode == 0 and "] consistent" in done.stdout, done.stdout + done.stderr
-    script.append("--exact")
-    assert recheck().returncode == 1
-    script.remove("--exact")
+    assert recheck("--exact").returncode == 1
     del ev["seed"]  # a file from before the seed was recorded: the run's seed (4), other tasks
     (run / "eval.json").write_text(json.dumps(ev))
     done = recheck()
     assert done.returncode == 1 and "] other tasks" in done.stdout, done.stdout + done.stderr
+
+
+def test_recheck_results_verdicts_on_hand_made_changes():
+    """The verdicts of scripts/recheck_results.py's comparison on a 5-task file: noise-like
+    changes pass, a common shift, one task far off, a NaN, another setting or a moved
+    protocol number do not."""
+    compare = _recheck_module().compare
+    base = {"split": "test", "unit": "gradient_steps", "seed": 0, "adaptation": [{"k": 0, "episodes": 0}],
+            "per_task": {t: {"params": {"goal": i}, "returns": [r], "success": [0.0]}
+                         for i, (t, r) in enumerate(zip("abcde", [1.0, 2.0, 5.0, 3.0, 4.0], strict=True))},
+            "metaworld_protocol": {"success_rate": 0.5, "return": 10.0, "per_task_success": {"x": 0.5},
+                                   "settings": {"seed": 0, "wall_time_s": 3.0}}}
+
+    def verdict(returns=None, protocol=True, **changes):
+        new = json.loads(json.dumps(base))
+        for t, r in zip("abcde", returns or [], strict=False):
+            new["per_task"][t]["returns"][0] = r
+        for path, value in changes.items():
+            *parents, key = path.split("__")
+            node = new
+            for p in parents:
+                node = node[int(p)] if p.isdigit() else node[p]
+            node[key] = value
+        return compare(base, new, 0.0, protocol)[0]
+
+    assert verdict() == "identical"
+    assert verdict([1.3, 1.8, 5.1, 2.7, 4.2]) == "consistent"  # changes +-0.3 around a mean of 0.02
+    assert verdict([1.3, 2.2, 5.4, 3.3, 4.25]) == "differs"  # every task up by 0.2-0.4
+    assert verdict([1e6, 2.0, 5.0, 3.0, 4.0]) == "differs"  # one task far off: the t statistic alone is 1
+    assert verdict([float("nan"), 2.0, 5.0, 3.0, 4.0]) == "differs"
+    assert verdict(adaptation__0__episodes=10) == "other settings"
+    assert verdict(seed=3) == "other settings"
+    assert verdict(per_task__a__params={"goal": 9}) == "other tasks"
+    assert verdict(metaworld_protocol__settings__seed=1) == "other settings"
+    assert verdict(metaworld_protocol__success_rate=0.6) == "differs"
+    assert verdict(protocol=False, metaworld_protocol__success_rate=0.6) == "identical"  # not compared
 
 
 @pytest.mark.parametrize("config, extra", [("maml_trpo/nav2d", []), ("rl2_ppo/nav2d", ["algo.gru_size=8"]),
