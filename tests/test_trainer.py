@@ -100,44 +100,50 @@ def _recheck_module():
 
 
 def test_recheck_results_repeats_an_evaluation_and_finds_a_changed_number(cli, tmp_path):
-    """scripts/recheck_results.py re-evaluates a copy of a run with the settings its eval.json
-    records (here not the run's defaults: 2 tasks, seed 3, the mean), leaves the run alone,
-    reports numbers that are not what the weights give, and tells a shift of every task
-    from differences that another draw of the noise could give."""
-    run = tmp_path / "run"
-    assert cli(["train", "maml_trpo/nav2d", *TINY, "seed=4", f"run_dir={run}"]).code == 0
-    assert cli(["evaluate", str(run), "--tasks", "2", "--seed", "3", "--actions", "mean", "--adapt-steps", "0"]).code == 0
-    script = [sys.executable, "scripts/recheck_results.py", str(tmp_path)]
-
-    def recheck(*flags):
-        return subprocess.run([*script, *flags], capture_output=True, text=True, cwd=ROOT)
-
-    written, files = (run / "eval.json").read_text(), sorted(run.rglob("*"))
-    done = recheck()
-    assert done.returncode == 0 and "] identical" in done.stdout, done.stdout + done.stderr
-    assert "1 of 1 runs reproduce" in done.stdout
-    assert (run / "eval.json").read_text() == written and sorted(run.rglob("*")) == files
-    ev = json.loads(written)
+    """scripts/recheck_results.py re-evaluates a copy of each run with the settings its
+    eval.json records (here not the run's defaults: 2 tasks, seed 3, the mean), leaves the
+    runs alone, finds numbers that are not what the weights give, tells a shift of every
+    task from differences another draw of the noise could give, and falls back to the
+    run's seed for a file that does not record one."""
+    same = tmp_path / "runs" / "same"
+    assert cli(["train", "maml_trpo/nav2d", *TINY, "seed=4", f"run_dir={same}"]).code == 0
+    assert cli(["evaluate", str(same), "--tasks", "2", "--seed", "3", "--actions", "mean", "--adapt-steps", "0"]).code == 0
+    ev = json.loads((same / "eval.json").read_text())
     first, second = ev["per_task"]
     returns = [ev["per_task"][t]["returns"][0] for t in (first, second)]
     shift = (max(returns) - min(returns)) / 4
     assert shift > 0
-    for task in (first, second):  # a change of behaviour moves every task: not another draw of the noise
-        ev["per_task"][task]["returns"][0] += shift
-    (run / "eval.json").write_text(json.dumps(ev))
-    done = recheck()
-    assert done.returncode == 1 and "] differs" in done.stdout, done.stdout + done.stderr
-    assert f"max |diff| {shift:.3g} at per_task[" in done.stdout and "eval.json last committed at" in done.stdout
-    assert (run / "eval.json").read_text() == json.dumps(ev)  # evaluated in a copy
-    ev["per_task"][second]["returns"][0] -= 2 * shift  # +shift and -shift: within the noise of 2 tasks
-    (run / "eval.json").write_text(json.dumps(ev))
-    done = recheck()
-    assert done.returncode == 0 and "] consistent" in done.stdout, done.stdout + done.stderr
-    assert recheck("--exact").returncode == 1
-    del ev["seed"]  # a file from before the seed was recorded: the run's seed (4), other tasks
-    (run / "eval.json").write_text(json.dumps(ev))
-    done = recheck()
-    assert done.returncode == 1 and "] other tasks" in done.stdout, done.stdout + done.stderr
+    changed = {"shifted": {first: shift, second: shift},  # a change of behaviour moves every task
+               "noise": {first: shift, second: -shift},  # within the noise of 2 tasks
+               "old": {}}  # a file from before the seed was recorded: the run's seed (4), other tasks
+    files = {}
+    for name, moves in changed.items():
+        shutil.copytree(same, tmp_path / "runs" / name)
+        edited = json.loads(json.dumps(ev))
+        for task, move in moves.items():
+            edited["per_task"][task]["returns"][0] += move
+        if name == "old":
+            del edited["seed"]
+        files[name] = json.dumps(edited)
+        (tmp_path / "runs" / name / "eval.json").write_text(files[name])
+    files["same"] = (same / "eval.json").read_text()
+    listing = sorted((tmp_path / "runs").rglob("*"))
+
+    def recheck(*args):
+        done = subprocess.run([sys.executable, "scripts/recheck_results.py", *map(str, args)], capture_output=True,
+                              text=True, cwd=ROOT)
+        lines = [line + "  " for line in done.stdout.splitlines() if line.startswith("[")]
+        return done, {name: line for name in files for line in lines if f"runs{os.sep}{name}  " in line}
+
+    done, lines = recheck(tmp_path / "runs")
+    assert done.returncode == 1 and "2 of 4 runs reproduce" in done.stdout, done.stdout + done.stderr
+    assert "] identical" in lines["same"] and "] consistent" in lines["noise"] and "] other tasks" in lines["old"]
+    assert "] differs" in lines["shifted"] and f"max |diff| {shift:.3g} at per_task[" in lines["shifted"]
+    for name, text in files.items():  # evaluated in copies
+        assert (tmp_path / "runs" / name / "eval.json").read_text() == text
+    assert sorted((tmp_path / "runs").rglob("*")) == listing
+    done, _ = recheck(same, tmp_path / "runs" / "noise", "--exact")
+    assert done.returncode == 1 and "1 of 2 runs reproduce" in done.stdout, done.stdout + done.stderr
 
 
 def test_recheck_results_verdicts_on_hand_made_changes():
