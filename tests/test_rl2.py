@@ -10,6 +10,7 @@ import metarl.envs
 from metarl.algos import Rl2Config
 from metarl.algos.rl2 import Rl2Learner, to_trials, windows
 from metarl.algos.varibad import VaribadConfig, VaribadLearner
+from metarl.errors import ConfigError
 from metarl.policies import RecurrentGaussianPolicy, VariBADPolicy, gaussian_log_prob
 from metarl.sampling import Sampler
 
@@ -225,6 +226,56 @@ def test_windows_start_from_the_trials_states_and_cover_every_step():
     torch.testing.assert_close(value_w[mask], values_w[mask], atol=1e-5, rtol=1e-5)
     h0_only_first, *_ = windows(30, states, trials.mask, trials.x)
     assert h0_only_first.abs().sum() == 0  # one window per trial: each starts from the zero state
+
+
+def test_staggered_windows_cut_half_a_window_later_and_cross_the_episode_boundaries():
+    """Trials of two 15-step episodes in windows of 15: cut at the episodes' starts no window
+    holds a boundary (no gradient would cross it); offset by 7, windows of 7, 15 and 8 steps
+    each start from the state the rollout had there, one holds each boundary, and together
+    they give the whole trials' log-probs."""
+    dist, policy, learner = make()
+    tasks = dist.sample(3, "train", np.random.default_rng(0))
+    with Sampler(dist, policy.spec, backend="local") as s:
+        batch = s.collect(tasks, learner.policy_params, episodes=2, seed=2, max_steps=15)
+    trials = to_trials(batch, policy, torch.device("cpu"))
+    assert batch.mask.all() and trials.mask.shape[1] == 30  # nav2d's episodes run to the cap here
+    new_episode = trials.x[..., -1]
+    with torch.no_grad():
+        mean, std, _, states = policy(trials.x, policy.initial_state(3))
+        whole = gaussian_log_prob(mean, std, trials.actions)
+        aligned = windows(15, states, trials.mask, new_episode)
+        assert (aligned[2][0][:, 1:] == 0).all()  # a new episode only ever at a window's start
+        h0, mask, (x, actions, logp_w, flag) = windows(15, states, trials.mask, trials.x, trials.actions,
+                                                       whole, new_episode, offset=7)
+        mean_w, std_w, _, _ = policy(x, h0)
+    assert mask.sum(1).tolist() == [7, 15, 8] * 3
+    assert (flag[1::3, 8] == 1).all() and flag[1::3, :8].sum() == flag[1::3, 9:].sum() == 0
+    torch.testing.assert_close(h0.reshape(3, 3, -1)[:, 1:], states[:, [6, 21]])
+    assert (h0[::3] == 0).all()
+    torch.testing.assert_close(gaussian_log_prob(mean_w, std_w, actions)[mask], whole.flatten(), atol=1e-5, rtol=1e-5)
+    assert (x[~mask] == 0).all()
+    with pytest.raises(ValueError, match=r"window offset must be in \[0, 15\), got 15"):
+        windows(15, states, trials.mask, offset=15)
+
+
+def test_a_staggered_update_alternates_the_cuts_by_epoch():
+    """One epoch: the aligned cut alone, the same update bit for bit; two: the second epoch
+    trains on the offset windows, another update with as many gradient steps."""
+    params, steps = {}, {}
+    for stagger, epochs in ((False, 1), (True, 1), (False, 2), (True, 2)):
+        dist, policy, _ = make()
+        learner = Rl2Learner(Rl2Config(gru_size=16, bptt_window=15, bptt_stagger=stagger, ppo_epochs=epochs,
+                                       num_minibatches=2), policy)
+        tasks = dist.sample(3, "train", np.random.default_rng(0))
+        with Sampler(dist, policy.spec, backend="local") as s:
+            batch = s.collect(tasks, learner.policy_params, episodes=2, seed=0, max_steps=15)
+        steps[stagger, epochs] = learner.update(batch)["loss/gradient_steps"]
+        params[stagger, epochs] = torch.cat([p.detach().flatten() for p in policy.parameters()])
+    assert torch.equal(params[False, 1], params[True, 1])
+    assert not torch.equal(params[False, 2], params[True, 2])
+    assert steps == {(False, 1): 2, (True, 1): 2, (False, 2): 4, (True, 2): 4}
+    with pytest.raises(ConfigError, match="algo.bptt_stagger needs algo.bptt_window >= 2, got None"):
+        Rl2Config(bptt_stagger=True)
 
 
 def test_update_with_a_window_as_long_as_the_trials_equals_the_whole_trial_update():

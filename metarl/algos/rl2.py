@@ -3,7 +3,8 @@
 A GRU policy sees (observation, previous action, previous reward, new-episode flag) and
 keeps its state across the episodes of one task (a trial); adaptation happens in that
 state. Each meta-iteration collects one trial per task and runs PPO with backpropagation
-through whole trials, or through windows of them (``algo.bptt_window``).
+through whole trials, or through windows of them (``algo.bptt_window``; with
+``algo.bptt_stagger`` every other epoch's windows start half a window later).
 
 Advantages are GAE per episode by default: the recursion stops at episode boundaries, with
 no bootstrap after a true termination and a bootstrap from the value of the final
@@ -61,6 +62,14 @@ class Rl2Config(AlgoConfig):
     pre-update policy), and minibatch over the windows. None: whole trials. With 500-step
     episodes, 500 trains on episodes as metaworld-algorithms' RL² does (its update: 16
     epochs x 20 minibatches of episodes, against 10 full-batch steps here by default)."""
+    bptt_stagger: bool = False
+    """With ``bptt_window``: every other epoch cuts its windows half a window later (at
+    ``window // 2 + k * window``), so that a step that starts a window in one epoch sits
+    inside one in the next. With windows as long as the episodes, windows cut at the
+    episodes' starts never hold an episode boundary: no gradient reaches how an episode's
+    GRU state is written from the previous episode, which RL² is for. Staggered, half the
+    epochs backpropagate across every boundary, as metaworld-algorithms' overlapping
+    250-step chunks do across some."""
     vf_coef: float = 0.5
     ent_coef: float = 0.0
     max_grad_norm: float = 1.0
@@ -97,6 +106,9 @@ class Rl2Config(AlgoConfig):
             raise ConfigError("algo.gru_size, algo.ppo_epochs and algo.num_minibatches must be >= 1")
         if self.bptt_window is not None and self.bptt_window < 1:
             raise ConfigError(f"algo.bptt_window must be >= 1 or null, got {self.bptt_window}")
+        if self.bptt_stagger and (self.bptt_window or 0) < 2:
+            raise ConfigError("algo.bptt_stagger needs algo.bptt_window >= 2, got "
+                              f"{self.bptt_window}")
 
 
 
@@ -166,28 +178,41 @@ def to_trials(batch: EpisodeBatch, policy: RecurrentGaussianPolicy, device: torc
                                            truncated, ends, mask, boot_x)))
 
 
-def windows(width: int, states: Tensor, mask: Tensor, *seqs: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+def windows(width: int, states: Tensor, mask: Tensor, *seqs: Tensor,
+            offset: int = 0) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
     """Cut trials into windows of ``width`` steps for truncated backpropagation.
 
     ``states`` (N, L, H) is the GRU state after each step of the trials, ``mask`` (N, L)
-    their valid steps, ``seqs`` further (N, L, ...) tensors. Returns the windows' initial
-    states (M, H) (zero for a trial's first window, else the state after the step before
-    the window), their mask (M, width) and each of ``seqs`` as (M, width, ...), padded with
-    zeros past a trial's end. Windows without a valid step are dropped.
+    their valid steps, ``seqs`` further (N, L, ...) tensors. Windows start at steps
+    ``offset + k * width`` (and at step 0: with an ``offset`` in (0, width), a first window
+    of ``offset`` steps). Returns the windows' initial states (M, H) (zero for a trial's
+    first window, else the state after the step before the window), their mask (M, width)
+    and each of ``seqs`` as (M, width, ...), padded with zeros after a window's last step
+    (a shorter first window, a trial's end). Windows without a valid step are dropped.
     """
     n, length, hidden = states.shape
-    k = -(-length // width)
-    pad = k * width - length
-    starts = torch.cat([states.new_zeros(n, 1, hidden), states[:, width - 1::width][:, :k - 1]], 1)
+    if not 0 <= offset < width:
+        raise ValueError(f"window offset must be in [0, {width}), got {offset}")
+    starts = torch.arange(offset, length, width, device=states.device)
+    if offset:
+        starts = torch.cat([starts.new_zeros(1), starts])
+    ends = torch.cat([starts[1:], starts.new_full((1,), length)])
+    steps = starts[:, None] + torch.arange(width, device=states.device)  # (K, width)
+    inside = steps < ends[:, None]
+    steps = steps.clamp_max(length - 1)
+    k = len(starts)
+    before = (starts - 1).clamp_min(0)
+    first = states.new_zeros(n, 1, hidden)
+    h0 = torch.where((starts > 0)[None, :, None], states[:, before], first)
 
     def cut(v: Tensor) -> Tensor:
-        if pad:
-            v = torch.cat([v, v.new_zeros(n, pad, *v.shape[2:])], 1)
-        return v.reshape(n * k, width, *v.shape[2:])
+        out = v[:, steps]  # (N, K, width, ...)
+        keep_step = inside.reshape(1, k, width, *([1] * (v.dim() - 2)))
+        return torch.where(keep_step, out, out.new_zeros(())).reshape(n * k, width, *v.shape[2:])
 
     mask = cut(mask)
     keep = mask.any(1)
-    return starts.reshape(n * k, hidden)[keep], mask[keep], tuple(cut(v)[keep] for v in seqs)
+    return h0.reshape(n * k, hidden)[keep], mask[keep], tuple(cut(v)[keep] for v in seqs)
 
 
 class Rl2Learner(NoExtraState):
@@ -282,7 +307,8 @@ class Rl2Learner(NoExtraState):
         return adv, (adv + values) * trials.mask
 
     def update(self, batch: EpisodeBatch) -> dict[str, float]:
-        """PPO epochs over minibatches of whole trials (or of ``bptt_window`` windows).
+        """PPO epochs over minibatches of whole trials (or of ``bptt_window`` windows, cut
+        half a window later in odd epochs with ``bptt_stagger``).
 
         The stats are the last gradient step's; with ``target_kl``, an update that stops
         early also reports the KL that stopped it as ``loss/stop_kl``."""
@@ -292,16 +318,18 @@ class Rl2Learner(NoExtraState):
         with torch.no_grad():
             _, _, values, states = self.policy(trials.x, h0)
         adv, returns = self.advantages(trials, values, states, self._value_scale(trials))
-        valid, seqs = trials.mask, (trials.x, trials.actions, trials.log_probs, adv, returns)
-        if cfg.bptt_window is not None:
-            h0, valid, seqs = windows(cfg.bptt_window, states, valid, *seqs)
-        x, actions, old_logp, adv, returns = seqs
-        n = x.shape[0]
+        seqs = (trials.x, trials.actions, trials.log_probs, adv, returns)
+        if cfg.bptt_window is None:
+            cuts = [(h0, trials.mask, seqs)]
+        else:
+            offsets = [0, cfg.bptt_window // 2] if cfg.bptt_stagger else [0]
+            cuts = [windows(cfg.bptt_window, states, trials.mask, *seqs, offset=o) for o in offsets]
         stats: dict[str, float] = {}
         steps = 0
         # Each epoch draws its split when it starts, so stopping early draws no more.
-        batches = (idx for _ in range(cfg.ppo_epochs) for idx in minibatches(n, cfg.num_minibatches, self.generator))
-        for idx in batches:
+        batches = ((cut, idx) for epoch in range(cfg.ppo_epochs) for cut in [cuts[epoch % len(cuts)]]
+                   for idx in minibatches(cut[1].shape[0], cfg.num_minibatches, self.generator))
+        for (h0, valid, (x, actions, old_logp, adv, returns)), idx in batches:
             mean, std, value, _ = self.policy(x[idx], h0[idx])
             mask = valid[idx].float()
             count = mask.sum().clamp_min(1)
