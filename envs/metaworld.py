@@ -89,16 +89,8 @@ class MetaWorld(TaskDistribution):
         return len(self.classes(split)) * GOALS_PER_CLASS
 
     def _make_pools(self) -> dict[str, list[Task]]:
-        import metaworld
-
-        if self.benchmark == "ml1":
-            bench = metaworld.ML1(self.env_name, seed=self.seed)
-        else:
-            bench = getattr(metaworld, self.benchmark.upper())(seed=self.seed)
-        pools = {}
-        for split, mw_tasks in (("train", bench.train_tasks), ("test", bench.test_tasks)):
-            pools[split] = [Task(self.name, _plain_params(t), split, i) for i, t in enumerate(mw_tasks)]
-        return pools
+        pools = _benchmark_pools(self.benchmark, self.env_name if self.benchmark == "ml1" else None, self.seed)
+        return {split: list(tasks) for split, tasks in pools.items()}
 
     @property
     def spaces(self) -> tuple[gym.spaces.Box, gym.spaces.Box]:  # type: ignore[override]
@@ -124,6 +116,23 @@ class MetaWorld(TaskDistribution):
 
         base = find_wrapper(env, ALL_V3_ENVIRONMENTS[task.params["env_name"]])
         base.set_task(metaworld_task(task))
+
+
+@functools.cache
+def _benchmark_pools(benchmark: str, env_name: str | None, seed: int) -> dict[str, tuple[Task, ...]]:
+    """Meta-World's train and test tasks of a benchmark as metarl tasks, built once per
+    process: the benchmark's constructor builds an env per class to draw its goals (ML45's
+    takes tens of seconds), and a suite or a re-evaluation makes many distributions of it.
+    The distributions share these tasks (not their lists): treat a task as read-only."""
+    import metaworld
+
+    if benchmark == "ml1":
+        bench = metaworld.ML1(env_name, seed=seed)
+    else:
+        bench = getattr(metaworld, benchmark.upper())(seed=seed)
+    name = f"ml1/{env_name}" if benchmark == "ml1" else benchmark
+    return {split: tuple(Task(name, _plain_params(t), split, i) for i, t in enumerate(mw_tasks))
+            for split, mw_tasks in (("train", bench.train_tasks), ("test", bench.test_tasks))}
 
 
 @functools.cache

@@ -178,6 +178,23 @@ def test_ml_tasks_use_exactly_the_benchmark_split(benchmark):
     assert {t.params["env_name"] for t in dist.tasks("test")} == set(bench.test_classes)
 
 
+def test_metaworld_pools_are_built_once_per_process_and_each_distribution_has_its_own_lists(monkeypatch):
+    import metaworld
+
+    from metarl.envs.metaworld import _benchmark_pools
+
+    built, real = [], metaworld.ML1
+    monkeypatch.setattr(metaworld, "ML1", lambda *args, **kwargs: built.append((args, kwargs)) or real(*args, **kwargs))
+    _benchmark_pools.cache_clear()
+    a, b = metarl.envs.make("ml1/reach-v3", seed=5), metarl.envs.make("ml1/reach-v3", seed=5)
+    assert a.tasks("test") == b.tasks("test") and a.tasks("test") is not b.tasks("test")
+    other = metarl.envs.make("ml1/reach-v3", seed=6)
+    assert other.tasks("test") != a.tasks("test")
+    assert built == [(("reach-v3",), {"seed": 5}), (("reach-v3",), {"seed": 6})]
+    a.tasks("test").clear()
+    assert len(b.tasks("test")) == 50 == len(metarl.envs.make("ml1/reach-v3", seed=5).tasks("test"))
+
+
 def test_metaworld_goal_is_hidden_and_set_from_plain_params():
     dist = metarl.envs.make("ml1/reach-v3")
     t0, t1 = dist.tasks("test")[:2]

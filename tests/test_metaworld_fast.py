@@ -483,9 +483,9 @@ def test_resolved_lookups_return_what_the_stock_methods_return():
         if not methods:
             continue
         resolved += len(methods)
-        envs = stock_cls(), fast_cls()
+        envs, task = (stock_cls(), fast_cls()), _task(name, 0, observable=False)
         for env in envs:
-            env.set_task(_task(name, 0, observable=False))
+            env.set_task(task)
             env.reset()
             for _ in range(5):
                 env.step(np.array([0.5, -0.4, 0.3, 1.0], dtype=np.float32))

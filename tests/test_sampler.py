@@ -218,24 +218,6 @@ def test_exception_in_a_worker_is_raised_with_its_traceback_not_retried(tmp_path
     assert torch.equal(batch.obs, reference.obs) and torch.equal(batch.mask, reference.mask)
 
 
-@pytest.mark.ray
-def test_ray_backend_matches_local():
-    pytest.importorskip("ray")
-    dist = metarl.envs.make("nav2d")
-    policy = GaussianMLPPolicy(2, 2, [8])
-    tasks = dist.sample(3, "train", np.random.default_rng(0))
-    with Sampler(dist, policy.spec, backend="local") as s:
-        reference = s.collect(tasks, policy.params(), episodes=2, seed=4)
-    import ray
-
-    try:
-        with Sampler(dist, policy.spec, backend="ray", num_workers=2) as s:
-            batch = s.collect(tasks, policy.params(), episodes=2, seed=4)
-    finally:
-        ray.shutdown()
-    assert torch.equal(batch.obs, reference.obs) and torch.equal(batch.log_probs, reference.log_probs)
-
-
 def _actor_nodes(sampler):
     import ray
 
