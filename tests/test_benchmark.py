@@ -84,7 +84,10 @@ def test_suite_trains_to_budget_evaluates_and_skips_finished_runs(suite, tmp_pat
     from metarl.benchmark import evaluate_protocol
 
     cfg, trainer = load_run(reach)
-    assert evaluate_protocol(trainer, cfg)["success_rate"] == protocol["success_rate"]
+    again = evaluate_protocol(trainer, cfg)
+    # The return too: after 10-step episodes the success rate alone is likely 0 either way.
+    assert {k: again[k] for k in ("success_rate", "return", "per_task_success")} == \
+        {k: protocol[k] for k in ("success_rate", "return", "per_task_success")}
 
     before = {p: p.stat().st_mtime_ns for p in results.rglob("metrics.jsonl")}
     capsys.readouterr()
