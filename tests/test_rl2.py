@@ -256,11 +256,36 @@ def test_staggered_windows_cut_half_a_window_later_and_cross_the_episode_boundar
     assert (x[~mask] == 0).all()
     with pytest.raises(ValueError, match=r"window offset must be in \[0, 15\), got 15"):
         windows(15, states, trials.mask, offset=15)
+    # Ragged trials (3, 9 and 0 valid steps of 10) offset past some of their ends: the
+    # windows hold each valid step once, an empty window is dropped, none starts past the end.
+    ragged = torch.arange(10)[None] < torch.tensor([[3], [9], [0]])
+    steps = torch.arange(30.0).reshape(3, 10) + 1
+    h0, mask, (got,) = windows(8, states[:, :10], ragged, steps * ragged, offset=4)
+    assert mask.sum(1).tolist() == [3, 4, 5] and got[mask].tolist() == steps[ragged].tolist()
+    torch.testing.assert_close(h0[2], states[1, 3])
+    h0, mask, _ = windows(30, states[:, :10], ragged, offset=15)  # the offset past every trial's end
+    assert mask.sum(1).tolist() == [3, 9] and (h0 == 0).all()
 
 
-def test_a_staggered_update_alternates_the_cuts_by_epoch():
-    """One epoch: the aligned cut alone, the same update bit for bit; two: the second epoch
-    trains on the offset windows, another update with as many gradient steps."""
+def test_a_staggered_update_alternates_the_cuts_by_epoch(monkeypatch):
+    """One epoch: the aligned cut alone, the same update bit for bit; more: the odd epochs
+    train on the windows offset by half a window (on 30-step trials, windows of 15: two per
+    trial aligned, three offset by 7), another update with as many gradient steps."""
+    import metarl.algos.rl2 as rl2
+
+    offsets, rows = [], []
+    cut = rl2.windows
+    monkeypatch.setattr(rl2, "windows", lambda *args, offset=0: offsets.append(offset) or cut(*args, offset=offset))
+    dist, policy, _ = make()
+    forward = policy.forward
+    monkeypatch.setattr(policy, "forward", lambda x, h: rows.append(x.shape[0]) or forward(x, h))
+    learner = Rl2Learner(Rl2Config(gru_size=16, bptt_window=15, bptt_stagger=True, ppo_epochs=3), policy)
+    with Sampler(dist, policy.spec, backend="local") as s:
+        batch = s.collect(dist.sample(3, "train", np.random.default_rng(0)), learner.policy_params,
+                          episodes=2, seed=0, max_steps=15)
+    learner.update(batch)
+    # The trials, the values after their 6 truncations, then one minibatch per epoch.
+    assert offsets == [0, 7] and rows == [3, 6, 6, 9, 6]
     params, steps = {}, {}
     for stagger, epochs in ((False, 1), (True, 1), (False, 2), (True, 2)):
         dist, policy, _ = make()

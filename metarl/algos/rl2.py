@@ -60,8 +60,9 @@ class Rl2Config(AlgoConfig):
     """Truncated backpropagation through time: train on windows of this many steps of each
     trial, each starting from the GRU state the rollout reached there (recomputed with the
     pre-update policy), and minibatch over the windows. None: whole trials. With 500-step
-    episodes, 500 trains on episodes as metaworld-algorithms' RL² does (its update: 16
-    epochs x 20 minibatches of episodes, against 10 full-batch steps here by default)."""
+    episodes, 500 trains on episodes, as metaworld-algorithms' RL² did at b1eacb5 (minibatches
+    of whole episodes; its current one trains on 250-step chunks started every 200 steps,
+    see ``bptt_stagger``)."""
     bptt_stagger: bool = False
     """With ``bptt_window``: every other epoch cuts its windows half a window later (at
     ``window // 2 + k * window``), so that a step that starts a window in one epoch sits
@@ -193,7 +194,7 @@ def windows(width: int, states: Tensor, mask: Tensor, *seqs: Tensor,
     n, length, hidden = states.shape
     if not 0 <= offset < width:
         raise ValueError(f"window offset must be in [0, {width}), got {offset}")
-    starts = torch.arange(offset, length, width, device=states.device)
+    starts = torch.arange(offset, max(offset, length), width, device=states.device)  # none past the end
     if offset:
         starts = torch.cat([starts.new_zeros(1), starts])
     ends = torch.cat([starts[1:], starts.new_full((1,), length)])
@@ -322,7 +323,7 @@ class Rl2Learner(NoExtraState):
         if cfg.bptt_window is None:
             cuts = [(h0, trials.mask, seqs)]
         else:
-            offsets = [0, cfg.bptt_window // 2] if cfg.bptt_stagger else [0]
+            offsets = [0, cfg.bptt_window // 2] if cfg.bptt_stagger and cfg.ppo_epochs > 1 else [0]
             cuts = [windows(cfg.bptt_window, states, trials.mask, *seqs, offset=o) for o in offsets]
         stats: dict[str, float] = {}
         steps = 0
