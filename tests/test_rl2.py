@@ -1,6 +1,9 @@
 """RL²: trials, recurrent log-probs, advantages per episode and over the whole trial (trial_gae), a smoke run."""
 
+import importlib.util
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +16,8 @@ from metarl.algos.varibad import VaribadConfig, VaribadLearner
 from metarl.errors import ConfigError
 from metarl.policies import RecurrentGaussianPolicy, VariBADPolicy, gaussian_log_prob
 from metarl.sampling import Sampler
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def make(seed=0, kind="rl2"):
@@ -317,7 +322,7 @@ def test_update_with_a_window_as_long_as_the_trials_equals_the_whole_trial_updat
     assert not torch.equal(params[0], params[2])  # a shorter window is a different update
 
 
-def test_rl2_cli_run_reports_episodes(cli, tmp_path):
+def test_rl2_cli_run_reports_episodes_and_its_memory_ablation(cli, tmp_path, capfd, monkeypatch):
     result = cli(["train", "rl2_ppo/nav2d", "iterations=2", "meta_batch_size=4", "max_episode_steps=20",
                   "algo.gru_size=8", "eval.num_tasks=3", "eval.adapt_steps=2", "sampler.backend=local",
                   "logger.wandb=false", f"run_dir={tmp_path}"])
@@ -329,6 +334,25 @@ def test_rl2_cli_run_reports_episodes(cli, tmp_path):
                    "resume=true", f"run_dir={tmp_path}"])
     assert resumed.code == 0, resumed.stderr
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
+
+    # scripts/rl2_memory.py on this run: the same trials, carried and with a fresh state per episode.
+    spec = importlib.util.spec_from_file_location("rl2_memory", ROOT / "scripts" / "rl2_memory.py")
+    memory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(memory)
+    for actions in ("mean", "sample"):
+        monkeypatch.setattr(sys, "argv", ["rl2_memory.py", str(tmp_path), "--actions", actions, "--episodes", "4",
+                                          "--json"])
+        capfd.readouterr()
+        assert memory.main() == 0
+        out = json.loads(capfd.readouterr().out)
+        carried, fresh = out["return"]["carried"], out["return"]["fresh"]
+        assert out["tasks"] == 3 and len(carried) == len(fresh) == 4 and "success" not in out  # nav2d: no success
+        assert carried[0] == fresh[0]  # the same first episode
+        assert all(c != f for c, f in zip(carried[1:], fresh[1:], strict=True))  # then the memory acts
+        if actions == "mean":  # nav2d's episodes start alike: without memory the mean repeats the first
+            assert fresh == [fresh[0]] * 4
+        gap = out["return"]["carried_minus_fresh_after_first"]["mean"]
+        assert gap == pytest.approx(np.mean(carried[1:]) - np.mean(fresh[1:]))
 
 
 @pytest.mark.parametrize("config, size, unit", [

@@ -1,0 +1,124 @@
+"""Does a recurrent meta-policy use what the earlier episodes of its trial saw?
+
+Evaluates a run's policy twice on the same held-out tasks and the same episode seeds:
+once as ``metarl evaluate`` does, the trial's state carried from each episode into the
+next (RL²'s adaptation), and once with a fresh trial at every episode (the state reset,
+nothing remembered). The first episode is the same in both; any difference after it is
+what the memory of earlier episodes is worth. Prints the success rate and return per
+episode of the trial for both, and over episodes 2..K the paired difference (carried
+minus fresh) with its standard error over tasks.
+
+    python scripts/rl2_memory.py RUN_DIR [--actions sample|mean] [--split test] [--tasks N]
+        [--episodes K] [--json]
+
+For learners that adapt by a recurrent state carried across episodes (``carry`` in their
+adaptation state: rl2_ppo, varibad). The run directory is only read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from metarl.checkpoint import CheckpointError
+from metarl.errors import ConfigError
+from metarl.evaluation import adaptation_curve
+from metarl.trainer import load_run
+
+
+class FreshTrials:
+    """A learner whose every adaptation round starts a new trial: ``adapt`` forgets."""
+
+    def __init__(self, learner) -> None:
+        self._learner = learner
+
+    def __getattr__(self, name: str):
+        return getattr(self._learner, name)
+
+    def adapt(self, state, batch):
+        return state._replace(carry=None)
+
+
+def per_episode(result: dict, key: str) -> np.ndarray | None:
+    """(tasks, episodes) ``key`` ("success" or "returns") of an adaptation curve with one
+    episode per round; None where the tasks report no success."""
+    rows = [t[key] for t in result["per_task"].values()]
+    return None if any(v is None for row in rows for v in row) else np.array(rows, dtype=float)
+
+
+def paired(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Mean over tasks of a - b (each task's mean over episodes 2..K) and its standard error."""
+    d = (a[:, 1:] - b[:, 1:]).mean(1)
+    return {"mean": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("--actions", choices=["sample", "mean"], default=None,
+                    help="sample the policy's actions or take its mean (default: as the run's evaluation)")
+    ap.add_argument("--split", choices=["train", "test"], default="test")
+    ap.add_argument("--tasks", type=int, default=None, help="tasks (default: the run's eval.num_tasks)")
+    ap.add_argument("--episodes", type=int, default=None,
+                    help="episodes per trial (default: the run's eval.adapt_steps + 1)")
+    ap.add_argument("--seed", type=int, default=None, help="evaluation seed (default: the run's seed)")
+    ap.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = ap.parse_args()
+    try:
+        for name in ("tasks", "episodes"):
+            if getattr(args, name) is not None and getattr(args, name) < 1:
+                raise ConfigError(f"--{name} must be >= 1, got {getattr(args, name)}")
+        cfg, trainer = load_run(args.run_dir)
+    except (ConfigError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    learner = trainer.learner
+    if learner.adaptation_unit != "episodes" or learner.adaptation_episodes != 1:
+        print(f"error: {cfg.algo.name} does not adapt one episode at a time by memory; this script "
+              "compares recurrent learners' trials (rl2_ppo, varibad)", file=sys.stderr)
+        return 2
+    if not hasattr(learner.init_adaptation([], 0), "carry"):
+        print(f"error: {cfg.algo.name}'s adaptation state has no memory (carry) to reset", file=sys.stderr)
+        return 2
+    episodes = cfg.eval.adapt_steps + 1 if args.episodes is None else args.episodes
+    tasks = trainer.eval_tasks(cfg.eval.num_tasks if args.tasks is None else args.tasks,
+                               cfg.seed if args.seed is None else args.seed, args.split)
+    seed = cfg.seed if args.seed is None else args.seed
+    if args.actions is not None:
+        mean = args.actions == "mean"
+    else:  # as the run's own evaluation acts
+        mean = learner.eval_deterministic if cfg.eval.deterministic is None else cfg.eval.deterministic
+    with trainer.make_sampler() as sampler:
+        runs = {name: adaptation_curve(who, sampler, tasks, episodes - 1, seed, trainer.max_steps, mean)
+                for name, who in (("carried", learner), ("fresh", FreshTrials(learner)))}
+    out = {"run_dir": str(args.run_dir), "actions": "mean" if mean else "sample", "split": args.split,
+           "tasks": len(tasks), "episodes": episodes, "seed": seed}
+    table = []
+    for key, name in (("returns", "return"), ("success", "success")):
+        carried, fresh = per_episode(runs["carried"], key), per_episode(runs["fresh"], key)
+        if carried is None:
+            continue
+        out[name] = {"carried": carried.mean(0).tolist(), "fresh": fresh.mean(0).tolist(),
+                     "carried_minus_fresh_after_first": paired(carried, fresh) if episodes > 1 else None}
+        table.append(name)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"{args.run_dir}: {len(tasks)} {args.split} tasks, {episodes} episodes per trial, "
+          f"actions: {out['actions']}, seed {seed}")
+    print(f"{'episode':>7}" + "".join(f"  {name + ' carried':>16}  {'fresh':>9}" for name in table))
+    for i in range(episodes):
+        print(f"{i + 1:>7}" + "".join(f"  {out[n]['carried'][i]:>16.3f}  {out[n]['fresh'][i]:>9.3f}" for n in table))
+    for name in table if episodes > 1 else ():
+        d = out[name]["carried_minus_fresh_after_first"]
+        print(f"episodes 2-{episodes}, {name} carried - fresh: {d['mean']:+.3f} ± {d['se']:.3f} "
+              "(mean ± standard error over tasks)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
