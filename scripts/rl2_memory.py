@@ -8,8 +8,8 @@ what the memory of earlier episodes is worth. Prints the success rate and return
 episode of the trial for both, and over episodes 2..K the paired difference (carried
 minus fresh) with its standard error over tasks.
 
-    python scripts/rl2_memory.py RUN_DIR [--actions sample|mean] [--split test] [--tasks N]
-        [--episodes K] [--json]
+    python scripts/rl2_memory.py RUN_DIR [--actions sample|mean] [--split test|train]
+        [--tasks N] [--episodes K] [--seed S] [--json]
 
 For learners that adapt by a recurrent state carried across episodes (``carry`` in their
 adaptation state: rl2_ppo, varibad). The run directory is only read.
@@ -24,22 +24,25 @@ from pathlib import Path
 
 import numpy as np
 
-from metarl.checkpoint import CheckpointError
+from metarl.algos.rl2 import Rl2Learner, Rl2State
+from metarl.cli import USER_ERRORS
 from metarl.errors import ConfigError
 from metarl.evaluation import adaptation_curve
+from metarl.sampling import EpisodeBatch
 from metarl.trainer import load_run
 
 
 class FreshTrials:
-    """A learner whose every adaptation round starts a new trial: ``adapt`` forgets."""
+    """An RL² learner (or VariBAD, its subclass) whose every adaptation round starts a new
+    trial: ``adapt`` forgets the state the episodes reached; all else is the learner's."""
 
-    def __init__(self, learner) -> None:
+    def __init__(self, learner: Rl2Learner) -> None:
         self._learner = learner
 
     def __getattr__(self, name: str):
         return getattr(self._learner, name)
 
-    def adapt(self, state, batch):
+    def adapt(self, state: Rl2State, batch: EpisodeBatch) -> Rl2State:
         return state._replace(carry=None)
 
 
@@ -50,10 +53,11 @@ def per_episode(result: dict, key: str) -> np.ndarray | None:
     return None if any(v is None for row in rows for v in row) else np.array(rows, dtype=float)
 
 
-def paired(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    """Mean over tasks of a - b (each task's mean over episodes 2..K) and its standard error."""
+def paired(a: np.ndarray, b: np.ndarray) -> dict[str, float | None]:
+    """Mean over tasks of a - b (each task's mean over episodes 2..K) and its standard error
+    (None for one task)."""
     d = (a[:, 1:] - b[:, 1:]).mean(1)
-    return {"mean": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")}
+    return {"mean": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None}
 
 
 def main() -> int:
@@ -65,7 +69,7 @@ def main() -> int:
     ap.add_argument("--tasks", type=int, default=None, help="tasks (default: the run's eval.num_tasks)")
     ap.add_argument("--episodes", type=int, default=None,
                     help="episodes per trial (default: the run's eval.adapt_steps + 1)")
-    ap.add_argument("--seed", type=int, default=None, help="evaluation seed (default: the run's seed)")
+    ap.add_argument("--seed", type=int, default=None, help="task and episode seed (default: the run's seed)")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     args = ap.parse_args()
     try:
@@ -73,21 +77,17 @@ def main() -> int:
             if getattr(args, name) is not None and getattr(args, name) < 1:
                 raise ConfigError(f"--{name} must be >= 1, got {getattr(args, name)}")
         cfg, trainer = load_run(args.run_dir)
-    except (ConfigError, CheckpointError) as err:
+    except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     learner = trainer.learner
-    if learner.adaptation_unit != "episodes" or learner.adaptation_episodes != 1:
-        print(f"error: {cfg.algo.name} does not adapt one episode at a time by memory; this script "
-              "compares recurrent learners' trials (rl2_ppo, varibad)", file=sys.stderr)
-        return 2
-    if not hasattr(learner.init_adaptation([], 0), "carry"):
-        print(f"error: {cfg.algo.name}'s adaptation state has no memory (carry) to reset", file=sys.stderr)
+    if not isinstance(learner, Rl2Learner):
+        print(f"error: {args.run_dir} is a {cfg.algo.name} run; this script compares the trials of learners "
+              "that adapt by a recurrent state (rl2_ppo, varibad)", file=sys.stderr)
         return 2
     episodes = cfg.eval.adapt_steps + 1 if args.episodes is None else args.episodes
-    tasks = trainer.eval_tasks(cfg.eval.num_tasks if args.tasks is None else args.tasks,
-                               cfg.seed if args.seed is None else args.seed, args.split)
     seed = cfg.seed if args.seed is None else args.seed
+    tasks = trainer.eval_tasks(cfg.eval.num_tasks if args.tasks is None else args.tasks, seed, args.split)
     if args.actions is not None:
         mean = args.actions == "mean"
     else:  # as the run's own evaluation acts
@@ -95,8 +95,8 @@ def main() -> int:
     with trainer.make_sampler() as sampler:
         runs = {name: adaptation_curve(who, sampler, tasks, episodes - 1, seed, trainer.max_steps, mean)
                 for name, who in (("carried", learner), ("fresh", FreshTrials(learner)))}
-    out = {"run_dir": str(args.run_dir), "actions": "mean" if mean else "sample", "split": args.split,
-           "tasks": len(tasks), "episodes": episodes, "seed": seed}
+    out = {"run_dir": str(args.run_dir), "env_steps": trainer.env_steps, "actions": "mean" if mean else "sample",
+           "split": args.split, "tasks": len(tasks), "episodes": episodes, "seed": seed}
     table = []
     for key, name in (("returns", "return"), ("success", "success")):
         carried, fresh = per_episode(runs["carried"], key), per_episode(runs["fresh"], key)
@@ -108,15 +108,16 @@ def main() -> int:
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
-    print(f"{args.run_dir}: {len(tasks)} {args.split} tasks, {episodes} episodes per trial, "
-          f"actions: {out['actions']}, seed {seed}")
+    print(f"{args.run_dir} at {trainer.env_steps:,} env steps: {len(tasks)} {args.split} tasks, {episodes} "
+          f"episodes per trial, actions: {out['actions']}, seed {seed}")
     print(f"{'episode':>7}" + "".join(f"  {name + ' carried':>16}  {'fresh':>9}" for name in table))
     for i in range(episodes):
         print(f"{i + 1:>7}" + "".join(f"  {out[n]['carried'][i]:>16.3f}  {out[n]['fresh'][i]:>9.3f}" for n in table))
     for name in table if episodes > 1 else ():
         d = out[name]["carried_minus_fresh_after_first"]
-        print(f"episodes 2-{episodes}, {name} carried - fresh: {d['mean']:+.3f} ± {d['se']:.3f} "
-              "(mean ± standard error over tasks)")
+        after = "episode 2" if episodes == 2 else f"episodes 2-{episodes}"
+        spread = "one task: no standard error" if d["se"] is None else f"± {d['se']:.3f}, the standard error over tasks"
+        print(f"{after}, {name} carried - fresh: {d['mean']:+.3f} ({spread})")
     return 0
 
 

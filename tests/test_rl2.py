@@ -336,23 +336,64 @@ def test_rl2_cli_run_reports_episodes_and_its_memory_ablation(cli, tmp_path, cap
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
 
     # scripts/rl2_memory.py on this run: the same trials, carried and with a fresh state per episode.
-    spec = importlib.util.spec_from_file_location("rl2_memory", ROOT / "scripts" / "rl2_memory.py")
-    memory = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(memory)
-    for actions in ("mean", "sample"):
-        monkeypatch.setattr(sys, "argv", ["rl2_memory.py", str(tmp_path), "--actions", actions, "--episodes", "4",
-                                          "--json"])
+    memory = _memory_script()
+
+    def ablate(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["rl2_memory.py", *args])
         capfd.readouterr()
-        assert memory.main() == 0
-        out = json.loads(capfd.readouterr().out)
+        code = memory.main()
+        out, err = capfd.readouterr()
+        return code, out, err
+
+    ev = json.loads((tmp_path / "eval.json").read_text())  # the resumed run's final evaluation
+    code, out, _ = ablate(str(tmp_path), "--json")  # defaults: the run's own evaluation, as eval.json
+    assert code == 0
+    out = json.loads(out)
+    assert out["actions"] == "sample" and out["tasks"] == 3 and out["episodes"] == len(ev["adaptation"])
+    assert out["return"]["carried"] == pytest.approx([row["return_mean"] for row in ev["adaptation"]])
+    for actions in ("mean", "sample"):
+        code, out, _ = ablate(str(tmp_path), "--actions", actions, "--episodes", "4", "--json")
+        assert code == 0
+        out = json.loads(out)
         carried, fresh = out["return"]["carried"], out["return"]["fresh"]
-        assert out["tasks"] == 3 and len(carried) == len(fresh) == 4 and "success" not in out  # nav2d: no success
+        assert len(carried) == len(fresh) == 4 and "success" not in out  # nav2d reports no success
         assert carried[0] == fresh[0]  # the same first episode
         assert all(c != f for c, f in zip(carried[1:], fresh[1:], strict=True))  # then the memory acts
         if actions == "mean":  # nav2d's episodes start alike: without memory the mean repeats the first
             assert fresh == [fresh[0]] * 4
         gap = out["return"]["carried_minus_fresh_after_first"]["mean"]
         assert gap == pytest.approx(np.mean(carried[1:]) - np.mean(fresh[1:]))
+    code, out, _ = ablate(str(tmp_path), "--tasks", "1", "--episodes", "2")
+    assert code == 0 and "episode 2, return carried - fresh:" in out and "one task: no standard error" in out
+    code, _, err = ablate(str(tmp_path / "missing"))
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and "no config.yaml" in err
+
+
+def _memory_script():
+    spec = importlib.util.spec_from_file_location("rl2_memory", ROOT / "scripts" / "rl2_memory.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_memory_scripts_paired_difference_by_hand():
+    """Each task's mean over episodes 2..K of carried - fresh, then the mean and standard
+    error over tasks; success rows only where every task reports one."""
+    memory = _memory_script()
+    carried = {"per_task": {"a": {"returns": [1, 2, 4], "success": [0, 1, 1]},
+                            "b": {"returns": [3, 3, 3], "success": [1, 0, 0]}}}
+    fresh = {"per_task": {"a": {"returns": [1, 1, 1], "success": [0, 0, 0]},
+                          "b": {"returns": [3, 5, 1], "success": [1, 1, 1]}}}
+    returns = [memory.per_episode(r, "returns") for r in (carried, fresh)]
+    success = [memory.per_episode(r, "success") for r in (carried, fresh)]
+    np.testing.assert_array_equal(success[0], [[0, 1, 1], [1, 0, 0]])
+    # returns: task a (1 + 3) / 2 = 2, task b (-2 + 2) / 2 = 0; std([2, 0]) / sqrt(2) = 1
+    assert memory.paired(*returns) == pytest.approx({"mean": 1.0, "se": 1.0})
+    # success: task a (1 + 1) / 2 = 1, task b (-1 - 1) / 2 = -1
+    assert memory.paired(*success) == pytest.approx({"mean": 0.0, "se": 1.0})
+    assert memory.paired(returns[0][:1], returns[1][:1]) == {"mean": 2.0, "se": None}
+    carried["per_task"]["b"]["success"] = [None, None, None]
+    assert memory.per_episode(carried, "success") is None
 
 
 @pytest.mark.parametrize("config, size, unit", [
