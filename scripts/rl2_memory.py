@@ -1,18 +1,24 @@
 """Does a recurrent meta-policy use what the earlier episodes of its trial saw?
 
-Evaluates a run's policy twice on the same held-out tasks and the same episode seeds:
-once as ``metarl evaluate`` does, the trial's state carried from each episode into the
-next (RL²'s adaptation), and once with a fresh trial at every episode (the state reset,
-nothing remembered). The first episode is the same in both; any difference after it is
-what the memory of earlier episodes is worth. Prints the success rate and return per
-episode of the trial for both, and over episodes 2..K the paired difference (carried
-minus fresh) with its standard error over tasks.
+Evaluates a run's policy on the same held-out tasks and the same episode seeds in three
+arms, which differ only in the state each episode after the first starts from:
+
+- carried: the state the task's previous episode ended in, as ``metarl evaluate`` and
+  training do (RL²'s adaptation);
+- fresh: the initial state, a new trial at every episode (nothing remembered);
+- foreign: the state another task's previous episode ended in (task i continues task
+  i-1's trial state; two tasks or more). A policy that only needs *a* warmed-up state, not
+  what its own task showed, does as well here as carried.
+
+The first episode is the same in all three. Prints the success rate and return per
+episode of the trial in each arm and, over episodes 2..K, the paired differences carried
+minus fresh and carried minus foreign, with their standard errors over tasks.
 
     python scripts/rl2_memory.py RUN_DIR [--actions sample|mean] [--split test|train]
         [--tasks N] [--episodes K] [--seed S] [--json]
 
-For learners that adapt by a recurrent state carried across episodes (``carry`` in their
-adaptation state: rl2_ppo, varibad). The run directory is only read.
+For learners that adapt by a recurrent state carried across episodes (rl2_ppo, varibad).
+The run directory is only read.
 """
 
 from __future__ import annotations
@@ -31,19 +37,24 @@ from metarl.evaluation import adaptation_curve
 from metarl.sampling import EpisodeBatch
 from metarl.trainer import load_run
 
+ARMS = ("carried", "fresh", "foreign")
 
-class FreshTrials:
-    """An RL² learner (or VariBAD, its subclass) whose every adaptation round starts a new
-    trial: ``adapt`` forgets the state the episodes reached; all else is the learner's."""
 
-    def __init__(self, learner: Rl2Learner) -> None:
-        self._learner = learner
+class Ablated:
+    """An RL² learner (or VariBAD, its subclass) whose ``adapt`` hands each task's next
+    episode the initial state (``"fresh"``) or the state another task's episode ended in
+    (``"foreign"``: task i gets task i-1's); all else is the learner's."""
+
+    def __init__(self, learner: Rl2Learner, arm: str) -> None:
+        self._learner, self._arm = learner, arm
 
     def __getattr__(self, name: str):
         return getattr(self._learner, name)
 
     def adapt(self, state: Rl2State, batch: EpisodeBatch) -> Rl2State:
-        return state._replace(carry=None)
+        if self._arm == "fresh":
+            return state._replace(carry=None)
+        return state._replace(carry={k: v.roll(1, 0) for k, v in batch.carry.items()})
 
 
 def per_episode(result: dict, key: str) -> np.ndarray | None:
@@ -92,32 +103,37 @@ def main() -> int:
         mean = args.actions == "mean"
     else:  # as the run's own evaluation acts
         mean = learner.eval_deterministic if cfg.eval.deterministic is None else cfg.eval.deterministic
+    arms = ARMS if len(tasks) > 1 else ARMS[:2]
     with trainer.make_sampler() as sampler:
-        runs = {name: adaptation_curve(who, sampler, tasks, episodes - 1, seed, trainer.max_steps, mean)
-                for name, who in (("carried", learner), ("fresh", FreshTrials(learner)))}
+        runs = {arm: adaptation_curve(learner if arm == "carried" else Ablated(learner, arm), sampler, tasks,
+                                      episodes - 1, seed, trainer.max_steps, mean) for arm in arms}
     out = {"run_dir": str(args.run_dir), "env_steps": trainer.env_steps, "actions": "mean" if mean else "sample",
            "split": args.split, "tasks": len(tasks), "episodes": episodes, "seed": seed}
     table = []
     for key, name in (("returns", "return"), ("success", "success")):
-        carried, fresh = per_episode(runs["carried"], key), per_episode(runs["fresh"], key)
-        if carried is None:
+        rows = {arm: per_episode(runs[arm], key) for arm in arms}
+        if rows["carried"] is None:
             continue
-        out[name] = {"carried": carried.mean(0).tolist(), "fresh": fresh.mean(0).tolist(),
-                     "carried_minus_fresh_after_first": paired(carried, fresh) if episodes > 1 else None}
+        out[name] = {arm: r.mean(0).tolist() for arm, r in rows.items()}
+        for arm in arms[1:]:
+            out[name][f"carried_minus_{arm}_after_first"] = paired(rows["carried"], rows[arm]) if episodes > 1 else None
         table.append(name)
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
     print(f"{args.run_dir} at {trainer.env_steps:,} env steps: {len(tasks)} {args.split} tasks, {episodes} "
           f"episodes per trial, actions: {out['actions']}, seed {seed}")
-    print(f"{'episode':>7}" + "".join(f"  {name + ' carried':>16}  {'fresh':>9}" for name in table))
+    print(f"{'episode':>7}" + "".join(f"  {name + ' ' + arm:>16}" for name in table for arm in arms))
     for i in range(episodes):
-        print(f"{i + 1:>7}" + "".join(f"  {out[n]['carried'][i]:>16.3f}  {out[n]['fresh'][i]:>9.3f}" for n in table))
+        print(f"{i + 1:>7}" + "".join(f"  {out[name][arm][i]:>16.3f}" for name in table for arm in arms))
+    after = "episode 2" if episodes == 2 else f"episodes 2-{episodes}"
     for name in table if episodes > 1 else ():
-        d = out[name]["carried_minus_fresh_after_first"]
-        after = "episode 2" if episodes == 2 else f"episodes 2-{episodes}"
-        spread = "one task: no standard error" if d["se"] is None else f"± {d['se']:.3f}, the standard error over tasks"
-        print(f"{after}, {name} carried - fresh: {d['mean']:+.3f} ({spread})")
+        for arm in arms[1:]:
+            d = out[name][f"carried_minus_{arm}_after_first"]
+            spread = "one task: no standard error" if d["se"] is None else f"± {d['se']:.3f}, standard error over tasks"
+            print(f"{after}, {name} carried - {arm}: {d['mean']:+.3f} ({spread})")
+    if len(arms) < len(ARMS):
+        print("(one task: no foreign arm)")
     return 0
 
 

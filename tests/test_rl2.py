@@ -4,6 +4,7 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -355,16 +356,19 @@ def test_rl2_cli_run_reports_episodes_and_its_memory_ablation(cli, tmp_path, cap
         code, out, _ = ablate(str(tmp_path), "--actions", actions, "--episodes", "4", "--json")
         assert code == 0
         out = json.loads(out)
-        carried, fresh = out["return"]["carried"], out["return"]["fresh"]
-        assert len(carried) == len(fresh) == 4 and "success" not in out  # nav2d reports no success
-        assert carried[0] == fresh[0]  # the same first episode
-        assert all(c != f for c, f in zip(carried[1:], fresh[1:], strict=True))  # then the memory acts
+        carried, fresh, foreign = (out["return"][arm] for arm in ("carried", "fresh", "foreign"))
+        assert len(carried) == len(fresh) == len(foreign) == 4 and "success" not in out  # nav2d: no success
+        assert carried[0] == fresh[0] == foreign[0]  # the same first episode
+        for other in (fresh, foreign):  # then the state each starts from acts
+            assert all(c != o for c, o in zip(carried[1:], other[1:], strict=True))
         if actions == "mean":  # nav2d's episodes start alike: without memory the mean repeats the first
             assert fresh == [fresh[0]] * 4
-        gap = out["return"]["carried_minus_fresh_after_first"]["mean"]
-        assert gap == pytest.approx(np.mean(carried[1:]) - np.mean(fresh[1:]))
+        for arm, other in (("fresh", fresh), ("foreign", foreign)):
+            gap = out["return"][f"carried_minus_{arm}_after_first"]["mean"]
+            assert gap == pytest.approx(np.mean(carried[1:]) - np.mean(other[1:]))
     code, out, _ = ablate(str(tmp_path), "--tasks", "1", "--episodes", "2")
     assert code == 0 and "episode 2, return carried - fresh:" in out and "one task: no standard error" in out
+    assert "carried - foreign" not in out and "no foreign arm" in out  # no other task to take a state from
     code, _, err = ablate(str(tmp_path / "missing"))
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and "no config.yaml" in err
 
@@ -376,9 +380,10 @@ def _memory_script():
     return module
 
 
-def test_memory_scripts_paired_difference_by_hand():
+def test_memory_scripts_arms_and_paired_difference_by_hand():
     """Each task's mean over episodes 2..K of carried - fresh, then the mean and standard
-    error over tasks; success rows only where every task reports one."""
+    error over tasks; success rows only where every task reports one; the states the
+    ablated arms hand on."""
     memory = _memory_script()
     carried = {"per_task": {"a": {"returns": [1, 2, 4], "success": [0, 1, 1]},
                             "b": {"returns": [3, 3, 3], "success": [1, 0, 0]}}}
@@ -394,6 +399,14 @@ def test_memory_scripts_paired_difference_by_hand():
     assert memory.paired(returns[0][:1], returns[1][:1]) == {"mean": 2.0, "se": None}
     carried["per_task"]["b"]["success"] = [None, None, None]
     assert memory.per_episode(carried, "success") is None
+    # The arms' next states: task i continues task i-1's (foreign), or starts anew (fresh).
+    dist, _, learner = make()
+    state = learner.init_adaptation(dist.sample(3, "test"), 0)
+    ended = SimpleNamespace(carry={"h": torch.tensor([[1.0, 1.5], [2.0, 2.5], [3.0, 3.5]])})
+    foreign = memory.Ablated(learner, "foreign").adapt(state, ended)
+    assert torch.equal(foreign.carry["h"], torch.tensor([[3.0, 3.5], [1.0, 1.5], [2.0, 2.5]]))
+    assert foreign.params is state.params
+    assert memory.Ablated(learner, "fresh").adapt(state._replace(carry=ended.carry), ended).carry is None
 
 
 @pytest.mark.parametrize("config, size, unit", [
