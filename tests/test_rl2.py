@@ -336,7 +336,7 @@ def test_rl2_cli_run_reports_episodes_and_its_memory_ablation(cli, tmp_path, cap
     assert resumed.code == 0, resumed.stderr
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
 
-    # scripts/rl2_memory.py on this run: the same trials, carried and with a fresh state per episode.
+    # scripts/rl2_memory.py on this run: the same trials carried, fresh and with another task's state.
     memory = _memory_script()
 
     def ablate(*args: str) -> tuple[int, str, str]:
