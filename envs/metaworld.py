@@ -57,6 +57,10 @@ class MetaWorld(TaskDistribution):
         fast: Use metarl's faster step path where one exists for the installed metaworld
             (bit-identical results); ``False`` uses the stock classes.
         reward_function_version: Meta-World's ``v2`` (default, the v3 envs' reward) or ``v1``.
+        balanced: ML10, ML25, ML45: :meth:`sample` deals its tasks evenly over the split's
+            classes, as Meta-World's own ML vector envs do (each env bound to one class, the
+            meta-batch a multiple of the class count). ``False`` draws uniformly from all the
+            split's goals, as runs saved before this option did. No effect on ML1.
     """
 
     benchmark: str = "ml1"
@@ -64,6 +68,7 @@ class MetaWorld(TaskDistribution):
     seed: int = 0
     fast: bool = True
     reward_function_version: str = "v2"
+    balanced: bool = True
     horizon: int = HORIZON
     reports_success: ClassVar[bool] = True
 
@@ -87,6 +92,29 @@ class MetaWorld(TaskDistribution):
 
     def split_size(self, split: str) -> int:
         return len(self.classes(split)) * GOALS_PER_CLASS
+
+    def sample(self, n: int, split: str = "train",
+               rng: np.random.Generator | None = None) -> list[Task]:
+        """Draw ``n`` tasks from ``split``; with ``balanced`` and several classes, evenly over
+        them: ``n // C`` goals of each of the C classes, one more for ``n % C`` classes drawn
+        without replacement, each class's goals without replacement up to its 50 (with
+        replacement beyond). The tasks come class by class, in the split's class order."""
+        classes = self.classes(split)
+        if not self.balanced or len(classes) == 1:
+            return super().sample(n, split, rng)
+        if not isinstance(n, int | np.integer) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        rng = np.random.default_rng(0) if rng is None else rng
+        counts = np.full(len(classes), n // len(classes))
+        counts[rng.choice(len(classes), size=n % len(classes), replace=False)] += 1
+        by_class: dict[str, list[Task]] = {c: [] for c in classes}
+        for task in self.tasks(split):
+            by_class[task.params["env_name"]].append(task)
+        tasks = []
+        for name, count in zip(classes, counts, strict=True):
+            pool = by_class[name]
+            tasks += [pool[i] for i in rng.choice(len(pool), size=count, replace=count > len(pool))]
+        return tasks
 
     def _make_pools(self) -> dict[str, list[Task]]:
         pools = _benchmark_pools(self.benchmark, self.env_name if self.benchmark == "ml1" else None, self.seed)

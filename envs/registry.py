@@ -26,7 +26,8 @@ _FAMILIES: dict[str, Callable[..., TaskDistribution]] = {
 }
 
 
-VERSIONED_OPTIONS: dict[str, dict[str, Any]] = {"nav2d": {"unit_actions": False}}
+VERSIONED_OPTIONS: dict[str, dict[str, Any]] = {"nav2d": {"unit_actions": False},
+                                                 **{b: {"balanced": False} for b in ("ml10", "ml25", "ml45")}}
 """Options a family gained after runs had been saved without them, with the value those
 runs ran with: a run resumed or evaluated from such a checkpoint keeps it, and every new
 run records the option's current value in its config (``metarl.config.with_versioned_options``)."""

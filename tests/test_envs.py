@@ -178,6 +178,56 @@ def test_ml_tasks_use_exactly_the_benchmark_split(benchmark):
     assert {t.params["env_name"] for t in dist.tasks("test")} == set(bench.test_classes)
 
 
+def test_ml_benchmarks_deal_their_tasks_evenly_over_classes_as_metaworlds_envs():
+    """Meta-World's ML vector envs bind each env to one class (meta-batch a multiple of the
+    class count): ML10's 20 training tasks are 2 goals of each of its 10 classes."""
+    from collections import Counter
+
+    from metarl.envs.core import TaskDistribution
+
+    dist = metarl.envs.make("ml10")
+    train = dist.classes("train")
+    for seed in range(3):
+        tasks = dist.sample(20, "train", np.random.default_rng(seed))
+        assert [t.params["env_name"] for t in tasks] == [c for c in train for _ in range(2)]
+        assert len({t.index for t in tasks}) == 20 and all(t.split == "train" for t in tasks)
+    assert dist.sample(20, "train", np.random.default_rng(0)) != dist.sample(20, "train", np.random.default_rng(1))
+    counts = Counter(t.params["env_name"] for t in dist.sample(23, "train", np.random.default_rng(0)))
+    assert set(counts) == set(train) and sorted(counts.values()) == [2] * 7 + [3] * 3
+    test = dist.sample(3, "test", np.random.default_rng(0))  # fewer tasks than classes: 3 distinct ones
+    assert len({t.params["env_name"] for t in test}) == 3 and {t.split for t in test} == {"test"}
+    many = dist.sample(120, "test", np.random.default_rng(0))  # 24 of each test class's 50 goals, none twice
+    assert Counter(t.params["env_name"] for t in many) == {c: 24 for c in dist.classes("test")}
+    assert len({t.index for t in many}) == 120
+    beyond = dist.sample(260, "test", np.random.default_rng(0))  # 52 a class: with replacement
+    assert Counter(t.params["env_name"] for t in beyond) == {c: 52 for c in dist.classes("test")}
+    # one task at a time (SB3's envs) reaches every class
+    assert {dist.sample(1, "train", np.random.default_rng(s))[0].params["env_name"] for s in range(100)} == set(train)
+    with pytest.raises(ValueError, match="positive integer"):
+        dist.sample(0)
+    # balanced=false: the uniform draw over all 500 goals that runs saved before the option made
+    uniform = metarl.envs.make("ml10", balanced=False)
+    drawn = uniform.sample(20, "train", np.random.default_rng(0))
+    assert drawn == TaskDistribution.sample(uniform, 20, "train", np.random.default_rng(0))
+    assert sorted(Counter(t.params["env_name"] for t in drawn).values()) != [2] * 10
+    # ML1 has one class: the option changes nothing
+    ml1 = metarl.envs.make("ml1/reach-v3")
+    assert ml1.sample(10, "train", np.random.default_rng(4)) == TaskDistribution.sample(
+        ml1, 10, "train", np.random.default_rng(4))
+
+
+def test_ml_runs_saved_before_balanced_sampling_keep_the_uniform_draw():
+    from metarl.config import load_config, saved_with_versioned_options, with_versioned_options
+
+    cfg = load_config("rl2_ppo/ml10", [])
+    assert with_versioned_options(cfg).tasks.options["balanced"] is True  # a new run records it
+    saved = {"tasks": {"name": "ml10", "options": {"reward_function_version": "v2"}}}
+    old = saved_with_versioned_options(saved)
+    assert old["tasks"]["options"] == {"balanced": False, "reward_function_version": "v2"}
+    assert with_versioned_options(cfg, old).tasks.options["balanced"] is False
+    assert saved_with_versioned_options({"tasks": {"name": "ml1/reach-v3", "options": {}}})["tasks"]["options"] == {}
+
+
 def test_metaworld_pools_are_built_once_per_process_and_each_distribution_has_its_own_lists(monkeypatch):
     import metaworld
 
