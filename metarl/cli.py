@@ -116,7 +116,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             raise ConfigError(f"--protocol metaworld needs a Meta-World run; this one is on {dist.name}")
         settings = protocol_settings(dist.benchmark, len(dist.classes("test")), args.meta_batch_size,
                                      args.goals_per_class, args.num_evals,
-                                     adaptation_episodes=args.adaptation_episodes,
+                                     args.evaluation_start, adaptation_episodes=args.adaptation_episodes,
                                      evaluation_episodes=args.evaluation_episodes)
         protocol = run_protocol(trainer.learner, dist, settings, args.protocol_seed, args.max_episode_steps,
                                 cfg.sampler.num_workers) | {"env_steps": trainer.env_steps}
@@ -213,6 +213,10 @@ def parser() -> argparse.ArgumentParser:
                    help=f"{proto}: rounds (default: every goal once)")
     e.add_argument("--adaptation-episodes", type=int, default=None, help=f"{proto}: 10")
     e.add_argument("--evaluation-episodes", type=int, default=None, help=f"{proto}: 3")
+    e.add_argument("--evaluation-start", choices=["continued", "adapted"], default="continued",
+                   help=f"{proto}: where RL²'s and VariBAD's evaluation episodes start: from where the "
+                        "previous one ended (default, the committed rows) or each from the state the "
+                        "adaptation episodes left (garage's and metaworld-algorithms' RL² agents)")
     e.add_argument("--max-episode-steps", type=int, default=None, help="shorten episodes (tests only)")
     e.set_defaults(func=_evaluate)
     b = sub.add_parser("benchmark", help="train, evaluate and tabulate a suite of runs (resumable)")

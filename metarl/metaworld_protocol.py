@@ -57,14 +57,19 @@ PROTOCOL_DEFAULTS: dict[str, dict[str, int]] = {
     "ml45": {"meta_batch_size": 45, "goals_per_class": 45},
 }
 EPISODE_DEFAULTS = {"adaptation_steps": 1, "adaptation_episodes": 10, "evaluation_episodes": 3}
+EVALUATION_STARTS = ("continued", "adapted")
+"""Where a recurrent policy's evaluation episodes start: ``continued`` from where the
+previous one ended (metarl's default, the committed rows), ``adapted`` each from the state
+the adaptation episodes left (garage's ``RL2AdaptedPolicy``, metaworld-algorithms' RL²)."""
 GOALS_PER_CLASS = 50  # metaworld._N_GOALS
 
 
 def protocol_settings(benchmark: str, num_test_classes: int, meta_batch_size: int | None = None,
                       goals_per_class: int | None = None, num_evals: int | None = None,
-                      **episodes: int | None) -> dict[str, int]:
+                      evaluation_start: str = "continued", **episodes: int | None) -> dict[str, Any]:
     """The protocol's settings for ``benchmark`` (``ml1``, ``ml10``, ...): Meta-World+'s
-    defaults where an argument is None, checked so that Meta-World's vector env can be built.
+    defaults where an argument is None, checked so that Meta-World's vector env can be built,
+    and where recurrent policies start their evaluation episodes (:data:`EVALUATION_STARTS`).
 
     Raises ConfigError (one line, naming the valid values) for a combination Meta-World
     would reject or one that does not visit the goals evenly.
@@ -90,7 +95,9 @@ def protocol_settings(benchmark: str, num_test_classes: int, meta_batch_size: in
     for key in ("num_evals", *EPISODE_DEFAULTS):
         if out[key] < 1:
             raise ConfigError(f"--{key.replace('_', '-')} must be >= 1, got {out[key]}")
-    return out
+    if evaluation_start not in EVALUATION_STARTS:
+        raise ConfigError(f"--evaluation-start must be one of {', '.join(EVALUATION_STARTS)}, got {evaluation_start!r}")
+    return out | {"evaluation_start": evaluation_start}
 
 
 def env_layout(test_tasks: dict[str, list[Any]], meta_batch_size: int,
@@ -103,7 +110,7 @@ def env_layout(test_tasks: dict[str, list[Any]], meta_batch_size: int,
             for name, tasks in test_tasks.items() for i in range(per_class)]
 
 
-def protocol_env_fns(dist: Any, settings: dict[str, int],
+def protocol_env_fns(dist: Any, settings: dict[str, Any],
                      max_episode_steps: int | None = None) -> list[Callable[[], gym.Env]]:
     """Constructors of the protocol's test envs, as ``gym.make_vec("Meta-World/ML*-test")``
     builds them (same goals, seeds, wrappers and settings), on ``dist``'s env classes (the
@@ -274,12 +281,19 @@ class LearnerAgent:
     observation). Without them the evaluation episodes ran on the last adaptation reward,
     frozen. Likewise an adaptation episode's final observation (its batch's ``last_obs``,
     the next state of its last transition) comes from ``last_final_obs``.
+
+    With ``evaluation_start="adapted"`` a recurrent policy starts each evaluation episode
+    from the state (GRU state, previous action and reward) the adaptation left, as garage's
+    and metaworld-algorithms' RL² agents do; by default it goes on from where the previous
+    evaluation episode ended.
     """
 
-    def __init__(self, learner: Any, envs: ShardedVectorEnv, episodes: int, seed: int = 0) -> None:
+    def __init__(self, learner: Any, envs: ShardedVectorEnv, episodes: int, seed: int = 0,
+                 evaluation_start: str = "continued") -> None:
         """``envs``: the protocol's vector env (its size, action bounds and what its latest
         step returned beyond the observations)."""
         self.learner, self.num_envs, self.episodes, self.seed = learner, envs.num_envs, episodes, seed
+        self.from_adapted = evaluation_start == "adapted"
         space = envs.single_action_space
         self.bounds, self.envs = (space.low, space.high), envs
         self.spec = learner.policy_spec
@@ -296,6 +310,8 @@ class LearnerAgent:
         self._act_with(self.learner.acting(self.state))
         self.new = np.ones(self.num_envs, np.float32)
         self.pending: torch.Tensor | None = None  # an evaluation action whose reward is not yet observed
+        self.adapted: dict[str, torch.Tensor] | None = None  # the state evaluation episodes start from
+        self.restart = np.zeros(self.num_envs, bool)  # lanes whose next step starts from it
         self._clear()
 
     def _act_with(self, acting: Acting) -> None:
@@ -324,6 +340,9 @@ class LearnerAgent:
     def eval_action(self, observations: np.ndarray) -> np.ndarray:
         if self.pending is not None:  # the step since the last call: its action and reward
             self.actor.observe(self.lanes, self.pending, self.envs.last_rewards)
+        if self.adapted is not None and self.restart.any():
+            self.actor.restore(np.flatnonzero(self.restart), self.adapted)
+            self.restart[:] = False
         actions, _ = self._act(observations, stochastic=False)
         self.pending = actions
         return self._env_actions(actions)
@@ -354,11 +373,15 @@ class LearnerAgent:
         batch = _to_batch(self.episodes_done, self.episodes, self.tasks, self.actor.carry())
         self.state = self.learner.adapt(self.state, batch)
         self._act_with(self.learner.acting(self.state))
+        self.adapted = self.actor.carry() if self.from_adapted else None
         self._clear()
 
     def reset(self, env_mask: np.ndarray) -> None:
-        # A new episode, not a new adaptation: the state stays, the flag goes up.
+        # A new episode, not a new adaptation: the flag goes up; the state stays, or with
+        # evaluation_start="adapted" goes back to the adapted one at the episode's first step.
         self.new = np.maximum(self.new, np.asarray(env_mask, np.float32))
+        if self.from_adapted:
+            self.restart |= np.asarray(env_mask, bool)
 
 
 class _CountRounds:
@@ -403,7 +426,7 @@ def _to_batch(episodes: list[list[dict[str, list]]], count: int, tasks: list[Tas
     return EpisodeBatch(**tensors, last_obs=torch.from_numpy(last_obs), success=None, tasks=tasks, carry=carry)
 
 
-def run_protocol(learner: Any, dist: Any, settings: dict[str, int], seed: int = 0,
+def run_protocol(learner: Any, dist: Any, settings: dict[str, Any], seed: int = 0,
                  max_episode_steps: int | None = None, num_workers: int = 0) -> dict[str, Any]:
     """Meta-World's ``metalearning_evaluation`` on the test split of ``dist`` (a Meta-World
     task distribution) with ``settings`` from :func:`protocol_settings`.
@@ -418,7 +441,7 @@ def run_protocol(learner: Any, dist: Any, settings: dict[str, int], seed: int = 
                           "cannot evaluate it")
     start = time.perf_counter()
     envs = ShardedVectorEnv(protocol_env_fns(dist, settings, max_episode_steps), num_workers)
-    agent = LearnerAgent(learner, envs, settings["adaptation_episodes"], seed)
+    agent = LearnerAgent(learner, envs, settings["adaptation_episodes"], seed, settings["evaluation_start"])
     episode_keys = ("num_evals", *EPISODE_DEFAULTS)
     bar = tqdm(total=settings["num_evals"], desc="Meta-World protocol", unit="round", disable=None,
                dynamic_ncols=True)

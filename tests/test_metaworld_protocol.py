@@ -72,6 +72,9 @@ def test_invalid_settings_name_the_valid_values():
     with pytest.raises(ConfigError, match="goals-per-class"):
         protocol_settings("ml10", 5, goals_per_class=60)
     assert protocol_settings("ml10", 5, meta_batch_size=10)["num_evals"] == 20
+    with pytest.raises(ConfigError, match="--evaluation-start must be one of continued, adapted, got 'fresh'"):
+        protocol_settings("ml1", 1, evaluation_start="fresh")
+    assert protocol_settings("ml1", 1)["evaluation_start"] == "continued"
 
 
 def test_protocol_envs_match_metaworlds_own_at_ml1_shape():
@@ -170,6 +173,55 @@ def test_a_recurrent_agent_reads_each_evaluation_steps_reward():
         assert ends == 2  # both envs started a second episode on the reward input of their first
     finally:
         envs.close()
+
+
+@pytest.mark.parametrize("start", ["continued", "adapted"])
+def test_evaluation_episodes_start_where_the_setting_says(start):
+    """``adapted`` (garage's and metaworld-algorithms' RL² agents): every evaluation episode
+    starts from the state the adaptation left, so its first action is the one the adapted
+    state gives its first observation; ``continued`` (the default) goes on from the
+    previous episode's end, and that action differs."""
+    from metaworld.evaluation import Timestep
+
+    dist = metarl.envs.make("ml1/reach-v3")
+    settings = protocol_settings("ml1", 1, meta_batch_size=2, evaluation_start=start)
+    assert settings["evaluation_start"] == start
+    envs = ShardedVectorEnv(protocol_env_fns(dist, settings, max_episode_steps=4), num_workers=1)
+    torch.manual_seed(0)
+    policy = RecurrentGaussianPolicy(39, 4, gru_size=8, encoder_sizes=[8])
+    agent = LearnerAgent(Rl2Learner(Rl2Config(gru_size=8), policy), envs, 1, evaluation_start=start)
+    try:
+        envs.call("toggle_sample_tasks_on_reset", False)
+        envs.call("sample_tasks")
+        agent.init()
+        obs, _ = envs.reset()
+        for _ in range(4):  # one 4-step adaptation episode per env
+            actions, aux = agent.adapt_action(obs)
+            next_obs, rewards, terminated, truncated, _ = envs.step(actions)
+            agent.step(Timestep(obs, actions, rewards, terminated, truncated, aux))
+            obs = next_obs
+        agent.adapt()
+        adapted = agent.actor.carry()
+        obs, _ = envs.reset()
+        agent.reset(np.ones(2, bool))
+        firsts, expected = [], []
+        for t in range(12):  # three 4-step evaluation episodes per env
+            if t % 4 == 0:
+                with torch.no_grad():
+                    x = policy.inputs(torch.as_tensor(obs, dtype=torch.float32), adapted["prev_action"],
+                                      adapted["prev_reward"], torch.ones(2), policy.reward_scale)
+                    expected.append(policy.step(x, adapted["h"])[0])
+            actions = agent.eval_action(obs)
+            if t % 4 == 0:
+                firsts.append(agent.pending)
+            obs, rewards, terminated, truncated, _ = envs.step(actions)
+            assert (terminated | truncated).all() == (t % 4 == 3)
+            agent.reset(terminated | truncated)
+    finally:
+        envs.close()
+    assert torch.equal(firsts[0], expected[0])  # the first evaluation episode starts adapted either way
+    later = [torch.equal(f, e) for f, e in zip(firsts[1:], expected[1:], strict=True)]
+    assert later == ([True, True] if start == "adapted" else [False, False])
 
 
 def test_adaptation_batches_end_each_episode_at_its_final_observation():

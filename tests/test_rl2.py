@@ -421,10 +421,11 @@ def test_learners_run_metaworlds_protocol(config, size, unit, cli, tmp_path):
                  "logger.wandb=false", f"run_dir={tmp_path}"])
     assert train.code == 0, train.stderr
     result = cli(["evaluate", str(tmp_path), "--protocol", "metaworld", "--num-evals", "1",
-                  "--max-episode-steps", "10", "--tasks", "2", "--adapt-steps", "1"])
+                  "--max-episode-steps", "10", "--tasks", "2", "--adapt-steps", "1", "--evaluation-start", "adapted"])
     assert result.code == 0, result.stderr
     ev = json.loads((tmp_path / "eval.json").read_text())
     assert ev["unit"] == unit and 0.0 <= ev["metaworld_protocol"]["success_rate"] <= 1.0
+    assert ev["metaworld_protocol"]["settings"]["evaluation_start"] == "adapted"
 
 
 @pytest.mark.parametrize("kind", ["rl2", "varibad"])

@@ -128,6 +128,12 @@ class Actor:
     def carry(self) -> dict[str, Tensor] | None:
         return {k: v.clone() for k, v in self.state.items()} if self.spec.recurrent else None
 
+    def restore(self, lanes: np.ndarray, carry: dict[str, Tensor]) -> None:
+        """Set ``lanes``' state to theirs in ``carry`` (as :meth:`carry` returned it)."""
+        idx = torch.from_numpy(lanes)
+        for k, v in self.state.items():
+            v[idx] = carry[k][idx]
+
     def _recurrent_forward(self, g: int, lanes: np.ndarray, obs: Tensor) -> tuple[Tensor, Tensor]:
         p, s, idx = self.params[g], self.state, torch.from_numpy(lanes)
         x = self.policy.inputs(obs, s["prev_action"][idx], s["prev_reward"][idx], self.new[idx],
