@@ -78,6 +78,8 @@ class MetaWorld(TaskDistribution):
         if self.benchmark == "ml1" and self.env_name not in ml1_env_names():
             raise ValueError(f"unknown Meta-World environment {self.env_name!r}; valid: "
                              f"{', '.join(ml1_env_names())}")
+        if not isinstance(self.balanced, bool):
+            raise ValueError(f"balanced must be true or false, got {self.balanced!r}")
         if self.reward_function_version not in ("v1", "v2"):
             raise ValueError(f"reward_function_version must be 'v1' or 'v2', got {self.reward_function_version!r}")
 

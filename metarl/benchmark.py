@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -287,9 +288,15 @@ def _run_summary(run_dir: Path) -> dict[str, Any]:
         out["heldout_k"] = rows_k[-1]["k"]
         out["heldout_success_pre"] = rows_k[0]["success_rate"]
         out["heldout_success_post"] = rows_k[-1]["success_rate"]
-        if "metaworld_protocol" in ev:
-            out["protocol_success"] = ev["metaworld_protocol"]["success_rate"]
-            out["protocol_return"] = ev["metaworld_protocol"]["return"]
+        protocol = ev.get("metaworld_protocol")
+        start = (protocol or {}).get("settings", {}).get("evaluation_start", "continued")
+        if protocol and start != "continued":  # the table holds the suite's protocol only
+            print(f"metarl: {eval_path}'s Meta-World protocol numbers are with evaluation_start={start}, "
+                  "not the suite's 'continued': left out of the table (re-evaluate with `metarl evaluate "
+                  f"{run_dir} --protocol metaworld`)", file=sys.stderr)
+        elif protocol:
+            out["protocol_success"] = protocol["success_rate"]
+            out["protocol_return"] = protocol["return"]
     return out
 
 

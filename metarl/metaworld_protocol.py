@@ -439,6 +439,9 @@ def run_protocol(learner: Any, dist: Any, settings: dict[str, Any], seed: int = 
         raise ConfigError(f"Meta-World's protocol hands the learner the episodes to adapt on; "
                           f"{type(learner).__name__} adapts on episodes of its own, so the protocol "
                           "cannot evaluate it")
+    if settings["evaluation_start"] == "adapted" and not learner.policy_spec.recurrent:
+        raise ConfigError(f"--evaluation-start adapted is for recurrent learners (RL², VariBAD); "
+                          f"{type(learner).__name__} carries no state from one episode to the next")
     start = time.perf_counter()
     envs = ShardedVectorEnv(protocol_env_fns(dist, settings, max_episode_steps), num_workers)
     agent = LearnerAgent(learner, envs, settings["adaptation_episodes"], seed, settings["evaluation_start"])

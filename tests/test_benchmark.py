@@ -99,6 +99,16 @@ def test_suite_trains_to_budget_evaluates_and_skips_finished_runs(suite, tmp_pat
         ["[1/4] nav-maml seed 0", "[2/4] reach-maml seed 0", "[3/4] nav-rl2 seed 0", "[4/4] nav-maml seed 1"]
     assert before == {p: p.stat().st_mtime_ns for p in results.rglob("metrics.jsonl")}
 
+    # A row re-evaluated with another evaluation start is left out of the suite's table, with a line.
+    from metarl.benchmark import write_summary
+
+    ev = json.loads((reach / "eval.json").read_text())
+    ev["metaworld_protocol"]["settings"]["evaluation_start"] = "adapted"
+    (reach / "eval.json").write_text(json.dumps(ev))
+    capsys.readouterr()
+    assert write_summary(suite, results)["runs"]["reach-maml"]["aggregate"]["protocol_success"] is None
+    assert "evaluation_start=adapted, not the suite's 'continued': left out of the table" in capsys.readouterr().err
+
 
 def test_suite_resumes_an_interrupted_run_exactly(suite, tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"

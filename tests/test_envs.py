@@ -205,6 +205,8 @@ def test_ml_benchmarks_deal_their_tasks_evenly_over_classes_as_metaworlds_envs()
     assert {dist.sample(1, "train", np.random.default_rng(s))[0].params["env_name"] for s in range(100)} == set(train)
     with pytest.raises(ValueError, match="positive integer"):
         dist.sample(0)
+    with pytest.raises(ValueError, match="balanced must be true or false, got 'no'"):
+        metarl.envs.make("ml10", balanced="no")
     # balanced=false: the uniform draw over all 500 goals that runs saved before the option made
     uniform = metarl.envs.make("ml10", balanced=False)
     drawn = uniform.sample(20, "train", np.random.default_rng(0))

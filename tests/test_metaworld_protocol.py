@@ -217,6 +217,20 @@ def test_evaluation_episodes_start_where_the_setting_says(start):
             obs, rewards, terminated, truncated, _ = envs.step(actions)
             assert (terminated | truncated).all() == (t % 4 == 3)
             agent.reset(terminated | truncated)
+        if start == "adapted":  # one lane's episode ends (as on success) while the other's goes on
+            agent.eval_action(obs)
+            obs, *_ = envs.step(agent._env_actions(agent.pending))
+            before, pending = agent.actor.carry(), agent.pending.clone()
+            last_reward = torch.as_tensor(envs.last_rewards, dtype=torch.float32)
+            agent.reset(np.array([True, False]))
+            agent.eval_action(obs)
+            with torch.no_grad():
+                x = policy.inputs(torch.as_tensor(obs, dtype=torch.float32),
+                                  torch.stack([adapted["prev_action"][0], pending[1]]),
+                                  torch.stack([adapted["prev_reward"][0], last_reward[1]]),
+                                  torch.tensor([1.0, 0.0]), policy.reward_scale)
+                mixed = policy.step(x, torch.stack([adapted["h"][0], before["h"][1]]))[0]
+            assert torch.equal(agent.pending, mixed)
     finally:
         envs.close()
     assert torch.equal(firsts[0], expected[0])  # the first evaluation episode starts adapted either way

@@ -420,12 +420,20 @@ def test_learners_run_metaworlds_protocol(config, size, unit, cli, tmp_path):
                  "episodes_per_task=2", "max_episode_steps=10", *size, "eval.num_tasks=2", "sampler.backend=local",
                  "logger.wandb=false", f"run_dir={tmp_path}"])
     assert train.code == 0, train.stderr
+    start = "continued" if unit == "gradient_steps" else "adapted"  # a state to start from: RL² and VariBAD
     result = cli(["evaluate", str(tmp_path), "--protocol", "metaworld", "--num-evals", "1",
-                  "--max-episode-steps", "10", "--tasks", "2", "--adapt-steps", "1", "--evaluation-start", "adapted"])
+                  "--max-episode-steps", "10", "--tasks", "2", "--adapt-steps", "1", "--evaluation-start", start])
     assert result.code == 0, result.stderr
     ev = json.loads((tmp_path / "eval.json").read_text())
     assert ev["unit"] == unit and 0.0 <= ev["metaworld_protocol"]["success_rate"] <= 1.0
-    assert ev["metaworld_protocol"]["settings"]["evaluation_start"] == "adapted"
+    assert ev["metaworld_protocol"]["settings"]["evaluation_start"] == start
+    if unit == "gradient_steps":
+        before = (tmp_path / "eval.json").read_bytes()
+        refused = cli(["evaluate", str(tmp_path), "--protocol", "metaworld", "--evaluation-start", "adapted"])
+        assert (tmp_path / "eval.json").read_bytes() == before
+        assert refused.code == 2 and len(refused.stderr.strip().splitlines()) == 1
+        assert "--evaluation-start adapted is for recurrent learners (RL², VariBAD); " in refused.stderr
+        assert refused.stderr.strip().endswith("carries no state from one episode to the next")
 
 
 @pytest.mark.parametrize("kind", ["rl2", "varibad"])

@@ -130,6 +130,8 @@ class Actor:
 
     def restore(self, lanes: np.ndarray, carry: dict[str, Tensor]) -> None:
         """Set ``lanes``' state to theirs in ``carry`` (as :meth:`carry` returned it)."""
+        if not self.spec.recurrent:
+            raise ValueError("a feed-forward policy carries no state between episodes")
         idx = torch.from_numpy(lanes)
         for k, v in self.state.items():
             v[idx] = carry[k][idx]
