@@ -75,8 +75,7 @@ class TaskDistribution(ABC):
         beyond. ``rng`` defaults to ``np.random.default_rng(0)`` so a call without one is
         still deterministic (never the global numpy state).
         """
-        if not isinstance(n, int | np.integer) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+        check_count(n)
         pool = self.tasks(split)
         rng = np.random.default_rng(0) if rng is None else rng
         idx = rng.choice(len(pool), size=n, replace=n > len(pool))
@@ -144,6 +143,12 @@ class TaskDistribution(ABC):
         return {"name": self.name, "train": self.split_size("train"),
                 "test": self.split_size("test"), "obs_dim": int(np.prod(obs.shape)),
                 "act_dim": int(np.prod(act.shape)), "horizon": self.horizon}
+
+
+def check_count(n: Any) -> None:
+    """The number of tasks to draw: a positive integer."""
+    if not isinstance(n, int | np.integer) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
 
 
 def check_split(split: str) -> None:

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from .core import Task, TaskDistribution, as_float_list, check_split, find_wrapper
+from .core import Task, TaskDistribution, as_float_list, check_count, check_split, find_wrapper
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,7 @@ class MetaWorld(TaskDistribution):
         classes = self.classes(split)
         if not self.balanced or len(classes) == 1:
             return super().sample(n, split, rng)
-        if not isinstance(n, int | np.integer) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+        check_count(n)
         rng = np.random.default_rng(0) if rng is None else rng
         counts = np.full(len(classes), n // len(classes))
         counts[rng.choice(len(classes), size=n % len(classes), replace=False)] += 1
