@@ -289,10 +289,13 @@ def _run_summary(run_dir: Path) -> dict[str, Any]:
         out["heldout_success_pre"] = rows_k[0]["success_rate"]
         out["heldout_success_post"] = rows_k[-1]["success_rate"]
         protocol = ev.get("metaworld_protocol")
+        # Unrecorded before the option existed, when a recurrent learner's evaluation episodes
+        # continued. Only learners that adapt by episodes (RL², VariBAD; PEARL, for which the two
+        # starts are the same) can carry a state into them; for MAML's family the start is moot.
         start = (protocol or {}).get("settings", {}).get("evaluation_start", "continued")
-        if protocol and start != "continued":  # the table holds the suite's protocol only
+        if protocol and start != "adapted" and ev["unit"] == "episodes":  # the table holds one protocol
             print(f"metarl: {eval_path}'s Meta-World protocol numbers are with evaluation_start={start}, "
-                  "not the suite's 'continued': left out of the table (re-evaluate with `metarl evaluate "
+                  "not the default 'adapted': left out of the table (re-evaluate with `metarl evaluate "
                   f"{run_dir} --protocol metaworld`)", file=sys.stderr)
         elif protocol:
             out["protocol_success"] = protocol["success_rate"]

@@ -213,10 +213,10 @@ def parser() -> argparse.ArgumentParser:
                    help=f"{proto}: rounds (default: every goal once)")
     e.add_argument("--adaptation-episodes", type=int, default=None, help=f"{proto}: 10")
     e.add_argument("--evaluation-episodes", type=int, default=None, help=f"{proto}: 3")
-    e.add_argument("--evaluation-start", choices=["continued", "adapted"], default="continued",
-                   help=f"{proto}: where RL²'s and VariBAD's evaluation episodes start: from where the "
-                        "previous one ended (default, the committed rows) or each from the state the "
-                        "adaptation episodes left (garage's and metaworld-algorithms' RL² agents)")
+    e.add_argument("--evaluation-start", choices=["adapted", "continued"], default="adapted",
+                   help=f"{proto}: where RL²'s and VariBAD's evaluation episodes start: each from the state "
+                        "the adaptation episodes left (default; garage's and metaworld-algorithms' RL² "
+                        "agents) or from where the previous one ended (metarl before 2026-12-07)")
     e.add_argument("--max-episode-steps", type=int, default=None, help="shorten episodes (tests only)")
     e.set_defaults(func=_evaluate)
     b = sub.add_parser("benchmark", help="train, evaluate and tabulate a suite of runs (resumable)")

@@ -57,16 +57,19 @@ PROTOCOL_DEFAULTS: dict[str, dict[str, int]] = {
     "ml45": {"meta_batch_size": 45, "goals_per_class": 45},
 }
 EPISODE_DEFAULTS = {"adaptation_steps": 1, "adaptation_episodes": 10, "evaluation_episodes": 3}
-EVALUATION_STARTS = ("continued", "adapted")
-"""Where a recurrent policy's evaluation episodes start: ``continued`` from where the
-previous one ended (metarl's default, the committed rows), ``adapted`` each from the state
-the adaptation episodes left (garage's ``RL2AdaptedPolicy``, metaworld-algorithms' RL²)."""
+EVALUATION_STARTS = ("adapted", "continued")
+"""Where a recurrent policy's evaluation episodes start: ``adapted`` (the default) each from
+the state the adaptation episodes left, as the agents Meta-World's protocol was written for
+do (it calls ``agent.reset`` at every evaluation episode's end; garage's
+``RL2AdaptedPolicy``, metaworld-algorithms' RL²); ``continued`` from where the previous
+evaluation episode ended (metarl's default before 2026-12-07). A feed-forward policy has no
+state to carry, so for it the two are the same."""
 GOALS_PER_CLASS = 50  # metaworld._N_GOALS
 
 
 def protocol_settings(benchmark: str, num_test_classes: int, meta_batch_size: int | None = None,
                       goals_per_class: int | None = None, num_evals: int | None = None,
-                      evaluation_start: str = "continued", **episodes: int | None) -> dict[str, Any]:
+                      evaluation_start: str = "adapted", **episodes: int | None) -> dict[str, Any]:
     """The protocol's settings for ``benchmark`` (``ml1``, ``ml10``, ...): Meta-World+'s
     defaults where an argument is None, checked so that Meta-World's vector env can be built,
     and where recurrent policies start their evaluation episodes (:data:`EVALUATION_STARTS`).
@@ -282,14 +285,14 @@ class LearnerAgent:
     frozen. Likewise an adaptation episode's final observation (its batch's ``last_obs``,
     the next state of its last transition) comes from ``last_final_obs``.
 
-    With ``evaluation_start="adapted"`` a recurrent policy starts each evaluation episode
-    from the state (GRU state, previous action and reward) the adaptation left, as garage's
-    and metaworld-algorithms' RL² agents do; by default it goes on from where the previous
-    evaluation episode ended.
+    With ``evaluation_start="adapted"`` (the default) a recurrent policy starts each
+    evaluation episode from the state (GRU state, previous action and reward) the adaptation
+    left, as garage's and metaworld-algorithms' RL² agents do; with ``"continued"`` it goes on
+    from where the previous evaluation episode ended.
     """
 
     def __init__(self, learner: Any, envs: ShardedVectorEnv, episodes: int, seed: int = 0,
-                 evaluation_start: str = "continued") -> None:
+                 evaluation_start: str = "adapted") -> None:
         """``envs``: the protocol's vector env (its size, action bounds and what its latest
         step returned beyond the observations)."""
         self.learner, self.num_envs, self.episodes, self.seed = learner, envs.num_envs, episodes, seed
@@ -439,9 +442,6 @@ def run_protocol(learner: Any, dist: Any, settings: dict[str, Any], seed: int = 
         raise ConfigError(f"Meta-World's protocol hands the learner the episodes to adapt on; "
                           f"{type(learner).__name__} adapts on episodes of its own, so the protocol "
                           "cannot evaluate it")
-    if settings["evaluation_start"] == "adapted" and not learner.policy_spec.recurrent:
-        raise ConfigError(f"--evaluation-start adapted is for recurrent learners (RL², VariBAD); "
-                          f"{type(learner).__name__} carries no state from one episode to the next")
     start = time.perf_counter()
     envs = ShardedVectorEnv(protocol_env_fns(dist, settings, max_episode_steps), num_workers)
     agent = LearnerAgent(learner, envs, settings["adaptation_episodes"], seed, settings["evaluation_start"])

@@ -102,8 +102,8 @@ def evaluate_args(committed: dict, protocol: bool) -> list[str]:
                  "--adaptation-episodes", str(settings["adaptation_episodes"]),
                  "--evaluation-episodes", str(settings["evaluation_episodes"]),
                  "--protocol-seed", str(settings["seed"])]
-        if "evaluation_start" in settings:  # recorded since it became an option; before, "continued"
-            args += ["--evaluation-start", settings["evaluation_start"]]
+        # recorded since it became an option; before, recurrent learners continued
+        args += ["--evaluation-start", settings.get("evaluation_start", "continued")]
         if settings.get("max_episode_steps") is not None:
             args += ["--max-episode-steps", str(settings["max_episode_steps"])]
     return args

@@ -72,9 +72,9 @@ def test_invalid_settings_name_the_valid_values():
     with pytest.raises(ConfigError, match="goals-per-class"):
         protocol_settings("ml10", 5, goals_per_class=60)
     assert protocol_settings("ml10", 5, meta_batch_size=10)["num_evals"] == 20
-    with pytest.raises(ConfigError, match="--evaluation-start must be one of continued, adapted, got 'fresh'"):
+    with pytest.raises(ConfigError, match="--evaluation-start must be one of adapted, continued, got 'fresh'"):
         protocol_settings("ml1", 1, evaluation_start="fresh")
-    assert protocol_settings("ml1", 1)["evaluation_start"] == "continued"
+    assert protocol_settings("ml1", 1)["evaluation_start"] == "adapted"
 
 
 def test_protocol_envs_match_metaworlds_own_at_ml1_shape():

@@ -182,6 +182,26 @@ def test_recheck_results_verdicts_on_hand_made_changes():
     assert verdict(protocol=False, metaworld_protocol__success_rate=0.6) == "identical"  # not compared
 
 
+def test_recheck_results_repeats_the_recorded_evaluation_start():
+    """A protocol recorded before its evaluation start was (when recurrent learners' evaluation
+    episodes continued) is re-run with ``continued``, not today's default; one recorded is
+    re-run with what it says."""
+    evaluate_args = _recheck_module().evaluate_args
+    settings = {"meta_batch_size": 10, "goals_per_class": 50, "num_evals": 5, "adaptation_episodes": 10,
+                "evaluation_episodes": 3, "seed": 0}
+    committed = {"split": "test", "adaptation": [{"k": 0}, {"k": 1}], "per_task": {"a": {}},
+                 "metaworld_protocol": {"settings": settings}}
+
+    def start(**recorded):
+        args = evaluate_args(committed | {"metaworld_protocol": {"settings": settings | recorded}}, True)
+        return args[args.index("--evaluation-start") + 1]
+
+    assert start() == "continued"
+    assert start(evaluation_start="adapted") == "adapted"
+    assert start(evaluation_start="continued") == "continued"
+    assert "--evaluation-start" not in evaluate_args(committed, False)
+
+
 @pytest.mark.parametrize("config, extra", [("maml_trpo/nav2d", []), ("rl2_ppo/nav2d", ["algo.gru_size=8"]),
                                            ("promp/nav2d", ["algo.adaptive_kl_penalty=true"]),
                                            ("varibad/nav2d", ["algo.gru_size=8", "algo.vae_pretrain_collections=1",
