@@ -289,11 +289,12 @@ def _run_summary(run_dir: Path) -> dict[str, Any]:
         out["heldout_success_pre"] = rows_k[0]["success_rate"]
         out["heldout_success_post"] = rows_k[-1]["success_rate"]
         protocol = ev.get("metaworld_protocol")
-        # Unrecorded before the option existed, when a recurrent learner's evaluation episodes
-        # continued. Only learners that adapt by episodes (RL², VariBAD; PEARL, for which the two
-        # starts are the same) can carry a state into them; for MAML's family the start is moot.
-        start = (protocol or {}).get("settings", {}).get("evaluation_start", "continued")
-        if protocol and start != "adapted" and ev["unit"] == "episodes":  # the table holds one protocol
+        # Unrecorded before the option existed, when a recurrent learner's (RL², VariBAD: they
+        # adapt by episodes) evaluation episodes continued; MAML's family carries no state into
+        # them, so its numbers hold for either start (a stateless learner records "adapted" since).
+        start = (protocol or {}).get("settings", {}).get(
+            "evaluation_start", "continued" if ev["unit"] == "episodes" else "adapted")
+        if protocol and start != "adapted":  # the table holds one protocol
             print(f"metarl: {eval_path}'s Meta-World protocol numbers are with evaluation_start={start}, "
                   "not the default 'adapted': left out of the table (re-evaluate with `metarl evaluate "
                   f"{run_dir} --protocol metaworld`)", file=sys.stderr)

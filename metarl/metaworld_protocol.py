@@ -432,7 +432,9 @@ def _to_batch(episodes: list[list[dict[str, list]]], count: int, tasks: list[Tas
 def run_protocol(learner: Any, dist: Any, settings: dict[str, Any], seed: int = 0,
                  max_episode_steps: int | None = None, num_workers: int = 0) -> dict[str, Any]:
     """Meta-World's ``metalearning_evaluation`` on the test split of ``dist`` (a Meta-World
-    task distribution) with ``settings`` from :func:`protocol_settings`.
+    task distribution) with ``settings`` from :func:`protocol_settings`. A learner whose
+    policy carries no state from one episode to the next starts every evaluation episode
+    from its adapted policy whatever ``evaluation_start`` asks, and is recorded so.
 
     Returns ``{"success_rate", "return", "per_task_success", "wall_time_s", "settings"}``.
     """
@@ -442,6 +444,8 @@ def run_protocol(learner: Any, dist: Any, settings: dict[str, Any], seed: int = 
         raise ConfigError(f"Meta-World's protocol hands the learner the episodes to adapt on; "
                           f"{type(learner).__name__} adapts on episodes of its own, so the protocol "
                           "cannot evaluate it")
+    if not learner.policy_spec.recurrent:  # no state to carry: every episode starts adapted
+        settings = settings | {"evaluation_start": "adapted"}
     start = time.perf_counter()
     envs = ShardedVectorEnv(protocol_env_fns(dist, settings, max_episode_steps), num_workers)
     agent = LearnerAgent(learner, envs, settings["adaptation_episodes"], seed, settings["evaluation_start"])

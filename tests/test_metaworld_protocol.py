@@ -177,9 +177,9 @@ def test_a_recurrent_agent_reads_each_evaluation_steps_reward():
 
 @pytest.mark.parametrize("start", ["continued", "adapted"])
 def test_evaluation_episodes_start_where_the_setting_says(start):
-    """``adapted`` (garage's and metaworld-algorithms' RL² agents): every evaluation episode
-    starts from the state the adaptation left, so its first action is the one the adapted
-    state gives its first observation; ``continued`` (the default) goes on from the
+    """``adapted`` (the default; garage's and metaworld-algorithms' RL² agents): every
+    evaluation episode starts from the state the adaptation left, so its first action is the
+    one the adapted state gives its first observation; ``continued`` goes on from the
     previous episode's end, and that action differs."""
     from metaworld.evaluation import Timestep
 
